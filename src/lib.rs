@@ -1,0 +1,68 @@
+//! dl_tenancy: `CREATE EXTENSION dl_tenancy` turns an empty database into the customer data
+//! contract (see README.md). The schema lives in plain SQL under `sql/install/`, pulled in
+//! below in order; Rust provides only what pays off in Rust.
+
+use pgrx::prelude::*;
+
+mod merge_patch;
+mod version;
+
+::pgrx::pg_module_magic!(name, version);
+
+// The install script, in order. Every piece runs with search_path = pg_catalog, pg_temp (set
+// first), so an unqualified name that is not a built-in fails loudly instead of resolving
+// somewhere a tenant could reach.
+extension_sql!(
+    "SET search_path TO pg_catalog, pg_temp;\n",
+    name = "pin_search_path",
+    bootstrap
+);
+extension_sql_file!(
+    "../sql/install/01_roles_and_schemas.sql",
+    name = "roles_and_schemas",
+    requires = ["pin_search_path"]
+);
+extension_sql_file!(
+    "../sql/install/02_validation.sql",
+    name = "validation",
+    requires = ["roles_and_schemas"]
+);
+extension_sql_file!(
+    "../sql/install/03_tables.sql",
+    name = "tables",
+    requires = ["validation"]
+);
+extension_sql_file!(
+    "../sql/install/04_resolved.sql",
+    name = "resolved",
+    requires = ["tables"]
+);
+extension_sql_file!(
+    "../sql/install/05_helpers.sql",
+    name = "helpers",
+    requires = ["resolved"]
+);
+extension_sql_file!(
+    "../sql/install/06_contract.sql",
+    name = "contract",
+    requires = ["helpers"]
+);
+extension_sql_file!(
+    "../sql/install/07_pooler_auth.sql",
+    name = "pooler_auth",
+    requires = ["contract"]
+);
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

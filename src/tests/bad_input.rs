@@ -1,0 +1,5 @@
+#[pgrx::pg_schema]
+mod tests {
+    #[allow(unused_imports)]
+    use crate::tests::*;
+}
