@@ -202,6 +202,9 @@ BEGIN
 END
 $fn$;
 
+REVOKE ALL ON FUNCTION dl_internal.text_field(jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION dl_internal.person_display_name(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION dl_internal.company_display_name(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION dl_internal.lock_identity_keys(integer, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION dl_internal.refresh_people(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION dl_internal.refresh_companies(text[]) FROM PUBLIC;

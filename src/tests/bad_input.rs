@@ -1,5 +1,135 @@
+//! Bad input gets an ERROR with a SQLSTATE that says what is wrong, through the helpers
+//! (22004 null, 22023 bad value, 54000 too large) and through raw SQL (23502, 23514).
+
 #[pgrx::pg_schema]
 mod tests {
-    #[allow(unused_imports)]
     use crate::tests::*;
+
+    fn expect_all(cases: &[(&str, &str)]) {
+        let failures: Vec<String> = cases
+            .iter()
+            .filter_map(|(statement, expected)| {
+                let got = sqlstate_of(statement);
+                (got != *expected).then(|| format!("{statement}: expected {expected}, got {got}"))
+            })
+            .collect();
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    const HUGE: &str = "jsonb_build_object('x', repeat('a', 1100000))";
+
+    #[pg_test]
+    fn helper_functions() {
+        let huge_patch = format!("SELECT dl_apply_person_override('k', NULL, {HUGE}, NULL)");
+        let huge_payload = format!("SELECT dl_upsert_person_enrichment('k', {HUGE}, '{{}}')");
+        expect_all(&[
+            ("SELECT dl_apply_person_override(NULL)", "22004"),
+            ("SELECT dl_apply_person_override('')", "22023"),
+            ("SELECT dl_apply_person_override('   ')", "22023"),
+            ("SELECT dl_apply_person_override(repeat('k', 513))", "22023"),
+            ("SELECT dl_apply_person_override('k', '')", "22023"),
+            (
+                "SELECT dl_apply_person_override('k', repeat('s', 65))",
+                "22023",
+            ),
+            (
+                "SELECT dl_apply_person_override('k', NULL, '[1]', NULL)",
+                "22023",
+            ),
+            (
+                "SELECT dl_apply_person_override('k', NULL, '\"scalar\"', NULL)",
+                "22023",
+            ),
+            (
+                "SELECT dl_apply_person_override('k', NULL, 'null', NULL)",
+                "22023",
+            ),
+            (
+                "SELECT dl_apply_person_override('k', NULL, NULL, '42')",
+                "22023",
+            ),
+            (
+                "SELECT dl_apply_company_override('k', NULL, 'true', NULL)",
+                "22023",
+            ),
+            (&huge_patch, "54000"),
+            ("SELECT dl_tombstone_person(NULL)", "22004"),
+            ("SELECT dl_tombstone_company('')", "22023"),
+            ("SELECT dl_clear_person_override(NULL)", "22004"),
+            ("SELECT dl_clear_company_override(' ')", "22023"),
+            (
+                "SELECT dl_upsert_person_enrichment(NULL, '{}', '{}')",
+                "22004",
+            ),
+            (
+                "SELECT dl_upsert_person_enrichment('k', NULL, '{}')",
+                "22004",
+            ),
+            (
+                "SELECT dl_upsert_person_enrichment('k', '{}', '[]')",
+                "22023",
+            ),
+            (
+                "SELECT dl_upsert_company_enrichment('k', 'null', '{}')",
+                "22023",
+            ),
+            (&huge_payload, "54000"),
+        ]);
+        // Nothing was stored by any of them.
+        assert_eq!(
+            count("SELECT count(*) FROM dl_override.person_overrides"),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM dl_cache.person_enrichments"), 0);
+    }
+
+    #[pg_test]
+    fn raw_sql() {
+        let huge = format!("INSERT INTO dl_override.person_overrides (identity_key, raw_payload_patch) VALUES ('k', {HUGE})");
+        expect_all(&[
+            ("INSERT INTO dl_override.person_overrides (identity_key) VALUES (NULL)", "23502"),
+            ("INSERT INTO dl_override.person_overrides (identity_key) VALUES ('')", "23514"),
+            ("INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch) VALUES ('k', '[1,2]')", "23514"),
+            ("INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch) VALUES ('k', 'null')", "23514"),
+            ("INSERT INTO dl_override.person_overrides (identity_key, raw_payload_patch) VALUES ('k', '\"x\"')", "23514"),
+            ("INSERT INTO dl_override.company_overrides (identity_key, status) VALUES ('k', ' ')", "23514"),
+            ("INSERT INTO dl_override.person_overrides (identity_key, tombstoned) VALUES ('k', NULL)", "23502"),
+            ("INSERT INTO dl_cache.person_enrichments (identity_key, identity_payload, raw_payload) VALUES ('k', '[]', '{}')", "23514"),
+            ("INSERT INTO dl_cache.company_enrichments (identity_key, identity_payload, raw_payload) VALUES ('k', '{}', NULL)", "23502"),
+            ("INSERT INTO dl_meta.tenant_settings (key, value) VALUES ('', '1')", "23514"),
+            ("INSERT INTO dl_meta.schema_migrations (version, action) VALUES ('9.9.9', 'bogus')", "23514"),
+            ("INSERT INTO dl_cache.person_enrichments (identity_key, identity_payload, raw_payload) VALUES ('k', '{}', '{}'), ('k', '{}', '{}')", "23505"),
+            (&huge, "23514"),
+        ]);
+        // An update that would store a bad patch is refused too, and the row keeps its value.
+        run(
+            r#"INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch) VALUES ('ok', '{"a":1}')"#,
+        );
+        assert_eq!(
+            sqlstate_of("UPDATE dl_override.person_overrides SET identity_payload_patch = '[]' WHERE identity_key = 'ok'"),
+            "23514"
+        );
+        assert_eq!(
+            json("SELECT identity_payload FROM dl_resolved.people WHERE identity_key = 'ok'"),
+            serde_json::json!({"a": 1})
+        );
+    }
+
+    /// Errors read like errors of this product, not like a crash.
+    #[pg_test]
+    fn messages_name_the_problem() {
+        run(
+            "CREATE TEMP TABLE errors AS SELECT NULL::text AS message, NULL::text AS hint LIMIT 0;
+             DO $$ BEGIN
+                 PERFORM dl_apply_person_override('k', NULL, '[1]', NULL);
+             EXCEPTION WHEN OTHERS THEN
+                 INSERT INTO errors VALUES (SQLERRM, NULL);
+             END $$;",
+        );
+        let message = text("SELECT message FROM errors").expect("an error was raised");
+        assert_eq!(
+            message,
+            "identity_payload_patch must be a JSON object or SQL NULL"
+        );
+    }
 }

@@ -11,12 +11,12 @@ mod resolved;
 mod roles;
 
 // Test-only: run a statement in a subtransaction and report its SQLSTATE ('00000' when it
-// succeeds), so one test can assert many failures with their codes.
+// succeeds), so one test can assert many failures with their codes. It deliberately runs the
+// statement with the caller's search_path, as a client would.
 extension_sql!(
     r#"
 CREATE FUNCTION tests.sqlstate_of(statement text) RETURNS text
     LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
     EXECUTE statement;
