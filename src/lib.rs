@@ -11,9 +11,10 @@ mod version;
 
 // The install script, in order. Every piece runs with search_path = pg_catalog, pg_temp (set
 // first), so an unqualified name that is not a built-in fails loudly instead of resolving
-// somewhere a tenant could reach.
+// somewhere a tenant could reach. SET LOCAL, not SET: CREATE EXTENSION restores a SET LOCAL
+// when the script ends, while a plain SET would stay in the installing session.
 extension_sql!(
-    "SET search_path TO pg_catalog, pg_temp;\n",
+    "SET LOCAL search_path TO pg_catalog, pg_temp;\n",
     name = "pin_search_path",
     bootstrap
 );
