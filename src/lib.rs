@@ -54,7 +54,8 @@ extension_sql_file!(
     requires = ["contract"]
 );
 
-#[cfg(any(test, feature = "pg_test"))]
+// In-database tests: `cargo pgrx test` builds with the pg_test feature.
+#[cfg(feature = "pg_test")]
 mod tests;
 
 /// Required by `cargo pgrx test`.

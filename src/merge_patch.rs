@@ -216,7 +216,7 @@ unsafe fn push_pair(
 
 /// A plain serde_json implementation of RFC 7396 section 2, the reference the tests
 /// compare the jsonb implementation against.
-#[cfg(any(test, feature = "pg_test"))]
+#[cfg(feature = "pg_test")]
 pub mod reference {
     use serde_json::{Map, Value};
 
