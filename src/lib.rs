@@ -1,6 +1,7 @@
 //! dl_tenancy: `CREATE EXTENSION dl_tenancy` turns an empty database into the customer data
-//! contract (see README.md). The schema lives in plain SQL under `sql/install/`, pulled in
-//! below in order; Rust provides only what pays off in Rust.
+//! contract (see README.md). The schema lives in plain SQL: the 0.1.0 base under
+//! `sql/install/` and each later version's upgrade script under `sql/`, pulled in below in
+//! order; Rust provides only what pays off in Rust.
 
 use pgrx::prelude::*;
 
@@ -52,6 +53,14 @@ extension_sql_file!(
     "../sql/install/07_pooler_auth.sql",
     name = "pooler_auth",
     requires = ["contract"]
+);
+// Everything after 0.1.0 arrives as upgrade scripts, and a fresh install runs them too, in
+// order, so that a fresh install and an upgraded database are built by the same statements.
+// (PostgreSQL drops the scripts' `\echo ... \quit` guard lines when it runs them.)
+extension_sql_file!(
+    "../sql/dl_tenancy--0.1.0--0.2.0.sql",
+    name = "update_0_2_0",
+    requires = ["pooler_auth"]
 );
 
 // In-database tests: `cargo pgrx test` builds with the pg_test feature.

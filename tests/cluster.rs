@@ -21,11 +21,13 @@ fn two_databases_in_one_cluster() {
         client
             .batch_execute(r#"SELECT dl_apply_person_override('p1', NULL, '{"name":"P"}', NULL)"#)
             .unwrap();
-        let version: String = client
-            .query_one("SELECT dl_tenancy_version()", &[])
-            .unwrap()
-            .get(0);
-        assert_eq!(version, "0.1.0");
+        let row = client
+            .query_one(
+                "SELECT dl_tenancy_version(), default_version FROM pg_available_extensions WHERE name = 'dl_tenancy'",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), row.get::<_, String>(1));
     }
     let roles: i64 = a
         .query_one(

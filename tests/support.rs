@@ -25,15 +25,28 @@ impl TenantCluster {
             .unwrap_or_else(|e| panic!("connect to {db} as postgres: {e}"))
     }
 
-    /// A new database with the extension installed.
+    /// A new database with the extension installed: fresh at the default version, or, with
+    /// `DL_TENANCY_TEST_INSTALL=upgrade`, at the oldest released version and then updated, so
+    /// that the whole suite also runs on upgraded databases.
     pub fn create_tenant_db(&self, db: &str) -> Client {
+        let install = match std::env::var("DL_TENANCY_TEST_INSTALL").as_deref() {
+            Ok("upgrade") => {
+                "CREATE EXTENSION dl_tenancy VERSION '0.1.0'; ALTER EXTENSION dl_tenancy UPDATE;"
+            }
+            _ => "CREATE EXTENSION dl_tenancy",
+        };
+        self.create_db_with(db, install)
+    }
+
+    /// A new database, set up by `sql`.
+    pub fn create_db_with(&self, db: &str, sql: &str) -> Client {
         self.admin("postgres")
             .batch_execute(&format!("CREATE DATABASE {db}"))
             .unwrap();
         let mut client = self.admin(db);
         client
-            .batch_execute("CREATE EXTENSION dl_tenancy")
-            .unwrap_or_else(|e| panic!("CREATE EXTENSION in {db}: {e}"));
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql} in {db}: {e}"));
         client
     }
 
@@ -105,3 +118,107 @@ pub const SEED_CUSTOM_TABLE: &str = "CREATE TABLE IF NOT EXISTS tenant_custom.ac
   segment text NOT NULL,
   created_at timestamptz NOT NULL DEFAULT now()
 );";
+
+/// Realistic tenant data for upgrade and dump tests: base records with nested payloads,
+/// overrides, tombstones, override-only records, companies, settings, and a customer table
+/// with a grant, created by the override role as a customer would.
+pub const LOAD_TENANT_DATA: &str = r#"
+INSERT INTO dl_cache.person_enrichments (identity_key, identity_payload, raw_payload, status, source, fetched_at, updated_at)
+SELECT 'person-' || i,
+       jsonb_build_object('full_name', 'Person ' || i, 'email', 'p' || i || '@example.com', 'title', 'Title ' || (i % 7),
+                          'address', jsonb_build_object('city', 'City ' || (i % 13), 'zip', lpad(i::text, 5, '0')),
+                          'tags', jsonb_build_array('t' || (i % 3), 't' || (i % 5))),
+       jsonb_build_object('provider', 'acme', 'score', i % 100, 'history', jsonb_build_array(i, i + 1)),
+       CASE WHEN i % 4 = 0 THEN 'customer' ELSE 'lead' END, 'crm', '2024-01-01'::timestamptz + i * interval '1 minute',
+       '2024-01-01'::timestamptz + i * interval '1 minute'
+  FROM generate_series(1, 500) i;
+INSERT INTO dl_cache.company_enrichments (identity_key, identity_payload, raw_payload, status)
+SELECT 'company-' || i, jsonb_build_object('name', 'Company ' || i, 'domain', 'c' || i || '.example'), '{}', 'active'
+  FROM generate_series(1, 50) i;
+INSERT INTO dl_override.person_overrides (identity_key, status, identity_payload_patch, raw_payload_patch, tombstoned, updated_at)
+SELECT 'person-' || i, CASE WHEN i % 2 = 0 THEN 'vip' END,
+       jsonb_build_object('title', 'Override ' || i, 'address', jsonb_build_object('zip', NULL), 'tags', jsonb_build_array('edited')),
+       CASE WHEN i % 3 = 0 THEN '{"score": null}'::jsonb END, i % 10 = 0, '2025-01-01'::timestamptz + i * interval '1 second'
+  FROM generate_series(1, 100) i;
+INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch)
+SELECT 'new-' || i, jsonb_build_object('name', 'Added ' || i) FROM generate_series(1, 20) i;
+INSERT INTO dl_override.company_overrides (identity_key, identity_payload_patch) VALUES ('company-1', '{"name":"Renamed"}');
+INSERT INTO dl_meta.tenant_settings (key, value) VALUES ('theme', '"dark"'), ('limits', '{"seats": 10}');
+SET ROLE dl_tenant_override;
+CREATE TABLE tenant_custom.account_segments (id text PRIMARY KEY, segment text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO tenant_custom.account_segments (id, segment) SELECT 'person-' || i, 'seg' || (i % 4) FROM generate_series(1, 30) i;
+GRANT SELECT ON tenant_custom.account_segments TO dl_tenant_read;
+RESET ROLE;
+"#;
+
+/// Every row a customer or the platform cares about, as one JSON document per relation.
+pub fn tenant_rows(client: &mut Client) -> Vec<(String, serde_json::Value)> {
+    [
+        ("people", "SELECT identity_key, display_name, status, identity_payload, raw_payload, is_overridden, updated_at FROM dl_resolved.people"),
+        ("companies", "SELECT identity_key, display_name, status, identity_payload, raw_payload, is_overridden, updated_at FROM dl_resolved.companies"),
+        ("person_enrichments", "SELECT * FROM dl_cache.person_enrichments"),
+        ("company_enrichments", "SELECT * FROM dl_cache.company_enrichments"),
+        ("person_overrides", "SELECT * FROM dl_override.person_overrides"),
+        ("company_overrides", "SELECT * FROM dl_override.company_overrides"),
+        ("tenant_settings", "SELECT key, value FROM dl_meta.tenant_settings"),
+        ("account_segments", "SELECT id, segment FROM tenant_custom.account_segments"),
+        ("account_segments_acl", "SELECT relacl::text FROM pg_class WHERE oid = 'tenant_custom.account_segments'::regclass"),
+    ]
+    .into_iter()
+    .map(|(name, query)| {
+        let sql = format!("SELECT COALESCE(jsonb_agg(to_jsonb(r) ORDER BY to_jsonb(r)::text), '[]') FROM ({query}) r");
+        let rows: serde_json::Value = client
+            .query_one(&sql, &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .get(0);
+        (name.to_string(), rows)
+    })
+    .collect()
+}
+
+/// The extension as the catalog sees it: members, columns, defaults, constraints, indexes,
+/// triggers, view and function definitions, ACLs of every managed object, dump registration.
+/// A fresh install and an upgraded database must give the same lines.
+pub const CATALOG_SNAPSHOT: &str = r#"
+WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'dl_tenancy'),
+members AS (
+    SELECT d.classid, d.objid, d.objsubid FROM pg_depend d, ext
+     WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'),
+rels AS (SELECT c.* FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid)
+SELECT line FROM (
+    SELECT 'member ' || pg_describe_object(classid, objid, objsubid) AS line FROM members
+    UNION ALL
+    SELECT format('column %s.%s #%s %s%s%s', r.oid::regclass, a.attname, a.attnum, format_type(a.atttypid, a.atttypmod),
+                  CASE WHEN a.attnotnull THEN ' not null' ELSE '' END, COALESCE(' default ' || pg_get_expr(d.adbin, d.adrelid), ''))
+      FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+      LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    UNION ALL
+    SELECT format('relation %s kind %s owner %s acl %s', r.oid::regclass, r.relkind, r.relowner::regrole, r.relacl) FROM rels r
+    UNION ALL
+    SELECT format('view %s: %s', r.oid::regclass, pg_get_viewdef(r.oid)) FROM rels r WHERE r.relkind = 'v'
+    UNION ALL
+    SELECT format('index %s', pg_get_indexdef(i.indexrelid)) FROM pg_index i JOIN rels r ON r.oid = i.indrelid
+    UNION ALL
+    SELECT format('constraint %s %s %s', c.conrelid::regclass, c.conname, pg_get_constraintdef(c.oid))
+      FROM pg_constraint c JOIN rels r ON r.oid = c.conrelid
+    UNION ALL
+    SELECT format('trigger %s', pg_get_triggerdef(t.oid)) FROM pg_trigger t JOIN rels r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
+    UNION ALL
+    SELECT format('function %s owner %s acl %s: %s', p.oid::regprocedure, p.proowner::regrole, p.proacl, pg_get_functiondef(p.oid))
+      FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
+    UNION ALL
+    SELECT format('schema %s owner %s acl %s', n.nspname, n.nspowner::regrole, n.nspacl)
+      FROM pg_namespace n JOIN members m ON m.classid = 'pg_namespace'::regclass AND m.objid = n.oid
+    UNION ALL
+    SELECT format('dump %s %s', x.rel::regclass, x.cond) FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS x(rel, cond)
+     WHERE e.extname = 'dl_tenancy'
+) s ORDER BY line"#;
+
+pub fn catalog_snapshot(client: &mut Client) -> Vec<String> {
+    client
+        .query(CATALOG_SNAPSHOT, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}

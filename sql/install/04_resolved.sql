@@ -64,18 +64,37 @@ CREATE INDEX resolved_companies_updated_at_idx ON dl_internal.resolved_companies
 
 -- Writers of the same identity_key in two layers at once (runtime refreshing the base while a
 -- customer edits the override) must not leave a merge of two stale halves behind. Each refresh
--- first takes a transaction-scoped advisory lock per key bucket, in a fixed order, then reads
--- both layers with a fresh snapshot, which under READ COMMITTED sees the other writer's commit.
--- 128 buckets bound the locks a bulk load holds.
+-- first takes transaction-scoped advisory locks on the keys it recomputes, then reads both
+-- layers with a fresh snapshot, which under READ COMMITTED sees the other writer's commit.
+-- Per key (its hash), so unrelated keys never wait for each other; in a fixed order within a
+-- statement. A transaction that recomputes more than 256 keys of a kind (a bulk load) takes
+-- the whole kind exclusively instead, which keeps the lock table bounded; small writers hold
+-- the kind in shared mode, so the two wait for each other. kind_lock: 1 people, 2 companies.
 CREATE FUNCTION dl_internal.lock_identity_keys(kind_lock integer, keys text[]) RETURNS void
-    LANGUAGE sql VOLATILE
+    LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-    SELECT pg_catalog.count(pg_catalog.pg_advisory_xact_lock(kind_lock, b.bucket))
-      FROM (SELECT DISTINCT pg_catalog.hashtext(k.key) OPERATOR(pg_catalog.&) 127 AS bucket
-              FROM pg_catalog.unnest(keys) AS k(key)
-             ORDER BY 1) AS b;
-END;
+AS $fn$
+DECLARE
+    -- How many key locks this transaction holds for the kind; -1: it holds the whole kind.
+    counter text := 'dl_tenancy.locked_keys_' OPERATOR(pg_catalog.||) kind_lock;
+    held integer := COALESCE(NULLIF(pg_catalog.current_setting(counter, true), ''), '0')::integer;
+    wanted integer := pg_catalog.cardinality(keys);
+BEGIN
+    IF held OPERATOR(pg_catalog.<) 0 THEN
+        RETURN;
+    ELSIF held OPERATOR(pg_catalog.+) wanted OPERATOR(pg_catalog.>) 256 THEN
+        PERFORM pg_catalog.pg_advisory_xact_lock(kind_lock::bigint);
+        PERFORM pg_catalog.set_config(counter, '-1', true);
+    ELSE
+        PERFORM pg_catalog.pg_advisory_xact_lock_shared(kind_lock::bigint);
+        PERFORM pg_catalog.pg_advisory_xact_lock(kind_lock, h.key_hash)
+           FROM (SELECT DISTINCT pg_catalog.hashtext(k.key) AS key_hash
+                   FROM pg_catalog.unnest(keys) AS k(key)
+                  ORDER BY 1) AS h;
+        PERFORM pg_catalog.set_config(counter, (held OPERATOR(pg_catalog.+) wanted)::text, true);
+    END IF;
+END
+$fn$;
 
 -- Recompute the resolved rows of the given keys (NULL: every key) from both layers.
 CREATE FUNCTION dl_internal.refresh_people(keys text[]) RETURNS void

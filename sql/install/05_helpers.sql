@@ -8,10 +8,12 @@
 -- function_name.parameter to keep them apart from columns.
 
 -- The seed's upsert as one call: the new patches replace the stored ones, the tombstone is
--- cleared. Returns the resolved row.
+-- cleared. Returns the resolved row as jsonb (NULL when tombstoned): jsonb, not the view's row
+-- type, so that a later version adding a view column never changes the helper's result type
+-- under a client's prepared statement.
 CREATE FUNCTION public.dl_apply_person_override(identity_key text, status text DEFAULT NULL,
         identity_payload_patch jsonb DEFAULT NULL, raw_payload_patch jsonb DEFAULT NULL)
-    RETURNS dl_resolved.people
+    RETURNS jsonb
     LANGUAGE sql VOLATILE
 BEGIN ATOMIC
     SELECT dl_internal.check_override_input(dl_apply_person_override.identity_key, dl_apply_person_override.status,
@@ -26,13 +28,13 @@ BEGIN ATOMIC
            raw_payload_patch = excluded.raw_payload_patch,
            tombstoned = false,
            updated_at = pg_catalog.now();
-    SELECT r.* FROM dl_resolved.people AS r
+    SELECT pg_catalog.to_jsonb(r) FROM dl_resolved.people AS r
      WHERE r.identity_key OPERATOR(pg_catalog.=) dl_apply_person_override.identity_key;
 END;
 
 CREATE FUNCTION public.dl_apply_company_override(identity_key text, status text DEFAULT NULL,
         identity_payload_patch jsonb DEFAULT NULL, raw_payload_patch jsonb DEFAULT NULL)
-    RETURNS dl_resolved.companies
+    RETURNS jsonb
     LANGUAGE sql VOLATILE
 BEGIN ATOMIC
     SELECT dl_internal.check_override_input(dl_apply_company_override.identity_key, dl_apply_company_override.status,
@@ -47,7 +49,7 @@ BEGIN ATOMIC
            raw_payload_patch = excluded.raw_payload_patch,
            tombstoned = false,
            updated_at = pg_catalog.now();
-    SELECT r.* FROM dl_resolved.companies AS r
+    SELECT pg_catalog.to_jsonb(r) FROM dl_resolved.companies AS r
      WHERE r.identity_key OPERATOR(pg_catalog.=) dl_apply_company_override.identity_key;
 END;
 

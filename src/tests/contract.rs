@@ -44,10 +44,10 @@ mod tests {
         run("CREATE TABLE tenant_custom.account_segments (id text PRIMARY KEY, segment text NOT NULL)");
         run("RESET ROLE");
         assert_eq!(json(DISAGREEMENTS), json!([]));
-        // And the checks covered something: 3 roles x 9 relations x 7 privileges.
+        // And the checks covered something: 3 roles x 11 relations x 7 privileges.
         assert_eq!(
             count("SELECT count(*) FROM jsonb_array_elements(dl_sql_schema() -> 'schemas') s, jsonb_array_elements(s -> 'relations') r"),
-            9
+            11
         );
     }
 
@@ -56,7 +56,7 @@ mod tests {
         let contract = json("SELECT dl_sql_schema()");
         assert_eq!(
             contract["extension"],
-            json!({"name": "dl_tenancy", "version": "0.1.0"})
+            json!({"name": "dl_tenancy", "version": "0.2.0"})
         );
         let read = &contract["roles"]["dl_tenant_read"];
         assert_eq!(
@@ -132,7 +132,8 @@ mod tests {
                 "identity_payload",
                 "raw_payload",
                 "is_overridden",
-                "updated_at"
+                "updated_at",
+                "overridden_fields"
             ]
         );
     }
@@ -141,11 +142,11 @@ mod tests {
     fn install_records_its_version_and_registers_dump_tables() {
         assert_eq!(
             text("SELECT version || '/' || action FROM dl_meta.schema_migrations").as_deref(),
-            Some("0.1.0/install")
+            Some("0.2.0/install")
         );
         assert_eq!(
             text("SELECT dl_tenancy_version()").as_deref(),
-            Some("0.1.0")
+            Some("0.2.0")
         );
         assert_eq!(
             text("SELECT dl_tenancy_library_version()").as_deref(),
@@ -155,7 +156,7 @@ mod tests {
             text("SELECT string_agg(c::regclass::text, ',' ORDER BY c::regclass::text)
                     FROM pg_extension e, unnest(e.extconfig) c WHERE e.extname = 'dl_tenancy'")
             .as_deref(),
-            Some("dl_cache.company_enrichments,dl_cache.person_enrichments,dl_meta.schema_migrations,dl_meta.tenant_settings,dl_override.company_overrides,dl_override.person_overrides")
+            Some("dl_cache.company_enrichments,dl_cache.person_enrichments,dl_meta.schema_migrations,dl_meta.tenant_settings,dl_override.company_override_history,dl_override.company_overrides,dl_override.person_override_history,dl_override.person_overrides")
         );
         // Every PL/pgSQL function of the extension pins its search_path (SQL-standard bodies
         // and C functions are bound when created), SECURITY DEFINER ones always, and no

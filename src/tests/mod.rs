@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 mod bad_input;
 mod contract;
+mod history;
 mod merge_patch;
 mod resolved;
 mod roles;
@@ -28,7 +29,7 @@ $fn$;
 GRANT USAGE ON SCHEMA tests TO PUBLIC;
 "#,
     name = "test_helpers",
-    requires = ["pooler_auth"],
+    requires = ["update_0_2_0"],
     finalize
 );
 

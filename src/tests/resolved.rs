@@ -37,7 +37,7 @@ mod tests {
             json!({
                 "identity_key": "p1", "display_name": "Ada Lovelace", "status": "active",
                 "identity_payload": {"full_name": "Ada Lovelace", "email": "ada@example.com"},
-                "raw_payload": {"id": 1}, "is_overridden": false
+                "raw_payload": {"id": 1}, "is_overridden": false, "overridden_fields": []
             })
         );
     }
@@ -52,7 +52,8 @@ mod tests {
             json!({
                 "identity_key": "p2", "display_name": "Grace", "status": "lead",
                 "identity_payload": {"name": "Grace", "o": {}},
-                "raw_payload": {}, "is_overridden": true
+                "raw_payload": {}, "is_overridden": true,
+                "overridden_fields": ["name", "o", "status", "x"]
             })
         );
     }
@@ -78,7 +79,8 @@ mod tests {
                                      "address": {"city": "London", "zip": "M1", "country": "UK"},
                                      "tags": ["c"]},
                 "raw_payload": {"provider": {"score": 7}},
-                "is_overridden": true
+                "is_overridden": true,
+                "overridden_fields": ["address", "tags", "title"]
             })
         );
         // An override status wins over the base's.
@@ -114,7 +116,7 @@ mod tests {
             json!({
                 "identity_key": "p4", "display_name": "x@example.com", "status": null,
                 "identity_payload": {"email": "x@example.com"}, "raw_payload": {},
-                "is_overridden": false
+                "is_overridden": false, "overridden_fields": []
             })
         );
         // Tombstoning a key with no base record leaves nothing behind in the view.
@@ -197,7 +199,7 @@ mod tests {
             json!({
                 "identity_key": "acme", "display_name": "ACME Corp", "status": "customer",
                 "identity_payload": {"name": "ACME Corp", "domain": "acme.com"},
-                "raw_payload": {}, "is_overridden": true
+                "raw_payload": {}, "is_overridden": true, "overridden_fields": ["name"]
             })
         );
         run("SELECT dl_tombstone_company('acme')");
