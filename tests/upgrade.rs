@@ -3,7 +3,6 @@
 
 use dl_tenancy_extension_tests::*;
 use serde_json::{json, Value};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
