@@ -1,1 +1,100 @@
+//! `dl_tenancy_ctl`: provisioning of dl_tenancy workspace databases.
+//!
+//! One PostgreSQL database per workspace (`ws_<id>`), created from a template database that
+//! already has `CREATE EXTENSION dl_tenancy`, with per-workspace login roles whose passwords are
+//! hashed to SCRAM-SHA-256 here and stored encrypted (ChaCha20-Poly1305) in the control
+//! database `dl_control`.
+//!
+//! Every operation is a method of [`Tenancy`] and returns a serde-serializable response (the
+//! JSON body of the matching HTTP endpoint) or an [`Error`] with a stable machine code and an
+//! HTTP status. The methods are blocking (sync `postgres` client) and open their own
+//! connections, so a [`Tenancy`] can be shared between threads (`Send + Sync`); call them from
+//! `spawn_blocking` in an async server.
 
+pub mod control;
+pub mod error;
+pub mod local;
+pub mod names;
+mod ops;
+pub mod secret;
+
+pub use error::{Error, ErrorCode, Result};
+pub use names::{validate_workspace_id, Kind, WorkspaceNames, WORKSPACE_ID_PATTERN};
+pub use ops::*;
+pub use secret::SecretKey;
+
+use std::path::PathBuf;
+
+/// Environment variable naming an existing server to use instead of the local cluster.
+pub const ADMIN_URL_ENV: &str = "DL_TENANCY_ADMIN_URL";
+/// Environment variable for the data directory (default `./.dl-tenancy`).
+pub const DATA_DIR_ENV: &str = "DL_TENANCY_DATA_DIR";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = ".dl-tenancy";
+
+/// Where the tool finds its control database and secret key.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Local cluster directory (`local up`), also where `secret.key` lives.
+    pub data_dir: PathBuf,
+    /// An existing server (superuser): the control database lives there, and it is registered
+    /// as server `primary` on first use. `None` = the local cluster of `data_dir`.
+    pub admin_url: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            admin_url: None,
+        }
+    }
+}
+
+/// Handle on the fleet: the control database's connection string and the secret key.
+#[derive(Debug, Clone)]
+pub struct Tenancy {
+    control_conn: String,
+    key: SecretKey,
+}
+
+impl Tenancy {
+    /// Open the control plane described by `config`.
+    ///
+    /// Local mode reads `<data_dir>/local.json` (written by `local up`). With `admin_url` the
+    /// control database is created on that server when missing, and the server is registered
+    /// as `primary` if no server is registered yet.
+    pub fn open(config: &Config) -> Result<Tenancy> {
+        match &config.admin_url {
+            None => {
+                let state = local::LocalState::read(&config.data_dir)?;
+                let key = SecretKey::load(&config.data_dir, false)?;
+                Ok(Tenancy {
+                    control_conn: state.admin_conn_string(&config.data_dir, "postgres"),
+                    key,
+                })
+            }
+            Some(url) => {
+                let key = SecretKey::load(&config.data_dir, true)?;
+                control::ensure_control_db(url)?;
+                let t = Tenancy {
+                    control_conn: url.clone(),
+                    key,
+                };
+                t.register_primary_if_empty(url)?;
+                Ok(t)
+            }
+        }
+    }
+
+    /// A handle from parts (for an HTTP front that manages its own configuration):
+    /// `control_conn` is an admin connection string of the server holding `dl_control`
+    /// (its database part is replaced by `dl_control`).
+    pub fn from_parts(control_conn: String, key: SecretKey) -> Tenancy {
+        Tenancy { control_conn, key }
+    }
+
+    pub(crate) fn control(&self) -> Result<postgres::Client> {
+        control::connect(&self.control_conn, Some(control::CONTROL_DB))
+    }
+}

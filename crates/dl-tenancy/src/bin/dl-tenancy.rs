@@ -1,1 +1,255 @@
-fn main() {}
+//! `dl-tenancy`: thin command-line front of `dl_tenancy_ctl`. Prints the JSON response on
+//! stdout; on failure `{"error":{"code","message"}}` on stderr and a non-zero exit
+//! (2 = bad input, nothing changed; 1 = anything else).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dl_tenancy_ctl::{local, names, Config, Error, ErrorCode, Kind, ServerSpec, Tenancy};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "dl-tenancy", version, about = "Provision and run dl_tenancy workspace databases")]
+struct Cli {
+    /// Local cluster directory; also holds secret.key.
+    #[arg(long, global = true, env = "DL_TENANCY_DATA_DIR", default_value = ".dl-tenancy")]
+    data_dir: PathBuf,
+    /// Use an existing server (superuser connection URL) for the control database instead of
+    /// the local cluster. Goes before the subcommand.
+    #[arg(long, env = "DL_TENANCY_ADMIN_URL", hide_env_values = true)]
+    admin_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The local PostgreSQL cluster and PgBouncer.
+    #[command(subcommand)]
+    Local(LocalCmd),
+    /// Status of a workspace database (verified against the server when active).
+    Status(Ws),
+    /// Create the workspace's database and logins (idempotent).
+    Provision(Ws),
+    /// Connection URIs.
+    #[command(subcommand, name = "connection-uris")]
+    ConnectionUris(UrisCmd),
+    /// The machine-readable schema contract (dl_sql_schema()).
+    SqlSchema(Ws),
+    /// All workspaces with their recorded state.
+    List,
+    /// Drop a workspace's database and logins.
+    Deprovision(Deprovision),
+    /// Servers workspaces are placed on.
+    #[command(subcommand)]
+    Server(ServerCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum LocalCmd {
+    /// Create (first time) and start the cluster, control database, template and PgBouncer.
+    Up {
+        /// PostgreSQL port (default 55432, or a free one; remembered in local.json).
+        #[arg(long)]
+        pg_port: Option<u16>,
+        /// PgBouncer port (default 56432, or a free one; remembered in local.json).
+        #[arg(long)]
+        pooler_port: Option<u16>,
+    },
+    /// Stop PgBouncer and PostgreSQL (data stays).
+    Down,
+    /// Are they running?
+    Status,
+}
+
+#[derive(Args, Debug)]
+struct Ws {
+    /// Workspace id, ^[a-z][a-z0-9_-]{0,47}$
+    #[arg(long)]
+    workspace: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KindArg {
+    Read,
+    Override,
+}
+
+impl From<KindArg> for Kind {
+    fn from(k: KindArg) -> Kind {
+        match k {
+            KindArg::Read => Kind::Read,
+            KindArg::Override => Kind::Override,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum UrisCmd {
+    /// Server, database, role names, hosts and ports (no secrets).
+    Metadata(Ws),
+    /// The connection URI (with password) of the read or override login.
+    Reveal {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// Through PgBouncer instead of straight to PostgreSQL.
+        #[arg(long)]
+        pooled: bool,
+    },
+    /// New password (on the standby login); the old one stops working now or after --grace.
+    Rotate {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// How long the previous credential keeps working (e.g. 0, 90s, 10m, 1h).
+        #[arg(long, default_value = "0")]
+        grace: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Deprovision {
+    #[arg(long)]
+    workspace: String,
+    /// Must repeat the workspace id.
+    #[arg(long, default_value = "")]
+    confirm: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum ServerCmd {
+    /// Register (or update) a server new workspaces can be placed on.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// Superuser connection string of the server to add (stored encrypted). The control
+        /// server is still chosen by the top-level --admin-url / DL_TENANCY_ADMIN_URL.
+        #[arg(long = "admin-url", alias = "server-url")]
+        server_url: String,
+        /// Host/port tenants connect to directly (default: from --server-url).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        /// The server's PgBouncer.
+        #[arg(long)]
+        pooler_host: Option<String>,
+        #[arg(long)]
+        pooler_port: Option<u16>,
+    },
+    /// Registered servers and their workspace counts.
+    List,
+}
+
+fn print<T: Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    let config = Config {
+        data_dir: cli.data_dir.clone(),
+        admin_url: cli.admin_url.clone().filter(|s| !s.is_empty()),
+    };
+    let open = || Tenancy::open(&config);
+    match cli.command {
+        Command::Local(cmd) => {
+            if config.admin_url.is_some() {
+                return Err(Error::new(
+                    ErrorCode::InvalidArgument,
+                    "`local` manages the local cluster; unset --admin-url / DL_TENANCY_ADMIN_URL",
+                ));
+            }
+            match cmd {
+                LocalCmd::Up {
+                    pg_port,
+                    pooler_port,
+                } => print(&local::up(&local::LocalOptions {
+                    data_dir: config.data_dir,
+                    pg_port,
+                    pooler_port,
+                })?),
+                LocalCmd::Down => print(&local::down(&config.data_dir)?),
+                LocalCmd::Status => print(&local::status(&config.data_dir)?),
+            }
+        }
+        Command::Status(w) => {
+            names::validate_workspace_id(&w.workspace)?;
+            print(&open()?.status(&w.workspace)?)
+        }
+        Command::Provision(w) => {
+            names::validate_workspace_id(&w.workspace)?;
+            print(&open()?.provision(&w.workspace)?)
+        }
+        Command::ConnectionUris(UrisCmd::Metadata(w)) => {
+            names::validate_workspace_id(&w.workspace)?;
+            print(&open()?.metadata(&w.workspace)?)
+        }
+        Command::ConnectionUris(UrisCmd::Reveal {
+            workspace,
+            kind,
+            pooled,
+        }) => {
+            names::validate_workspace_id(&workspace)?;
+            print(&open()?.reveal(&workspace, kind.into(), pooled)?)
+        }
+        Command::ConnectionUris(UrisCmd::Rotate {
+            workspace,
+            kind,
+            grace,
+        }) => {
+            names::validate_workspace_id(&workspace)?;
+            let grace = names::parse_duration(&grace)?;
+            print(&open()?.rotate(&workspace, kind.into(), grace)?)
+        }
+        Command::SqlSchema(w) => {
+            names::validate_workspace_id(&w.workspace)?;
+            print(&open()?.sql_schema(&w.workspace)?)
+        }
+        Command::List => print(&open()?.list()?),
+        Command::Deprovision(d) => {
+            names::validate_workspace_id(&d.workspace)?;
+            print(&open()?.deprovision(&d.workspace, &d.confirm)?)
+        }
+        Command::Server(ServerCmd::Add {
+            name,
+            server_url,
+            host,
+            port,
+            pooler_host,
+            pooler_port,
+        }) => {
+            names::validate_server_name(&name)?;
+            print(&open()?.server_add(&ServerSpec {
+                name,
+                admin_url: server_url,
+                host,
+                port,
+                pooler_host,
+                pooler_port,
+            })?)
+        }
+        Command::Server(ServerCmd::List) => print(&open()?.server_list()?),
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                e.exit();
+            }
+            let err = Error::new(ErrorCode::InvalidArgument, e.to_string().trim().to_string());
+            eprintln!("{}", err.to_json());
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(cli) {
+        eprintln!("{}", e.to_json());
+        std::process::exit(e.exit_code());
+    }
+}

@@ -1,0 +1,140 @@
+//! The control database `dl_control`: servers, workspaces, credentials.
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::names::quote_ident;
+use postgres::{Client, NoTls};
+use std::time::Duration;
+
+/// Name of the control database.
+pub const CONTROL_DB: &str = "dl_control";
+
+/// The control schema. Applied idempotently under an advisory lock (it is the tool's own DB).
+pub const CONTROL_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS servers (
+    id               text PRIMARY KEY CHECK (id ~ '^[a-z][a-z0-9_-]{0,47}$'),
+    admin_nonce      bytea NOT NULL CHECK (octet_length(admin_nonce) = 12),
+    admin_ciphertext bytea NOT NULL CHECK (octet_length(admin_ciphertext) > 16),
+    host             text NOT NULL CHECK (host <> ''),
+    port             integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    pooler_host      text CHECK (pooler_host <> ''),
+    pooler_port      integer CHECK (pooler_port BETWEEN 1 AND 65535),
+    active           boolean NOT NULL DEFAULT true,
+    template_version text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    CHECK ((pooler_host IS NULL) = (pooler_port IS NULL))
+);
+CREATE TABLE IF NOT EXISTS workspaces (
+    id                text PRIMARY KEY CHECK (id ~ '^[a-z][a-z0-9_-]{0,47}$'),
+    server_id         text NOT NULL REFERENCES servers (id),
+    database_name     text NOT NULL CHECK (database_name = 'ws_' || id),
+    state             text NOT NULL CHECK (state IN ('provisioning', 'active', 'error', 'deleted')),
+    error_message     text,
+    extension_version text,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    CHECK ((state = 'error') = (error_message IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS workspaces_server ON workspaces (server_id) WHERE state <> 'deleted';
+CREATE TABLE IF NOT EXISTS credentials (
+    workspace_id text NOT NULL REFERENCES workspaces (id) ON DELETE CASCADE,
+    kind         text NOT NULL CHECK (kind IN ('read', 'override')),
+    slot         text NOT NULL CHECK (slot IN ('a', 'b')),
+    login_name   text NOT NULL CHECK (login_name = 'ws_' || workspace_id || '_' || kind || '_' || slot),
+    active       boolean NOT NULL,
+    nonce        bytea NOT NULL CHECK (octet_length(nonce) = 12),
+    ciphertext   bytea NOT NULL CHECK (octet_length(ciphertext) > 16),
+    valid_until  timestamptz,
+    rotated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workspace_id, kind, slot)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS credentials_one_active ON credentials (workspace_id, kind) WHERE active;
+REVOKE ALL ON SCHEMA public FROM PUBLIC;
+"#;
+
+/// Advisory lock class ids (first key of the two-int form).
+pub(crate) const LOCK_SCHEMA: i32 = 0x646c_0001;
+pub(crate) const LOCK_WORKSPACE: i32 = 0x646c_0002;
+pub(crate) const LOCK_TEMPLATE: i32 = 0x646c_0003;
+
+/// Connect with a connection string (URL or key/value), overriding the database.
+pub(crate) fn connect(conn: &str, dbname: Option<&str>) -> Result<Client> {
+    let mut cfg: postgres::Config = conn.parse().map_err(|e: postgres::Error| {
+        Error::new(
+            ErrorCode::InvalidArgument,
+            format!("malformed connection string: {e}"),
+        )
+    })?;
+    if let Some(db) = dbname {
+        cfg.dbname(db);
+    }
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(10));
+    }
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("dl-tenancy");
+    }
+    cfg.connect(NoTls).map_err(|e| {
+        let mut err = Error::from(e);
+        if err.code == ErrorCode::DatabaseError {
+            // Authentication and similar failures at connect time.
+            err.code = ErrorCode::ServerUnreachable;
+        }
+        err.with_context(&format!(
+            "cannot connect to {}",
+            describe_target(&cfg)
+        ))
+    })
+}
+
+/// `host:port/db` of a config, without user or password.
+pub(crate) fn describe_target(cfg: &postgres::Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or(""))
+}
+
+/// Create the control database on a server when missing, and apply the schema.
+pub(crate) fn ensure_control_db(admin_conn: &str) -> Result<()> {
+    let mut admin = connect(admin_conn, Some("postgres"))
+        .or_else(|_| connect(admin_conn, None))?;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&CONTROL_DB])?
+        .is_some();
+    if !exists {
+        match admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(CONTROL_DB))) {
+            Ok(()) => {}
+            // Created concurrently by another call.
+            Err(e) if e.code().is_some_and(|c| c.code() == "42P04" || c.code() == "23505") => {}
+            Err(e) => return Err(e.into()),
+        }
+        admin.batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+            quote_ident(CONTROL_DB)
+        ))?;
+    }
+    drop(admin);
+    let mut ctl = connect(admin_conn, Some(CONTROL_DB))?;
+    apply_schema(&mut ctl)
+}
+
+pub(crate) fn apply_schema(ctl: &mut Client) -> Result<()> {
+    let mut tx = ctl.transaction()?;
+    tx.execute("SELECT pg_catalog.pg_advisory_xact_lock($1, 0)", &[&LOCK_SCHEMA])?;
+    // Cheap check first: nothing to do when the last table exists.
+    let done: bool = tx
+        .query_one(
+            "SELECT pg_catalog.to_regclass('public.credentials_one_active') IS NOT NULL",
+            &[],
+        )?
+        .get(0);
+    if !done {
+        tx.batch_execute(CONTROL_SCHEMA)?;
+    }
+    tx.commit()?;
+    Ok(())
+}

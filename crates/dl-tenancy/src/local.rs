@@ -1,0 +1,353 @@
+//! `local up/down/status`: a PostgreSQL 15 cluster and a PgBouncer in a data directory.
+//!
+//! Layout of the data directory (default `./.dl-tenancy/`):
+//! - `pg/`: the cluster (owned by the server OS user, `postgres` when we run as root);
+//! - `run/`: unix sockets; `log/postgresql.log`: the server log;
+//! - `pgbouncer/`: `pgbouncer.ini`, `userlist.txt` (empty), log and pid file;
+//! - `secret.key`: 32 random bytes (0600) encrypting stored passwords;
+//! - `local.json`: the ports.
+
+use crate::control::{self, connect};
+use crate::error::{Error, ErrorCode, Result};
+use crate::names::quote_ident;
+use crate::ops::{ServerSpec, EXTENSION};
+use crate::secret::SecretKey;
+use crate::Tenancy;
+use pg_harness::{ClusterSpec, PgBouncerIni, PgBouncerSpec};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Default PostgreSQL port of the local cluster (a free one is picked when it is taken).
+pub const DEFAULT_PG_PORT: u16 = 55432;
+/// Default PgBouncer port.
+pub const DEFAULT_POOLER_PORT: u16 = 56432;
+/// The PgBouncer auth user: LOGIN, member of dl_pooler_auth, peer-authenticated on the socket.
+pub const POOLER_AUTH_USER: &str = "dl_pgbouncer";
+/// Server id of the local cluster in `dl_control`.
+pub const LOCAL_SERVER_ID: &str = "local";
+/// PgBouncer's auth_query.
+pub const AUTH_QUERY: &str = "SELECT usename, passwd FROM dl_internal.pooler_user_lookup($1)";
+
+/// `local.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocalState {
+    pub pg_port: u16,
+    pub pooler_port: u16,
+}
+
+fn abs(dir: &Path) -> Result<PathBuf> {
+    Ok(if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    })
+}
+
+impl LocalState {
+    pub fn read(data_dir: &Path) -> Result<LocalState> {
+        let p = data_dir.join("local.json");
+        let text = fs::read_to_string(&p).map_err(|_| {
+            Error::new(
+                ErrorCode::LocalNotInitialized,
+                format!(
+                    "no local cluster in {}: run `dl-tenancy local up` (or pass --admin-url)",
+                    data_dir.display()
+                ),
+            )
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::new(ErrorCode::LocalNotInitialized, format!("{}: {e}", p.display()))
+        })
+    }
+
+    fn write(&self, data_dir: &Path) -> Result<()> {
+        let p = data_dir.join("local.json");
+        let tmp = data_dir.join("local.json.tmp");
+        fs::write(&tmp, serde_json::to_string_pretty(self).unwrap() + "\n")?;
+        fs::rename(tmp, p)?;
+        Ok(())
+    }
+
+    /// Superuser connection over the unix socket (peer authentication, no password).
+    pub fn admin_conn_string(&self, data_dir: &Path, db: &str) -> String {
+        let run = abs(data_dir).unwrap_or_else(|_| data_dir.to_path_buf()).join("run");
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            run.display(),
+            self.pg_port
+        )
+    }
+}
+
+/// Output of `local up/down/status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LocalStatus {
+    pub data_dir: String,
+    pub postgres: LocalServerStatus,
+    pub pooler: LocalServerStatus,
+    pub control_database: String,
+    pub server_id: String,
+    pub extension_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LocalServerStatus {
+    pub host: String,
+    pub port: u16,
+    pub running: bool,
+    pub log: String,
+}
+
+/// Options of `local up`.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    pub data_dir: PathBuf,
+    /// Used at the first `up` (then remembered in local.json); a later value replaces it.
+    pub pg_port: Option<u16>,
+    pub pooler_port: Option<u16>,
+}
+
+struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    fn new(dir: &Path) -> Result<Layout> {
+        Ok(Layout { dir: abs(dir)? })
+    }
+    fn cluster(&self, state: &LocalState) -> ClusterSpec {
+        ClusterSpec {
+            data_dir: self.dir.join("pg"),
+            socket_dir: self.dir.join("run"),
+            port: state.pg_port,
+            log_file: self.dir.join("log").join("postgresql.log"),
+            conf: vec![
+                ("log_connections".into(), "on".into()),
+                ("max_connections".into(), "200".into()),
+            ],
+            hba: Some(hba_conf()),
+            ident: Some(ident_conf()),
+        }
+    }
+    fn pgbouncer(&self, state: &LocalState) -> PgBouncerSpec {
+        let dir = self.dir.join("pgbouncer");
+        let ini = pg_harness::pgbouncer_ini(&PgBouncerIni {
+            dir: &dir,
+            listen_port: state.pooler_port,
+            server_socket_dir: &self.dir.join("run"),
+            server_port: state.pg_port,
+            auth_type: "scram-sha-256",
+            auth_user: Some(POOLER_AUTH_USER),
+            auth_query: Some(AUTH_QUERY),
+            pool_mode: "transaction",
+            extra: &[],
+        });
+        PgBouncerSpec {
+            dir,
+            listen_port: state.pooler_port,
+            ini,
+            userlist: String::new(),
+        }
+    }
+}
+
+/// pg_hba.conf of the local cluster: tenants only into the database named like their
+/// workspace role (samerole), with SCRAM; everything else for tenants is rejected.
+pub fn hba_conf() -> String {
+    let tenants = "+dl_tenant_read,+dl_tenant_override";
+    format!(
+        "# Written by `dl-tenancy local up` (rewritten at every up).\n\
+         # TYPE  DATABASE  USER  [ADDRESS]  METHOD\n\
+         local   all       postgres                   peer map=admin\n\
+         local   all       {POOLER_AUTH_USER}               peer map=pgbouncer\n\
+         host    all       {POOLER_AUTH_USER}  all          reject\n\
+         local   samerole  {tenants}       scram-sha-256\n\
+         host    samerole  {tenants}  127.0.0.1/32  scram-sha-256\n\
+         local   all       {tenants}       reject\n\
+         host    all       {tenants}  all  reject\n\
+         host    all       all  127.0.0.1/32  scram-sha-256\n"
+    )
+}
+
+/// pg_ident.conf: the OS user running the tool and the server OS user may act as `postgres`;
+/// the server OS user (PgBouncer runs as it) may act as the pooler's auth user.
+pub fn ident_conf() -> String {
+    let me = pg_harness::current_os_user_name();
+    let server = pg_harness::server_os_user_name();
+    let mut s = String::from("# Written by `dl-tenancy local up`.\n");
+    s.push_str(&format!("admin      {me}  postgres\n"));
+    if server != me {
+        s.push_str(&format!("admin      {server}  postgres\n"));
+    }
+    s.push_str(&format!("pgbouncer  {server}  {POOLER_AUTH_USER}\n"));
+    s
+}
+
+fn pick_port(wanted: Option<u16>, default: u16, avoid: u16) -> u16 {
+    if let Some(p) = wanted {
+        return p;
+    }
+    if default != avoid && pg_harness::port_is_free(default) {
+        return default;
+    }
+    loop {
+        let p = pg_harness::free_port();
+        if p != avoid {
+            return p;
+        }
+    }
+}
+
+/// `local up`: create (first time) and start the cluster, the control database, the template,
+/// the pooler's auth role and PgBouncer. Idempotent; restarts what is down.
+pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
+    let layout = Layout::new(&opts.data_dir)?;
+    let dir = &layout.dir;
+    fs::create_dir_all(dir)?;
+    // The server user must be able to traverse to pg/, run/, pgbouncer/.
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o001 == 0 && pg_harness::server_os_user().is_some() {
+        fs::set_permissions(dir, fs::Permissions::from_mode((mode & 0o7777) | 0o711))?;
+    }
+    SecretKey::load(dir, true)?;
+
+    let mut state = match LocalState::read(dir) {
+        Ok(s) => s,
+        Err(_) => {
+            let pg_port = pick_port(opts.pg_port, DEFAULT_PG_PORT, 0);
+            let pooler_port = pick_port(opts.pooler_port, DEFAULT_POOLER_PORT, pg_port);
+            LocalState {
+                pg_port,
+                pooler_port,
+            }
+        }
+    };
+    if let Some(p) = opts.pg_port {
+        state.pg_port = p;
+    }
+    if let Some(p) = opts.pooler_port {
+        state.pooler_port = p;
+    }
+    if state.pg_port == state.pooler_port {
+        return Err(crate::error::invalid(
+            "the PostgreSQL and PgBouncer ports must differ",
+        ));
+    }
+    state.write(dir)?;
+
+    for sub in ["run", "log"] {
+        pg_harness::make_server_dir(&dir.join(sub), 0o755)?;
+    }
+    let spec = layout.cluster(&state);
+    pg_harness::init_cluster(&spec)?;
+    if pg_harness::cluster_running(&spec.data_dir) {
+        // Running already: refresh hba/ident (the tool owns them) and reload.
+        pg_harness::write_cluster_config(&spec)?;
+        pg_harness::reload_cluster(&spec.data_dir)?;
+    } else {
+        pg_harness::start_cluster(&spec)?;
+    }
+
+    let admin_conn = state.admin_conn_string(dir, "postgres");
+    let mut admin = connect(&admin_conn, None)?;
+    admin.batch_execute(
+        "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC;
+         REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC",
+    )?;
+    control::ensure_control_db(&admin_conn)?;
+
+    let tenancy = Tenancy::from_parts(admin_conn.clone(), SecretKey::load(dir, false)?);
+    {
+        let mut ctl = tenancy.control()?;
+        tenancy.upsert_server(
+            &mut ctl,
+            &ServerSpec {
+                name: LOCAL_SERVER_ID.into(),
+                admin_url: admin_conn.clone(),
+                host: Some("127.0.0.1".into()),
+                port: Some(state.pg_port),
+                pooler_host: Some("127.0.0.1".into()),
+                pooler_port: Some(state.pooler_port),
+            },
+            true,
+        )?;
+    }
+    // The template creates the extension's cluster-wide group roles.
+    let version = tenancy.ensure_server_template(LOCAL_SERVER_ID)?;
+
+    let q = quote_ident(POOLER_AUTH_USER);
+    let exists = admin
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+            &[&POOLER_AUTH_USER],
+        )?
+        .is_some();
+    if !exists {
+        admin.batch_execute(&format!("CREATE ROLE {q} LOGIN"))?;
+    }
+    // The pooler's auth role may connect to the platform databases (where no lookup function
+    // exists): PgBouncer then refuses a tenant login there at once ("bouncer config error")
+    // instead of retrying a failing server login until query_wait_timeout.
+    admin.batch_execute(&format!(
+        "ALTER ROLE {q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD NULL;
+         GRANT dl_pooler_auth TO {q};
+         GRANT CONNECT ON DATABASE postgres, template1, {} TO dl_pooler_auth",
+        quote_ident(control::CONTROL_DB)
+    ))?;
+    drop(admin);
+
+    let bouncer = layout.pgbouncer(&state);
+    pg_harness::start_pgbouncer(&bouncer)?;
+    let _ = version;
+    status(&opts.data_dir)
+}
+
+/// `local down`: stop PgBouncer and PostgreSQL (data stays).
+pub fn down(data_dir: &Path) -> Result<LocalStatus> {
+    let layout = Layout::new(data_dir)?;
+    let state = LocalState::read(&layout.dir)?;
+    pg_harness::stop_pgbouncer(&layout.pgbouncer(&state))?;
+    pg_harness::stop_cluster(&layout.dir.join("pg"))?;
+    status(data_dir)
+}
+
+/// `local status`: whether the servers run, their ports and logs.
+pub fn status(data_dir: &Path) -> Result<LocalStatus> {
+    let layout = Layout::new(data_dir)?;
+    let state = LocalState::read(&layout.dir)?;
+    let pg_running = pg_harness::cluster_running(&layout.dir.join("pg"));
+    let bouncer = layout.pgbouncer(&state);
+    let mut version = None;
+    if pg_running {
+        if let Ok(mut c) = connect(&state.admin_conn_string(&layout.dir, "postgres"), None) {
+            version = c
+                .query_opt(
+                    "SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = $1",
+                    &[&EXTENSION],
+                )
+                .ok()
+                .flatten()
+                .and_then(|r| r.get(0));
+        }
+    }
+    Ok(LocalStatus {
+        data_dir: layout.dir.display().to_string(),
+        postgres: LocalServerStatus {
+            host: "127.0.0.1".into(),
+            port: state.pg_port,
+            running: pg_running,
+            log: layout.dir.join("log/postgresql.log").display().to_string(),
+        },
+        pooler: LocalServerStatus {
+            host: "127.0.0.1".into(),
+            port: state.pooler_port,
+            running: pg_harness::pgbouncer_running(&bouncer),
+            log: bouncer.log_path().display().to_string(),
+        },
+        control_database: control::CONTROL_DB.into(),
+        server_id: LOCAL_SERVER_ID.into(),
+        extension_version: version,
+    })
+}

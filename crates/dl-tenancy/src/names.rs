@@ -1,0 +1,289 @@
+//! Workspace ids, the names derived from them, and SQL quoting.
+
+use crate::error::{Error, ErrorCode, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The documented workspace id pattern.
+pub const WORKSPACE_ID_PATTERN: &str = "^[a-z][a-z0-9_-]{0,47}$";
+
+fn matches_id_pattern(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 48
+        && b[0].is_ascii_lowercase()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+/// Check a workspace id against [`WORKSPACE_ID_PATTERN`].
+pub fn validate_workspace_id(id: &str) -> Result<()> {
+    if matches_id_pattern(id) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::InvalidWorkspaceId,
+            format!(
+                "workspace id {} does not match {WORKSPACE_ID_PATTERN}",
+                serde_json::Value::String(id.chars().take(80).collect())
+            ),
+        ))
+    }
+}
+
+/// Check a server name (same pattern as workspace ids).
+pub fn validate_server_name(name: &str) -> Result<()> {
+    if matches_id_pattern(name) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::InvalidServerName,
+            format!(
+                "server name {} does not match {WORKSPACE_ID_PATTERN}",
+                serde_json::Value::String(name.chars().take(80).collect())
+            ),
+        ))
+    }
+}
+
+/// `"name"` with embedded double quotes doubled: a safe SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'text'` with quotes doubled (and `E''` when there is a backslash): a safe SQL literal.
+pub fn quote_literal(s: &str) -> String {
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+/// Which credential: read-only or override (writes overrides, owns tenant_custom).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Read,
+    Override,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Read, Kind::Override];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Read => "read",
+            Kind::Override => "override",
+        }
+    }
+    /// The extension's group role the logins of this kind belong to.
+    pub fn group_role(self) -> &'static str {
+        match self {
+            Kind::Read => "dl_tenant_read",
+            Kind::Override => "dl_tenant_override",
+        }
+    }
+    /// `search_path` set on the logins of this kind.
+    pub fn search_path(self) -> &'static str {
+        match self {
+            Kind::Read => "public",
+            Kind::Override => "public, tenant_custom",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Kind> {
+        match s {
+            "read" => Ok(Kind::Read),
+            "override" => Ok(Kind::Override),
+            _ => Err(crate::error::invalid(
+                "kind must be \"read\" or \"override\"",
+            )),
+        }
+    }
+}
+
+/// The two logins of a kind, used alternately for zero-downtime rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+    pub fn parse(s: &str) -> Option<Slot> {
+        match s {
+            "a" => Some(Slot::A),
+            "b" => Some(Slot::B),
+            _ => None,
+        }
+    }
+}
+
+/// Names derived from a (validated) workspace id. None of them carries a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceNames {
+    pub workspace: String,
+}
+
+impl WorkspaceNames {
+    /// Validates the id.
+    pub fn new(workspace: &str) -> Result<Self> {
+        validate_workspace_id(workspace)?;
+        Ok(WorkspaceNames {
+            workspace: workspace.to_string(),
+        })
+    }
+    /// `ws_<id>` (hyphens kept; always quoted in SQL).
+    pub fn database(&self) -> String {
+        format!("ws_{}", self.workspace)
+    }
+    /// The NOLOGIN role named like the database (pg_hba `samerole`).
+    pub fn workspace_role(&self) -> String {
+        self.database()
+    }
+    /// `ws_<id>_<kind>_<slot>`: at most 3 + 48 + 11 = 62 bytes (< NAMEDATALEN).
+    pub fn login(&self, kind: Kind, slot: Slot) -> String {
+        format!("{}_{}_{}", self.database(), kind.as_str(), slot.as_str())
+    }
+    pub fn all_logins(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for k in Kind::ALL {
+            for s in [Slot::A, Slot::B] {
+                v.push(self.login(k, s));
+            }
+        }
+        v
+    }
+}
+
+/// Percent-encode everything but RFC 3986 unreserved characters.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Parse a duration such as `0`, `90`, `90s`, `10m`, `1h30m`, `2d` into seconds.
+pub fn parse_duration(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let bad = || {
+        crate::error::invalid(format!(
+            "duration {} is not like 0, 90s, 10m, 1h30m, 2d",
+            serde_json::Value::String(s.chars().take(40).collect())
+        ))
+    };
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let mult = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(mult)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        num.clear();
+    }
+    if !num.is_empty() {
+        return Err(bad());
+    }
+    if total > 366 * 86400 {
+        return Err(crate::error::invalid("grace period longer than a year"));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_ids() {
+        for ok in ["a", "acme", "acme-prod_2", &format!("a{}", "b".repeat(47))] {
+            assert!(validate_workspace_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "A",
+            "1abc",
+            "-a",
+            "a b",
+            "a;drop",
+            "a\"b",
+            "ä",
+            "a.b",
+            &format!("a{}", "b".repeat(48)),
+        ] {
+            let e = validate_workspace_id(bad).unwrap_err();
+            assert_eq!(e.code(), "invalid_workspace_id");
+        }
+        let n = WorkspaceNames::new(&format!("a{}", "b".repeat(47))).unwrap();
+        assert!(n.login(Kind::Override, Slot::B).len() <= 63);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("ws_a-b"), "\"ws_a-b\"");
+        assert_eq!(quote_ident("x\"y"), "\"x\"\"y\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+        assert_eq!(percent_encode("a b/c:d@e"), "a%20b%2Fc%3Ad%40e");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0").unwrap(), 0);
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert_eq!(parse_duration("10m").unwrap(), 600);
+        assert_eq!(parse_duration("1h30m").unwrap(), 5400);
+        assert_eq!(parse_duration("2d").unwrap(), 172800);
+        for bad in ["", "m", "10x", "1.5h", "-1", "10m5"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
