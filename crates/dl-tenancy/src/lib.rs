@@ -17,6 +17,8 @@ pub mod local;
 pub mod names;
 mod ops;
 pub mod secret;
+pub mod http;
+pub mod tokens;
 
 pub use error::{Error, ErrorCode, Result};
 pub use names::{validate_workspace_id, Kind, WorkspaceNames, WORKSPACE_ID_PATTERN};

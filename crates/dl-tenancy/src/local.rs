@@ -251,11 +251,6 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     }
 
     let admin_conn = state.admin_conn_string(dir, "postgres");
-    let mut admin = connect(&admin_conn, None)?;
-    admin.batch_execute(
-        "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC;
-         REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC",
-    )?;
     control::ensure_control_db(&admin_conn)?;
 
     let tenancy = Tenancy::from_parts(admin_conn.clone(), SecretKey::load(dir, false)?);
@@ -275,8 +270,9 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
         )?;
     }
     // The template creates the extension's cluster-wide group roles.
-    let version = tenancy.ensure_server_template(LOCAL_SERVER_ID)?;
+    tenancy.prepare_server(LOCAL_SERVER_ID)?;
 
+    let mut admin = connect(&admin_conn, None)?;
     let q = quote_ident(POOLER_AUTH_USER);
     let exists = admin
         .query_opt(
@@ -293,14 +289,13 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     admin.batch_execute(&format!(
         "ALTER ROLE {q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD NULL;
          GRANT dl_pooler_auth TO {q};
-         GRANT CONNECT ON DATABASE postgres, template1, {} TO dl_pooler_auth",
+         GRANT CONNECT ON DATABASE {} TO dl_pooler_auth",
         quote_ident(control::CONTROL_DB)
     ))?;
     drop(admin);
 
     let bouncer = layout.pgbouncer(&state);
     pg_harness::start_pgbouncer(&bouncer)?;
-    let _ = version;
     status(&opts.data_dir)
 }
 

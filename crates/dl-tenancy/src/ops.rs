@@ -295,6 +295,8 @@ impl Tenancy {
                 },
                 false,
             )?;
+            drop(ctl);
+            self.prepare_server("primary")?;
         }
         Ok(())
     }
@@ -369,6 +371,8 @@ impl Tenancy {
         validate_server_name(&spec.name)?;
         let mut ctl = self.control()?;
         self.upsert_server(&mut ctl, spec, true)?;
+        drop(ctl);
+        self.prepare_server(&spec.name)?;
         self.server_list()?
             .servers
             .into_iter()
@@ -562,6 +566,23 @@ impl Tenancy {
         let server = self.load_server(&mut ctl, server_id)?;
         let mut admin = connect(&server.admin_conn, None)?;
         self.ensure_template(&mut ctl, &mut admin, &server)
+    }
+
+    /// Get a server ready for workspaces: the template database (creates the extension's
+    /// group roles), and no CONNECT for PUBLIC on `postgres`/`template1` (tenant logins must
+    /// not get in there; superusers and the pooler's auth role keep access).
+    pub fn prepare_server(&self, server_id: &str) -> Result<String> {
+        let version = self.ensure_server_template(server_id)?;
+        let mut ctl = self.control()?;
+        let server = self.load_server(&mut ctl, server_id)?;
+        drop(ctl);
+        let mut admin = connect(&server.admin_conn, None)?;
+        admin.batch_execute(
+            "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC;
+             REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC;
+             GRANT CONNECT ON DATABASE postgres, template1 TO dl_pooler_auth",
+        )?;
+        Ok(version)
     }
 
     fn ensure_template(

@@ -42,6 +42,11 @@ enum Command {
     /// Servers workspaces are placed on.
     #[command(subcommand)]
     Server(ServerCmd),
+    /// Serve the tenant HTTP API (/api/v2/tenants/...) until SIGTERM/SIGINT.
+    Serve(ServeArgs),
+    /// Bearer tokens of the HTTP API (one workspace each; shown once, stored as a hash).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,7 +69,7 @@ enum LocalCmd {
 #[derive(Args, Debug)]
 struct Ws {
     /// Workspace id, ^[a-z][a-z0-9_-]{0,47}$
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     workspace: String,
 }
 
@@ -89,7 +94,7 @@ enum UrisCmd {
     Metadata(Ws),
     /// The connection URI (with password) of the read or override login.
     Reveal {
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         workspace: String,
         #[arg(long, value_enum)]
         kind: KindArg,
@@ -99,7 +104,7 @@ enum UrisCmd {
     },
     /// New password (on the standby login); the old one stops working now or after --grace.
     Rotate {
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         workspace: String,
         #[arg(long, value_enum)]
         kind: KindArg,
@@ -111,10 +116,10 @@ enum UrisCmd {
 
 #[derive(Args, Debug)]
 struct Deprovision {
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     workspace: String,
     /// Must repeat the workspace id.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
     confirm: String,
 }
 
@@ -141,6 +146,35 @@ enum ServerCmd {
     },
     /// Registered servers and their workspace counts.
     List,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (port 0 = any free port; the address is printed as JSON).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Reveal + rotate requests per token per minute (0 = no limit).
+    #[arg(long, default_value_t = 20)]
+    rate_limit_per_minute: u32,
+    /// Time limit of each database operation, in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_seconds: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokensCmd {
+    /// Issue a token for a workspace (provisioned or not); prints it once.
+    Create(Ws),
+    /// Revoke a token (requests with it get 401 from then on).
+    Revoke {
+        #[arg(long)]
+        token_id: String,
+    },
+    /// Tokens without their secrets, of one workspace or all.
+    List {
+        #[arg(long)]
+        workspace: Option<String>,
+    },
 }
 
 fn print<T: Serialize>(v: &T) {
@@ -231,6 +265,30 @@ fn run(cli: Cli) -> Result<(), Error> {
             })?)
         }
         Command::Server(ServerCmd::List) => print(&open()?.server_list()?),
+        Command::Serve(s) => {
+            let timeout = std::time::Duration::from_secs(s.timeout_seconds.max(1));
+            dl_tenancy_ctl::http::run(
+                &config,
+                &dl_tenancy_ctl::http::ServeOptions {
+                    listen: s.listen,
+                    call_timeout: timeout,
+                    rate_per_minute: s.rate_limit_per_minute,
+                    drain_timeout: timeout + std::time::Duration::from_secs(5),
+                    ..Default::default()
+                },
+            )?
+        }
+        Command::Tokens(TokensCmd::Create(w)) => {
+            names::validate_workspace_id(&w.workspace)?;
+            print(&dl_tenancy_ctl::tokens::create(&open()?, &w.workspace)?)
+        }
+        Command::Tokens(TokensCmd::Revoke { token_id }) => {
+            print(&dl_tenancy_ctl::tokens::revoke(&open()?, &token_id)?)
+        }
+        Command::Tokens(TokensCmd::List { workspace }) => print(&dl_tenancy_ctl::tokens::list(
+            &open()?,
+            workspace.as_deref(),
+        )?),
     }
     Ok(())
 }

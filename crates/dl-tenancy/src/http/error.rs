@@ -1,0 +1,145 @@
+//! The HTTP error type: `{"error":{"code":"...","message":"..."}}` with a status and, where
+//! it applies, `WWW-Authenticate` or `Retry-After`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::borrow::Cow;
+
+/// An error response.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: Cow<'static, str>,
+    pub message: String,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
+    /// `WWW-Authenticate` value (401).
+    pub www_authenticate: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code: Cow::Borrowed(code),
+            message: message.into(),
+            retry_after: None,
+            www_authenticate: None,
+        }
+    }
+
+    /// 401 for a request without a bearer token.
+    pub fn missing_token() -> Self {
+        ApiError {
+            www_authenticate: Some("Bearer realm=\"dl-tenancy\""),
+            ..ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "an `Authorization: Bearer <token>` header is required",
+            )
+        }
+    }
+
+    /// 401 for a malformed, unknown or revoked token (the same answer for all three).
+    pub fn invalid_token() -> Self {
+        ApiError {
+            www_authenticate: Some("Bearer realm=\"dl-tenancy\", error=\"invalid_token\""),
+            ..ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the bearer token is invalid or revoked",
+            )
+        }
+    }
+
+    pub fn not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not support this method (see the Allow header)",
+        )
+    }
+
+    pub fn rate_limited(retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after.max(1)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many reveal/rotate requests for this token; retry later",
+            )
+        }
+    }
+
+    pub fn timeout() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the operation did not finish in time; retry later",
+        )
+    }
+
+    /// 500 with a generic message; the cause goes to the log only.
+    pub fn internal(cause: &str) -> Self {
+        tracing::error!(cause, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the server log has the details",
+        )
+    }
+
+    /// A library error: its code and status. Messages of 4xx errors are the library's (they
+    /// name only the caller's own workspace and never hold a secret); 5xx messages are generic
+    /// and the library's message goes to the log.
+    pub fn from_lib(e: crate::Error) -> Self {
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = Cow::Borrowed(e.code());
+        if status.is_server_error() {
+            tracing::error!(code = e.code(), cause = %e.message, "operation failed");
+            let message = if status == StatusCode::SERVICE_UNAVAILABLE {
+                "a database server is unavailable; retry later"
+            } else {
+                "internal error; the server log has the details"
+            };
+            return ApiError {
+                status,
+                code,
+                message: message.into(),
+                retry_after: None,
+                www_authenticate: None,
+            };
+        }
+        ApiError {
+            status,
+            code,
+            message: e.message,
+            retry_after: None,
+            www_authenticate: None,
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, Json(self.body())).into_response();
+        let h = res.headers_mut();
+        if let Some(v) = self.www_authenticate {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(v));
+        }
+        if let Some(s) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        res
+    }
+}

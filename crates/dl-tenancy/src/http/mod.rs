@@ -1,0 +1,407 @@
+//! The tenant API over HTTP (`dl-tenancy serve`): the seed's `/api/v2/tenants/...`
+//! endpoints in front of the same [`Tenancy`] methods the CLI calls.
+//!
+//! Handlers only translate HTTP to library calls and back: the bearer token decides the
+//! workspace ([`extract::Auth`]), the body is parsed strictly ([`extract::JsonBody`]), the
+//! blocking library call runs on the blocking pool with a timeout ([`AppState::call`]), and
+//! the result is the library struct as JSON (what the CLI prints) or
+//! `{"error":{"code","message"}}` ([`error::ApiError`]).
+
+pub mod error;
+pub mod extract;
+pub mod limit;
+
+use crate::names::Kind;
+use crate::tokens::TokenStore;
+use crate::{Config, Tenancy};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::{Json, Router};
+use error::ApiError;
+use extract::{Auth, JsonBody};
+use limit::RateLimiter;
+use serde::Deserialize;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tower_http::trace::TraceLayer;
+
+pub use extract::BODY_LIMIT;
+
+/// The OpenAPI document, served at `GET /api/v2/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
+/// Every route: (method, path). The router is built from this list (and only from it), and
+/// a test checks that it equals the paths and methods of [`OPENAPI_JSON`].
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/api/v2/openapi.json"),
+    ("GET", "/api/v2/tenants/status"),
+    ("POST", "/api/v2/tenants/provision"),
+    ("GET", "/api/v2/tenants/connection-uris/metadata"),
+    ("POST", "/api/v2/tenants/connection-uris/reveal"),
+    ("POST", "/api/v2/tenants/connection-uris/rotate"),
+    ("GET", "/api/v2/tenants/sql-schema"),
+];
+
+/// Longest `grace_seconds` of a rotation (366 days, as the library allows).
+pub const MAX_GRACE_SECONDS: u64 = 366 * 86400;
+
+/// Options of `dl-tenancy serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// Limit of each library call (database work); 503 `timeout` past it.
+    pub call_timeout: Duration,
+    /// Reveal + rotate requests per token per minute (token bucket); 0 = unlimited.
+    pub rate_per_minute: u32,
+    /// Library calls running at once (the rest wait, within their timeout).
+    pub max_concurrent_calls: usize,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take before the process exits.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            call_timeout: Duration::from_secs(30),
+            rate_per_minute: 20,
+            max_concurrent_calls: 32,
+            drain_timeout: Duration::from_secs(35),
+        }
+    }
+}
+
+/// Shared state of the server.
+pub struct AppState {
+    pub tenancy: Tenancy,
+    pub tokens: TokenStore,
+    limiter: RateLimiter,
+    call_timeout: Duration,
+    calls: Semaphore,
+}
+
+impl AppState {
+    /// Opens the token store (creates its table when missing). Blocking.
+    pub fn new(tenancy: Tenancy, opts: &ServeOptions) -> crate::Result<Arc<AppState>> {
+        let tokens = TokenStore::open(tenancy.clone())?;
+        Ok(Arc::new(AppState {
+            tenancy,
+            tokens,
+            limiter: RateLimiter::new(opts.rate_per_minute),
+            call_timeout: opts.call_timeout,
+            calls: Semaphore::new(opts.max_concurrent_calls.max(1)),
+        }))
+    }
+
+    /// Run blocking work on the blocking pool, bounded in concurrency and time.
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce() -> crate::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let work = async {
+            let _permit = self
+                .calls
+                .acquire()
+                .await
+                .map_err(|_| ApiError::internal("call semaphore closed"))?;
+            match tokio::task::spawn_blocking(f).await {
+                Ok(r) => r.map_err(ApiError::from_lib),
+                Err(e) => Err(ApiError::internal(&format!("library call panicked: {e}"))),
+            }
+        };
+        match tokio::time::timeout(self.call_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::timeout()),
+        }
+    }
+
+    /// A library call on the tenancy.
+    async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Tenancy) -> crate::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let st = self.clone();
+        self.blocking(move || f(&st.tenancy)).await
+    }
+
+    fn rate_limit(&self, auth: &Auth) -> Result<(), ApiError> {
+        self.limiter
+            .check(&auth.0.token_id)
+            .map_err(|wait| ApiError::rate_limited(wait.as_secs_f64().ceil() as u64))
+    }
+}
+
+type Api<T> = Result<T, ApiError>;
+
+fn no_store<T: serde::Serialize>(v: T) -> Response {
+    let mut res = Json(v).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+async fn status(State(st): State<Arc<AppState>>, Auth(p): Auth) -> Api<Response> {
+    let ws = p.workspace;
+    Ok(Json(st.call(move |t| t.status(&ws)).await?).into_response())
+}
+
+/// Provision takes no parameters; a body, if any, must be `{}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvisionBody {}
+
+async fn provision(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+    JsonBody(ProvisionBody {}): JsonBody<ProvisionBody>,
+) -> Api<Response> {
+    let ws = p.workspace;
+    match st.call(move |t| t.provision(&ws)).await {
+        Ok(v) => Ok(Json(v).into_response()),
+        // The library call goes on (and finishes or records an error); status says which.
+        Err(e) if e.code == "timeout" => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "provisioning_in_progress",
+            "provisioning is still running; poll GET /api/v2/tenants/status",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+async fn metadata(State(st): State<Arc<AppState>>, Auth(p): Auth) -> Api<Response> {
+    let ws = p.workspace;
+    Ok(Json(st.call(move |t| t.metadata(&ws)).await?).into_response())
+}
+
+async fn sql_schema(State(st): State<Arc<AppState>>, Auth(p): Auth) -> Api<Response> {
+    let ws = p.workspace;
+    Ok(Json(st.call(move |t| t.sql_schema(&ws)).await?).into_response())
+}
+
+fn default_pooled() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevealBody {
+    kind: Kind,
+    #[serde(default = "default_pooled")]
+    pooled: bool,
+}
+
+async fn reveal(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(body): JsonBody<RevealBody>,
+) -> Api<Response> {
+    st.rate_limit(&auth)?;
+    let ws = auth.0.workspace;
+    let r = st
+        .call(move |t| t.reveal(&ws, body.kind, body.pooled))
+        .await?;
+    Ok(no_store(r))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    kind: Kind,
+    #[serde(default)]
+    grace_seconds: u64,
+}
+
+async fn rotate(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    JsonBody(body): JsonBody<RotateBody>,
+) -> Api<Response> {
+    if body.grace_seconds > MAX_GRACE_SECONDS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("grace_seconds must be between 0 and {MAX_GRACE_SECONDS}"),
+        ));
+    }
+    st.rate_limit(&auth)?;
+    let ws = auth.0.workspace;
+    let r = st
+        .call(move |t| t.rotate(&ws, body.kind, body.grace_seconds))
+        .await?;
+    Ok(no_store(r))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
+    let filter = match method {
+        "GET" => MethodFilter::GET,
+        "POST" => MethodFilter::POST,
+        _ => unreachable!("ROUTES uses GET and POST only"),
+    };
+    match path {
+        "/healthz" => on(filter, healthz),
+        "/api/v2/openapi.json" => on(filter, openapi),
+        "/api/v2/tenants/status" => on(filter, status),
+        "/api/v2/tenants/provision" => on(filter, provision),
+        "/api/v2/tenants/connection-uris/metadata" => on(filter, metadata),
+        "/api/v2/tenants/connection-uris/reveal" => on(filter, reveal),
+        "/api/v2/tenants/connection-uris/rotate" => on(filter, rotate),
+        "/api/v2/tenants/sql-schema" => on(filter, sql_schema),
+        _ => unreachable!("a path of ROUTES without a handler: {path}"),
+    }
+}
+
+/// The application: [`ROUTES`], JSON 404/405, request logs.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut r = Router::new();
+    for (method, path) in ROUTES {
+        r = r.route(path, handler_for(method, path));
+    }
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    // The path only: no query string, no headers (Authorization).
+                    let path: String = req.uri().path().chars().take(200).collect();
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %path,
+                        workspace = tracing::field::Empty,
+                        token_id = tracing::field::Empty,
+                    )
+                })
+                .on_request(|_req: &Request, _span: &tracing::Span| {
+                    tracing::info!("request started");
+                })
+                .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
+                    tracing::info!(
+                        status = res.status().as_u16(),
+                        latency_ms = latency.as_secs_f64() * 1000.0,
+                        "request finished"
+                    );
+                })
+                .on_failure(()),
+        )
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves, then stop accepting and let in-flight
+/// requests finish (at most `drain_timeout`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain_timeout: Duration,
+) -> std::io::Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let mut graceful = rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|v| *v).await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    });
+    let mut deadline = rx;
+    let drain = async move {
+        let _ = deadline.wait_for(|v| *v).await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        r = server => r,
+        () = drain => {
+            tracing::warn!("drain timeout: exiting with requests in flight");
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "signal received"),
+    }
+}
+
+/// JSON request logs on stderr; `DL_TENANCY_LOG` (an `EnvFilter`, default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DL_TENANCY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `dl-tenancy serve`: open the control plane, bind, print `{"listening":"<addr>"}` on stdout,
+/// serve until SIGTERM/SIGINT. Blocking.
+pub fn run(config: &Config, opts: &ServeOptions) -> crate::Result<()> {
+    init_logging();
+    let tenancy = Tenancy::open(config)?;
+    let state = AppState::new(tenancy, opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("dl-tenancy-http")
+        .build()?;
+    let res = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| {
+            crate::Error::new(
+                crate::ErrorCode::InvalidArgument,
+                format!("cannot listen on {}: {e}", opts.listen),
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        println!("{}", serde_json::json!({"listening": addr.to_string()}));
+        tracing::info!(listen = %addr, "serving");
+        let started = Instant::now();
+        serve(listener, router(state), shutdown_signal(), opts.drain_timeout).await?;
+        tracing::info!(uptime_s = started.elapsed().as_secs(), "stopped");
+        Ok::<(), crate::Error>(())
+    });
+    // Library calls still running past their timeout are not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    res
+}

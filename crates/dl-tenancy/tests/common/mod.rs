@@ -1,0 +1,207 @@
+//! Shared test setup: a local cluster + PgBouncer (via `dl_tenancy_ctl::local::up`, which uses
+//! pg-harness) in a temporary directory on free loopback ports, torn down on drop.
+
+#![allow(dead_code)]
+
+use dl_tenancy_ctl::{local, Config, Kind, Tenancy};
+use postgres::{Client, NoTls};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Env {
+    pub dir: PathBuf,
+    pub status: local::LocalStatus,
+    pub t: Tenancy,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = pg_harness::temp_dir("dl-tenancy-test").unwrap();
+        let mut last = None;
+        for _ in 0..3 {
+            let pg = pg_harness::free_port();
+            let mut pool = pg_harness::free_port();
+            while pool == pg {
+                pool = pg_harness::free_port();
+            }
+            match local::up(&local::LocalOptions {
+                data_dir: dir.clone(),
+                pg_port: Some(pg),
+                pooler_port: Some(pool),
+            }) {
+                Ok(status) => {
+                    let t = Tenancy::open(&Config {
+                        data_dir: dir.clone(),
+                        admin_url: None,
+                    })
+                    .unwrap();
+                    return Env { dir, status, t };
+                }
+                Err(e) => {
+                    let _ = local::down(&dir);
+                    last = Some(e)
+                }
+            }
+        }
+        panic!("local up failed: {:?}", last);
+    }
+
+    /// Superuser connection over the socket.
+    pub fn admin(&self, db: &str) -> Client {
+        postgres::Config::new()
+            .host_path(self.dir.join("run"))
+            .port(self.status.postgres.port)
+            .user("postgres")
+            .dbname(db)
+            .connect(NoTls)
+            .unwrap()
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.status.postgres.log).unwrap_or_default()
+    }
+
+    pub fn uri(&self, ws: &str, kind: Kind, pooled: bool) -> String {
+        self.t.reveal(ws, kind, pooled).unwrap().uri
+    }
+
+    /// Run the CLI against this environment's data directory.
+    pub fn cli(&self, args: &[&str]) -> CliOut {
+        cli_in(&self.dir, args, &[])
+    }
+
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOut {
+        cli_in(&self.dir, args, env)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = local::down(&self.dir);
+        if std::env::var_os("PG_HARNESS_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CliOut {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOut {
+    pub fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+    /// The `error.code` of the JSON error on stderr (asserts a failure with empty stdout).
+    pub fn error_code(&self) -> String {
+        assert_ne!(self.code, 0, "expected a failure, got {}", self.stdout);
+        assert!(self.stdout.trim().is_empty(), "stdout on failure: {}", self.stdout);
+        let v: Value = serde_json::from_str(self.stderr.trim())
+            .unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {}", self.stderr));
+        assert!(v["error"]["message"].is_string(), "{v}");
+        v["error"]["code"].as_str().unwrap().to_string()
+    }
+}
+
+pub fn cli_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOut {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dl-tenancy"));
+    cmd.args(args)
+        .env("DL_TENANCY_DATA_DIR", dir)
+        .env_remove("DL_TENANCY_ADMIN_URL")
+        .env_remove("DL_TENANCY_SECRET_KEY")
+        .env_remove("DL_TENANCY_FAULT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    CliOut {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Connect with a revealed URI.
+pub fn connect(uri: &str) -> Result<Client, postgres::Error> {
+    uri.parse::<postgres::Config>().unwrap().connect(NoTls)
+}
+
+pub fn sqlstate(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// Replace the database of a URI.
+pub fn with_db(uri: &str, db: &str) -> String {
+    let i = uri.rfind('/').unwrap();
+    format!("{}/{db}", &uri[..i])
+}
+
+pub const READ_QUERY: &str =
+    "SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at DESC LIMIT 20";
+
+pub const UPSERT: &str = "INSERT INTO dl_override.person_overrides (
+  identity_key,
+  status,
+  identity_payload_patch,
+  raw_payload_patch,
+  tombstoned,
+  updated_at
+) VALUES (
+  $1, $2, $3::jsonb, $4::jsonb, false, now()
+)
+ON CONFLICT (identity_key) DO UPDATE
+SET status = EXCLUDED.status,
+    identity_payload_patch = EXCLUDED.identity_payload_patch,
+    raw_payload_patch = EXCLUDED.raw_payload_patch,
+    tombstoned = false,
+    updated_at = now();";
+
+pub const CUSTOM_TABLE: &str = "CREATE TABLE IF NOT EXISTS tenant_custom.account_segments (
+  id text PRIMARY KEY,
+  segment text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);";
+
+/// The seed's upsert with parameters as the seed's node `pg` client sends them: one unnamed
+/// prepared statement (works through PgBouncer in transaction mode).
+pub fn upsert(c: &mut Client, key: &str, status: &str) -> Result<u64, postgres::Error> {
+    use postgres::types::Type;
+    let patch = r#"{"name":"Ada"}"#;
+    let raw = r#"{"source":"test"}"#;
+    c.query_typed(
+        UPSERT,
+        &[
+            (&key, Type::TEXT),
+            (&status, Type::TEXT),
+            (&patch, Type::TEXT),
+            (&raw, Type::TEXT),
+        ],
+    )
+    .map(|r| r.len() as u64)
+}
+
+/// Database names on the cluster.
+pub fn databases(admin: &mut Client) -> Vec<String> {
+    admin
+        .query("SELECT datname FROM pg_database ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+pub fn role_exists(admin: &mut Client, role: &str) -> bool {
+    admin
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .unwrap()
+        .is_some()
+}

@@ -1,0 +1,314 @@
+//! Provision/status lifecycle, idempotency, deprovision, bad ids (library and CLI).
+
+mod common;
+
+use common::*;
+use dl_tenancy_ctl::Kind;
+use std::time::{Duration, Instant};
+
+#[test]
+fn provision_status_metadata_schema_list_deprovision() {
+    let env = Env::new();
+    let t = &env.t;
+    let st = t.status("acme").unwrap();
+    assert_eq!(st.status, "not_provisioned");
+    assert_eq!(st.database, None);
+
+    let started = Instant::now();
+    let st = t.provision("acme").unwrap();
+    let took = started.elapsed();
+    eprintln!("provision of a new workspace took {took:?}");
+    assert!(took < Duration::from_secs(3), "provision took {took:?}");
+    assert_eq!(st.status, "active");
+    assert_eq!(st.database.as_deref(), Some("ws_acme"));
+    assert_eq!(st.extension_version, env.status.extension_version);
+    assert!(st.extension_version.is_some());
+    assert_eq!(t.status("acme").unwrap().status, "active");
+
+    // The database: not owned by a tenant, no CONNECT for PUBLIC.
+    let mut admin = env.admin("postgres");
+    let row = admin
+        .query_one(
+            "SELECT pg_get_userbyid(datdba), has_database_privilege('public', oid, 'CONNECT'),
+                    has_database_privilege('ws_acme_read_a', oid, 'CONNECT'),
+                    has_database_privilege('ws_acme_read_a', oid, 'TEMP')
+               FROM pg_database WHERE datname = 'ws_acme'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "postgres");
+    assert!(!row.get::<_, bool>(1));
+    assert!(row.get::<_, bool>(2));
+    assert!(!row.get::<_, bool>(3));
+    // Logins: no CREATEROLE/CREATEDB/superuser; role settings as designed; no secret anywhere.
+    let rows = admin
+        .query(
+            "SELECT rolname, rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls, rolcanlogin,
+                    coalesce((SELECT string_agg(x, ';') FROM pg_db_role_setting s, unnest(s.setconfig) x
+                               WHERE s.setrole = r.oid), '')
+               FROM pg_roles r WHERE rolname LIKE 'ws\\_acme%' ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        names,
+        [
+            "ws_acme",
+            "ws_acme_override_a",
+            "ws_acme_override_b",
+            "ws_acme_read_a",
+            "ws_acme_read_b"
+        ]
+    );
+    for r in &rows {
+        assert!(!r.get::<_, bool>(1));
+        let name: String = r.get(0);
+        assert_eq!(r.get::<_, bool>(2), name != "ws_acme");
+    }
+    let settings: String = rows[3].get(3);
+    assert!(settings.contains("role=dl_tenant_read"), "{settings}");
+    assert!(settings.contains("search_path=public"), "{settings}");
+    let settings: String = rows[1].get(3);
+    assert!(settings.contains("role=dl_tenant_override"), "{settings}");
+    assert!(settings.contains("tenant_custom"), "{settings}");
+
+    // Metadata: no secrets.
+    let md = t.metadata("acme").unwrap();
+    assert_eq!(md.database, "ws_acme");
+    assert_eq!(md.server_id, "local");
+    assert_eq!(md.roles["read"].login, "ws_acme_read_a");
+    assert_eq!(md.roles["override"].group_role, "dl_tenant_override");
+    assert_eq!(md.direct.port, env.status.postgres.port);
+    assert_eq!(md.pooled.as_ref().unwrap().port, env.status.pooler.port);
+    let md_json = serde_json::to_string(&md).unwrap();
+    for kind in Kind::ALL {
+        let uri = env.uri("acme", kind, false);
+        let pw = uri.split(':').nth(2).unwrap().split('@').next().unwrap();
+        assert!(!md_json.contains(pw));
+    }
+
+    // The contract.
+    let schema = t.sql_schema("acme").unwrap();
+    assert!(schema.to_string().contains("dl_resolved"), "{schema}");
+
+    let list = t.list().unwrap();
+    assert_eq!(list.workspaces.len(), 1);
+    assert_eq!(list.workspaces[0].state, "active");
+
+    // Deprovision refuses without the matching confirmation, and changes nothing.
+    let e = t.deprovision("acme", "other").unwrap_err();
+    assert_eq!(e.code(), "confirmation_required");
+    assert_eq!(e.exit_code(), 2);
+    assert!(databases(&mut admin).contains(&"ws_acme".to_string()));
+    let out = env.cli(&["deprovision", "--workspace", "acme"]);
+    assert_eq!(out.error_code(), "confirmation_required");
+    assert_eq!(out.code, 2);
+    assert_eq!(t.status("acme").unwrap().status, "active");
+
+    // A live session is terminated by deprovision.
+    let mut session = connect(&env.uri("acme", Kind::Read, false)).unwrap();
+    session.simple_query("SELECT 1").unwrap();
+    let d = env.cli(&["deprovision", "--workspace", "acme", "--confirm", "acme"]).json();
+    assert_eq!(d["status"], "deleted");
+    assert_eq!(d["dropped_database"], true);
+    assert_eq!(d["dropped_roles"].as_array().unwrap().len(), 5);
+    assert!(session.simple_query("SELECT 1").is_err());
+    assert!(!databases(&mut admin).contains(&"ws_acme".to_string()));
+    assert!(!role_exists(&mut admin, "ws_acme_read_a"));
+    assert!(!role_exists(&mut admin, "ws_acme"));
+    assert_eq!(t.status("acme").unwrap().status, "not_provisioned");
+    assert!(t.list().unwrap().workspaces.is_empty());
+    assert_eq!(t.reveal("acme", Kind::Read, false).unwrap_err().code(), "not_provisioned");
+    // Deprovision again: a no-op.
+    assert!(!t.deprovision("acme", "acme").unwrap().dropped_database);
+
+    // And it can come back, with new credentials.
+    assert_eq!(t.provision("acme").unwrap().status, "active");
+    let mut c = connect(&env.uri("acme", Kind::Read, true)).unwrap();
+    c.simple_query(READ_QUERY).unwrap();
+}
+
+#[test]
+fn provision_is_idempotent_concurrent_and_repairs() {
+    let env = Env::new();
+    let t = &env.t;
+    let mut admin = env.admin("postgres");
+
+    // Twice: the second call is a no-op (same URI, same roles).
+    t.provision("twice").unwrap();
+    let uri = env.uri("twice", Kind::Override, false);
+    let again = t.provision("twice").unwrap();
+    assert_eq!(again.status, "active");
+    assert_eq!(env.uri("twice", Kind::Override, false), uri);
+    connect(&uri).unwrap().simple_query("SELECT 1").unwrap();
+
+    // Concurrently from threads (library) and processes (CLI): one database, all active.
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| t.provision("race").unwrap().status))
+            .collect();
+        for h in hs {
+            assert_eq!(h.join().unwrap(), "active");
+        }
+    });
+    let kids: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_dl-tenancy"))
+                .args(["provision", "--workspace", "race2"])
+                .env("DL_TENANCY_DATA_DIR", &env.dir)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for k in kids {
+        let out = k.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["status"], "active");
+    }
+    let dbs = databases(&mut admin);
+    assert_eq!(dbs.iter().filter(|d| d.starts_with("ws_race")).count(), 2, "{dbs:?}");
+    for ws in ["race", "race2"] {
+        let mut c = connect(&env.uri(ws, Kind::Read, false)).unwrap();
+        c.simple_query(READ_QUERY).unwrap();
+    }
+
+    // The database dropped by hand: status says so (no stale active); provision repairs it and
+    // the revealed URI keeps working.
+    let before = env.uri("twice", Kind::Read, true);
+    admin
+        .batch_execute("DROP DATABASE ws_twice WITH (FORCE)")
+        .unwrap();
+    let st = t.status("twice").unwrap();
+    assert_eq!(st.status, "not_provisioned");
+    assert!(st.message.unwrap().contains("missing"));
+    let out = env.cli(&["status", "--workspace", "twice"]).json();
+    assert_eq!(out["status"], "not_provisioned");
+    assert_eq!(t.provision("twice").unwrap().status, "active");
+    assert_eq!(env.uri("twice", Kind::Read, true), before);
+    connect(&before).unwrap().simple_query(READ_QUERY).unwrap();
+
+    // Roles dropped by hand, credentials gone: provision recreates them with new passwords.
+    admin
+        .batch_execute("DROP ROLE ws_twice_read_a; DROP ROLE ws_twice_read_b")
+        .unwrap();
+    let mut ctl = env.admin("dl_control");
+    ctl.execute(
+        "DELETE FROM credentials WHERE workspace_id = 'twice' AND kind = 'read'",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(t.provision("twice").unwrap().status, "active");
+    let fresh = env.uri("twice", Kind::Read, false);
+    assert_ne!(fresh, with_db(&before, "ws_twice"));
+    connect(&fresh).unwrap().simple_query(READ_QUERY).unwrap();
+
+    // A row left in `provisioning` (a crash before anything was created).
+    ctl.execute(
+        "INSERT INTO workspaces (id, server_id, database_name, state) VALUES ('halfway', 'local', 'ws_halfway', 'provisioning')",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(t.status("halfway").unwrap().status, "provisioning");
+    assert_eq!(
+        t.reveal("halfway", Kind::Read, false).unwrap_err().code(),
+        "provisioning_in_progress"
+    );
+    assert_eq!(t.provision("halfway").unwrap().status, "active");
+    connect(&env.uri("halfway", Kind::Override, true))
+        .unwrap()
+        .simple_query(CUSTOM_TABLE)
+        .unwrap();
+}
+
+#[test]
+fn crash_half_way_then_provision_finishes() {
+    let env = Env::new();
+    let mut admin = env.admin("postgres");
+    for (ws, point) in [
+        ("crash-a", "after_record"),
+        ("crash-b", "after_create_database"),
+        ("crash-c", "after_roles"),
+    ] {
+        let out = env.cli_env(
+            &["provision", "--workspace", ws],
+            &[("DL_TENANCY_FAULT", point)],
+        );
+        assert_eq!(out.code, 97, "{point}: {out:?}");
+        let st = env.cli(&["status", "--workspace", ws]).json();
+        assert_eq!(st["status"], "provisioning", "{point}");
+        let st = env.cli(&["provision", "--workspace", ws]).json();
+        assert_eq!(st["status"], "active", "{point}");
+        let uri = env.uri(ws, Kind::Override, false);
+        let mut c = connect(&uri).unwrap();
+        upsert(&mut c, "person:1", "active").unwrap();
+        let mut c = connect(&env.uri(ws, Kind::Read, true)).unwrap();
+        assert_eq!(c.query(READ_QUERY, &[]).unwrap().len(), 1);
+    }
+    let dbs = databases(&mut admin);
+    assert_eq!(dbs.iter().filter(|d| d.starts_with("ws_crash")).count(), 3);
+}
+
+#[test]
+fn bad_workspace_ids_change_nothing() {
+    let env = Env::new();
+    let mut admin = env.admin("postgres");
+    let dbs_before = databases(&mut admin);
+    let roles_before: i64 = admin
+        .query_one("SELECT count(*) FROM pg_roles", &[])
+        .unwrap()
+        .get(0);
+    let long = format!("a{}", "b".repeat(48));
+    for bad in [
+        "",
+        "Acme",
+        "1acme",
+        "-acme",
+        "acme;drop database postgres",
+        "a\"b",
+        "a b",
+        "ws/x",
+        "acmé",
+        long.as_str(),
+    ] {
+        assert_eq!(env.t.provision(bad).unwrap_err().code(), "invalid_workspace_id");
+        assert_eq!(env.t.status(bad).unwrap_err().http_status(), 400);
+        for args in [
+            vec!["provision", "--workspace", bad],
+            vec!["status", "--workspace", bad],
+            vec!["connection-uris", "reveal", "--workspace", bad, "--kind", "read"],
+            vec!["connection-uris", "rotate", "--workspace", bad, "--kind", "read"],
+            vec!["connection-uris", "metadata", "--workspace", bad],
+            vec!["sql-schema", "--workspace", bad],
+            vec!["deprovision", "--workspace", bad, "--confirm", bad],
+        ] {
+            let out = env.cli(&args);
+            assert_eq!(out.code, 2, "{args:?}: {out:?}");
+            assert_eq!(out.error_code(), "invalid_workspace_id", "{args:?}");
+        }
+    }
+    // Longest valid id works (names fit in 63 bytes).
+    let max = format!("a{}", "b".repeat(47));
+    assert_eq!(env.t.provision(&max).unwrap().status, "active");
+    env.t.deprovision(&max, &max).unwrap();
+    // Other bad input: JSON errors with exit 2.
+    let out = env.cli(&["connection-uris", "reveal", "--workspace", "x", "--kind", "write"]);
+    assert_eq!(out.error_code(), "invalid_argument");
+    assert_eq!(out.code, 2);
+    let out = env.cli(&["connection-uris", "rotate", "--workspace", "x", "--kind", "read", "--grace", "soon"]);
+    assert_eq!(out.error_code(), "invalid_argument");
+    let out = env.cli(&["connection-uris", "reveal", "--workspace", "nope", "--kind", "read"]);
+    assert_eq!(out.error_code(), "not_provisioned");
+    assert_eq!(out.code, 1);
+
+    assert_eq!(databases(&mut admin), dbs_before);
+    let roles_after: i64 = admin
+        .query_one("SELECT count(*) FROM pg_roles", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(roles_after, roles_before);
+    assert!(env.t.list().unwrap().workspaces.is_empty());
+}
