@@ -144,11 +144,19 @@ impl Layout {
             pool_mode: "transaction",
             extra: &[],
         });
+        // The auth user must be in auth_file: left out, PgBouncer would accept it from clients
+        // with an empty password. Its entry is the verifier of a random password nobody keeps,
+        // so no client can log in as it through the pooler; PgBouncer itself reaches the server
+        // as it by peer authentication on the unix socket.
+        let userlist = format!(
+            "\"{POOLER_AUTH_USER}\" \"{}\"\n",
+            crate::secret::scram_verifier(&crate::secret::random_password())
+        );
         PgBouncerSpec {
             dir,
             listen_port: state.pooler_port,
             ini,
-            userlist: String::new(),
+            userlist,
         }
     }
 }

@@ -261,6 +261,18 @@ impl TokenStore {
     }
 }
 
+impl Drop for TokenStore {
+    /// The sync `postgres` client blocks on its own runtime when dropped, which panics inside
+    /// an async runtime (where a server drops its state): close the idle connections on a
+    /// plain thread.
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
