@@ -1,0 +1,179 @@
+//! Several servers: placement on the server with the fewest workspaces, a second plain
+//! cluster (pg-harness) with its own PgBouncer, and `--admin-url` mode on an existing server.
+
+mod common;
+
+use common::*;
+use dl_tenancy_ctl::local::{AUTH_QUERY, POOLER_AUTH_USER};
+use dl_tenancy_ctl::Kind;
+use pg_harness::{pgbouncer_ini, PgBouncer, PgBouncerIni, PgCluster};
+
+fn bouncer_for(c: &PgCluster) -> PgBouncer {
+    PgBouncer::start(|port, dir| {
+        let ini = pgbouncer_ini(&PgBouncerIni {
+            dir,
+            listen_port: port,
+            server_socket_dir: c.socket_dir(),
+            server_port: c.port(),
+            auth_type: "scram-sha-256",
+            auth_user: Some(POOLER_AUTH_USER),
+            auth_query: Some(AUTH_QUERY),
+            pool_mode: "transaction",
+            extra: &[],
+        });
+        let userlist = format!(
+            "\"{POOLER_AUTH_USER}\" \"{}\"\n",
+            postgres_protocol::password::scram_sha_256(b"unused-random-password-0123456789")
+        );
+        (ini, userlist)
+    })
+    .unwrap()
+}
+
+#[test]
+fn placement_across_two_servers() {
+    let env = Env::new();
+    let second = PgCluster::start().unwrap();
+    let bouncer = bouncer_for(&second);
+    let admin_url = second.conn_string("postgres", "postgres");
+    let out = env
+        .cli(&[
+            "server",
+            "add",
+            "--name",
+            "second",
+            "--admin-url",
+            &admin_url,
+            "--pooler-port",
+            &bouncer.port().to_string(),
+        ])
+        .json();
+    assert_eq!(out["id"], "second");
+    assert_eq!(out["direct"]["port"], second.port());
+    assert_eq!(out["pooled"]["port"], bouncer.port());
+    assert_eq!(out["pooled"]["host"], "127.0.0.1");
+    assert!(out["template_version"].is_string(), "{out}");
+    assert!(!out.to_string().contains("postgres "), "no admin URL in output");
+    // The pooler's auth user on the second server (the tool does not manage that pooler).
+    let mut admin2 = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+    admin2
+        .batch_execute(&format!("CREATE ROLE {POOLER_AUTH_USER} LOGIN IN ROLE dl_pooler_auth"))
+        .unwrap();
+
+    for ws in ["p1", "p2", "p3", "p4"] {
+        env.cli(&["provision", "--workspace", ws]).json();
+    }
+    let servers = env.cli(&["server", "list"]).json();
+    let counts: Vec<(String, i64)> = servers["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_string(), s["workspaces"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(counts, [("local".to_string(), 2), ("second".to_string(), 2)]);
+
+    let on_second: Vec<String> = ["p1", "p2", "p3", "p4"]
+        .iter()
+        .filter(|w| env.t.metadata(w).unwrap().server_id == "second")
+        .map(|w| w.to_string())
+        .collect();
+    assert_eq!(on_second.len(), 2);
+    let ws = &on_second[0];
+    let md = env.cli(&["connection-uris", "metadata", "--workspace", ws]).json();
+    assert_eq!(md["direct"]["port"], second.port());
+    assert_eq!(md["project_id"], format!("second/ws_{ws}"));
+    let db = format!("ws_{ws}");
+    assert!(databases(&mut admin2).contains(&db));
+    assert!(!databases(&mut env.admin("postgres")).contains(&db));
+
+    for pooled in [false, true] {
+        let over = env.uri(ws, Kind::Override, pooled);
+        let mut o = connect(&over).unwrap();
+        upsert(&mut o, "person:9", "ok").unwrap();
+        o.batch_execute(CUSTOM_TABLE).unwrap();
+        let read = env.uri(ws, Kind::Read, pooled);
+        let mut r = connect(&read).unwrap();
+        assert_eq!(r.query_typed(READ_QUERY, &[]).unwrap().len(), 1);
+        // No pg_hba help on this server: CONNECT privileges alone keep tenants out.
+        let other = &on_second[1];
+        for target in [format!("ws_{other}"), "postgres".into(), "template1".into()] {
+            let e = connect(&with_db(&read, &target)).map(|_| ()).unwrap_err();
+            if !pooled {
+                assert_eq!(sqlstate(&e), "42501", "{target}: {e}");
+            }
+        }
+    }
+    // A second-server credential is useless on the local server, and vice versa.
+    let local_ws = ["p1", "p2", "p3", "p4"]
+        .into_iter()
+        .find(|w| !on_second.contains(&w.to_string()))
+        .unwrap();
+    let u = env.uri(ws, Kind::Read, false);
+    let moved = u.replace(
+        &format!(":{}/", second.port()),
+        &format!(":{}/", env.status.postgres.port),
+    );
+    assert!(connect(&moved).is_err());
+    let u = env.uri(local_ws, Kind::Read, false);
+    let moved = u.replace(
+        &format!(":{}/", env.status.postgres.port),
+        &format!(":{}/", second.port()),
+    );
+    assert!(connect(&moved).is_err());
+
+    // Deprovision on the second server.
+    let d = env.cli(&["deprovision", "--workspace", ws, "--confirm", ws]).json();
+    assert_eq!(d["dropped_database"], true);
+    assert!(!databases(&mut admin2).contains(&db));
+    assert!(!role_exists(&mut admin2, &format!("ws_{ws}_read_a")));
+    // The next workspace goes to the emptier server.
+    env.t.provision("p5").unwrap();
+    assert_eq!(env.t.metadata("p5").unwrap().server_id, "second");
+    drop(bouncer);
+}
+
+#[test]
+fn admin_url_mode_on_an_existing_server() {
+    let server = PgCluster::start().unwrap();
+    let dir = pg_harness::temp_dir("dl-tenancy-admin-url").unwrap();
+    let admin_url = server.conn_string("postgres", "postgres");
+    let key = "11".repeat(32);
+    let env_vars = [
+        ("DL_TENANCY_ADMIN_URL", admin_url.as_str()),
+        ("DL_TENANCY_SECRET_KEY", key.as_str()),
+    ];
+    let st = cli_in(&dir, &["provision", "--workspace", "remote"], &env_vars).json();
+    assert_eq!(st["status"], "active");
+    assert_eq!(st["server_id"], "primary");
+    assert!(!dir.join("secret.key").exists(), "key from the environment");
+    let v = cli_in(
+        &dir,
+        &["connection-uris", "reveal", "--workspace", "remote", "--kind", "override"],
+        &env_vars,
+    )
+    .json();
+    let uri = v["uri"].as_str().unwrap();
+    assert!(uri.contains(&format!("@localhost:{}/ws_remote", server.port())) || uri.contains(&format!(":{}/ws_remote", server.port())), "{uri}");
+    // Tenants connect over TCP; the harness cluster answers SCRAM on 127.0.0.1.
+    let uri = uri.replace("@localhost:", "@127.0.0.1:");
+    let mut c = connect(&uri).unwrap();
+    upsert(&mut c, "k", "s").unwrap();
+    c.batch_execute(CUSTOM_TABLE).unwrap();
+    // No pooler registered for this server.
+    let out = cli_in(
+        &dir,
+        &["connection-uris", "reveal", "--workspace", "remote", "--kind", "read", "--pooled"],
+        &env_vars,
+    );
+    assert_eq!(out.error_code(), "pooler_not_configured");
+    // The top-level flag works as well as the environment; a wrong key cannot decrypt.
+    let out = cli_in(
+        &dir,
+        &["--admin-url", &admin_url, "connection-uris", "reveal", "--workspace", "remote", "--kind", "read"],
+        &[("DL_TENANCY_SECRET_KEY", &"22".repeat(32))],
+    );
+    assert_eq!(out.error_code(), "secret_key");
+    let list = cli_in(&dir, &["list"], &env_vars).json();
+    assert_eq!(list["workspaces"][0]["workspace"], "remote");
+    let _ = std::fs::remove_dir_all(&dir);
+}
