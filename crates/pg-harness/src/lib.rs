@@ -457,7 +457,17 @@ fn read_pid(path: &Path) -> Option<i32> {
 
 fn pid_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence/permission.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    // A zombie (killed, not yet reaped) is dead for our purposes.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| !rest.starts_with('Z'))
+            .unwrap_or(true),
+        Err(_) => true,
+    }
 }
 
 /// True when the pid file names a live process.
