@@ -80,10 +80,7 @@ pub(crate) fn connect(conn: &str, dbname: Option<&str>) -> Result<Client> {
             // Authentication and similar failures at connect time.
             err.code = ErrorCode::ServerUnreachable;
         }
-        err.with_context(&format!(
-            "cannot connect to {}",
-            describe_target(&cfg)
-        ))
+        err.with_context(&format!("cannot connect to {}", describe_target(&cfg)))
     })
 }
 
@@ -100,16 +97,20 @@ pub(crate) fn describe_target(cfg: &postgres::Config) -> String {
 
 /// Create the control database on a server when missing, and apply the schema.
 pub(crate) fn ensure_control_db(admin_conn: &str) -> Result<()> {
-    let mut admin = connect(admin_conn, Some("postgres"))
-        .or_else(|_| connect(admin_conn, None))?;
+    let mut admin = connect(admin_conn, Some("postgres")).or_else(|_| connect(admin_conn, None))?;
     let exists = admin
-        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&CONTROL_DB])?
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&CONTROL_DB],
+        )?
         .is_some();
     if !exists {
         match admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(CONTROL_DB))) {
             Ok(()) => {}
             // Created concurrently by another call.
-            Err(e) if e.code().is_some_and(|c| c.code() == "42P04" || c.code() == "23505") => {}
+            Err(e)
+                if e.code()
+                    .is_some_and(|c| c.code() == "42P04" || c.code() == "23505") => {}
             Err(e) => return Err(e.into()),
         }
         admin.batch_execute(&format!(
@@ -124,7 +125,10 @@ pub(crate) fn ensure_control_db(admin_conn: &str) -> Result<()> {
 
 pub(crate) fn apply_schema(ctl: &mut Client) -> Result<()> {
     let mut tx = ctl.transaction()?;
-    tx.execute("SELECT pg_catalog.pg_advisory_xact_lock($1, 0)", &[&LOCK_SCHEMA])?;
+    tx.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1, 0)",
+        &[&LOCK_SCHEMA],
+    )?;
     // Cheap check first: nothing to do when the last table exists.
     let done: bool = tx
         .query_one(

@@ -80,9 +80,9 @@ impl ErrorCode {
             ErrorCode::ProvisioningInProgress
             | ErrorCode::PoolerNotConfigured
             | ErrorCode::Conflict => 409,
-            ErrorCode::NoServer
-            | ErrorCode::ServerUnreachable
-            | ErrorCode::LocalNotInitialized => 503,
+            ErrorCode::NoServer | ErrorCode::ServerUnreachable | ErrorCode::LocalNotInitialized => {
+                503
+            }
             ErrorCode::ProvisioningFailed
             | ErrorCode::ExtensionUnavailable
             | ErrorCode::SecretKey
@@ -169,7 +169,8 @@ impl From<postgres::Error> for Error {
             };
             return Error::new(c, format!("SQLSTATE {code}: {}", db.message()));
         }
-        if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) {
+        if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
+        {
             return Error::new(ErrorCode::ServerUnreachable, e.to_string());
         }
         Error::new(ErrorCode::DatabaseError, e.to_string())

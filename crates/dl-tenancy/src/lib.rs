@@ -13,11 +13,11 @@
 
 pub mod control;
 pub mod error;
+pub mod http;
 pub mod local;
 pub mod names;
 mod ops;
 pub mod secret;
-pub mod http;
 pub mod tokens;
 
 pub use error::{Error, ErrorCode, Result};

@@ -58,7 +58,10 @@ impl LocalState {
             )
         })?;
         serde_json::from_str(&text).map_err(|e| {
-            Error::new(ErrorCode::LocalNotInitialized, format!("{}: {e}", p.display()))
+            Error::new(
+                ErrorCode::LocalNotInitialized,
+                format!("{}: {e}", p.display()),
+            )
         })
     }
 
@@ -72,7 +75,9 @@ impl LocalState {
 
     /// Superuser connection over the unix socket (peer authentication, no password).
     pub fn admin_conn_string(&self, data_dir: &Path, db: &str) -> String {
-        let run = abs(data_dir).unwrap_or_else(|_| data_dir.to_path_buf()).join("run");
+        let run = abs(data_dir)
+            .unwrap_or_else(|_| data_dir.to_path_buf())
+            .join("run");
         format!(
             "host={} port={} user=postgres dbname={db}",
             run.display(),

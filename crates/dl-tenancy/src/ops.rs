@@ -174,7 +174,11 @@ fn server_aad(id: &str) -> String {
 }
 
 fn credential_aad(ws: &str, kind: Kind, slot: Slot) -> String {
-    format!("dl_tenancy credential {ws}/{}/{}", kind.as_str(), slot.as_str())
+    format!(
+        "dl_tenancy credential {ws}/{}/{}",
+        kind.as_str(),
+        slot.as_str()
+    )
 }
 
 fn not_provisioned(ws: &str) -> Error {
@@ -249,9 +253,9 @@ impl Tenancy {
             .ok_or_else(|| {
                 Error::new(ErrorCode::ServerNotFound, format!("no server named {id}"))
             })?;
-        let admin_conn =
-            self.key
-                .decrypt_string(row.get(0), row.get(1), &server_aad(id))?;
+        let admin_conn = self
+            .key
+            .decrypt_string(row.get(0), row.get(1), &server_aad(id))?;
         Ok(Server {
             id: id.to_string(),
             admin_conn,
@@ -308,9 +312,10 @@ impl Tenancy {
         check: bool,
     ) -> Result<()> {
         validate_server_name(&spec.name)?;
-        let cfg: postgres::Config = spec.admin_url.parse().map_err(|e: postgres::Error| {
-            invalid(format!("malformed admin URL: {e}"))
-        })?;
+        let cfg: postgres::Config = spec
+            .admin_url
+            .parse()
+            .map_err(|e: postgres::Error| invalid(format!("malformed admin URL: {e}")))?;
         let (url_host, url_port) = match (cfg.get_hosts().first(), cfg.get_ports().first()) {
             (Some(postgres::config::Host::Tcp(h)), p) => (Some(h.clone()), p.copied()),
             (_, p) => (None, p.copied()),
@@ -338,7 +343,10 @@ impl Tenancy {
             if row.is_none() {
                 return Err(Error::new(
                     ErrorCode::ExtensionUnavailable,
-                    format!("the {EXTENSION} extension is not installed on server {}", spec.name),
+                    format!(
+                        "the {EXTENSION} extension is not installed on server {}",
+                        spec.name
+                    ),
                 ));
             }
         }
@@ -474,7 +482,11 @@ impl Tenancy {
         res
     }
 
-    fn provision_locked(&self, ctl: &mut Client, names: &WorkspaceNames) -> Result<WorkspaceStatus> {
+    fn provision_locked(
+        &self,
+        ctl: &mut Client,
+        names: &WorkspaceNames,
+    ) -> Result<WorkspaceStatus> {
         let ws = names.workspace.as_str();
         let row = ctl.query_opt(
             "SELECT server_id, state FROM workspaces WHERE id = $1",
@@ -600,7 +612,10 @@ impl Tenancy {
         let Some(installed) = installed else {
             return Err(Error::new(
                 ErrorCode::ExtensionUnavailable,
-                format!("the {EXTENSION} extension is not installed on server {}", server.id),
+                format!(
+                    "the {EXTENSION} extension is not installed on server {}",
+                    server.id
+                ),
             ));
         };
         let exists = |admin: &mut Client| -> Result<bool> {
@@ -620,7 +635,10 @@ impl Tenancy {
         )?;
         let res = (|| -> Result<()> {
             let recorded: Option<String> = ctl
-                .query_one("SELECT template_version FROM servers WHERE id = $1", &[&server.id])?
+                .query_one(
+                    "SELECT template_version FROM servers WHERE id = $1",
+                    &[&server.id],
+                )?
                 .get(0);
             let t = quote_ident(TEMPLATE_DB);
             if exists(admin)? {
@@ -686,7 +704,10 @@ impl Tenancy {
         }
 
         let exists = admin
-            .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&db])?
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+                &[&db],
+            )?
             .is_some();
         if !exists {
             admin.batch_execute(&format!(
@@ -741,9 +762,9 @@ impl Tenancy {
         match active {
             Some(r) => {
                 let slot = Slot::parse(r.get(0)).unwrap_or(Slot::A);
-                let pw = self
-                    .key
-                    .decrypt_string(r.get(2), r.get(3), &credential_aad(ws, kind, slot))?;
+                let pw =
+                    self.key
+                        .decrypt_string(r.get(2), r.get(3), &credential_aad(ws, kind, slot))?;
                 set_password(admin, &names.login(kind, slot), &pw)?;
                 let other = slot.other();
                 let in_grace = rows
@@ -854,9 +875,11 @@ impl Tenancy {
             )?
             .ok_or_else(|| not_provisioned(workspace))?;
         let slot = Slot::parse(row.get(0)).ok_or_else(|| not_provisioned(workspace))?;
-        let pw = self
-            .key
-            .decrypt_string(row.get(1), row.get(2), &credential_aad(workspace, kind, slot))?;
+        let pw = self.key.decrypt_string(
+            row.get(1),
+            row.get(2),
+            &credential_aad(workspace, kind, slot),
+        )?;
         let ep = if pooled {
             server.pooler.clone().ok_or_else(|| {
                 Error::new(
@@ -1043,7 +1066,10 @@ impl Tenancy {
             let mut admin = connect(&server.admin_conn, None)?;
             let db = names.database();
             let exists = admin
-                .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&db])?
+                .query_opt(
+                    "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+                    &[&db],
+                )?
                 .is_some();
             if exists {
                 admin.batch_execute(&format!(
@@ -1056,7 +1082,10 @@ impl Tenancy {
             roles.push(names.workspace_role());
             for role in roles {
                 let exists = admin
-                    .query_opt("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", &[&role])?
+                    .query_opt(
+                        "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                        &[&role],
+                    )?
                     .is_some();
                 if exists {
                     // Sessions of the logins elsewhere (there should be none) end first.
@@ -1070,7 +1099,10 @@ impl Tenancy {
                 }
             }
             let mut tx = ctl.transaction()?;
-            tx.execute("DELETE FROM credentials WHERE workspace_id = $1", &[&workspace])?;
+            tx.execute(
+                "DELETE FROM credentials WHERE workspace_id = $1",
+                &[&workspace],
+            )?;
             tx.execute(
                 "UPDATE workspaces SET state = 'deleted', error_message = NULL, updated_at = now()
                   WHERE id = $1",

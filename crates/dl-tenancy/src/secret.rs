@@ -68,7 +68,10 @@ impl SecretKey {
     /// Read a key file: 32 raw bytes, or hex/base64 text.
     pub fn read_file(path: &Path) -> Result<Self> {
         let data = fs::read(path).map_err(|e| {
-            key_error(format!("cannot read secret key file {}: {e}", path.display()))
+            key_error(format!(
+                "cannot read secret key file {}: {e}",
+                path.display()
+            ))
         })?;
         if let Ok(b) = <[u8; 32]>::try_from(data.as_slice()) {
             return Ok(SecretKey(b));

@@ -22,9 +22,19 @@ fn seed_quick_start_direct_and_pooled() {
             env.status.postgres.port
         };
         assert!(read.starts_with("postgresql://ws_shop_read_a:"), "{read}");
-        assert!(read.ends_with(&format!("@127.0.0.1:{port}/ws_shop")), "{read}");
+        assert!(
+            read.ends_with(&format!("@127.0.0.1:{port}/ws_shop")),
+            "{read}"
+        );
         // The CLI prints the same.
-        let mut args = vec!["connection-uris", "reveal", "--workspace", "shop", "--kind", "read"];
+        let mut args = vec![
+            "connection-uris",
+            "reveal",
+            "--workspace",
+            "shop",
+            "--kind",
+            "read",
+        ];
         if pooled {
             args.push("--pooled");
         }
@@ -89,7 +99,8 @@ fn role_matrix_through_revealed_uris() {
         };
         // read: SELECT on dl_resolved only.
         r.batch_execute(READ_QUERY).unwrap();
-        r.batch_execute("SELECT * FROM dl_resolved.companies LIMIT 1").unwrap();
+        r.batch_execute("SELECT * FROM dl_resolved.companies LIMIT 1")
+            .unwrap();
         let e = upsert(&mut r, "p:1", "x").unwrap_err();
         assert_eq!(sqlstate(&e), "42501", "{e}");
         denied(&mut r, CUSTOM_TABLE);
@@ -100,16 +111,26 @@ fn role_matrix_through_revealed_uris() {
         // override: overrides + tenant_custom, not the platform's base data.
         upsert(&mut o, "p:1", "x").unwrap();
         o.batch_execute(CUSTOM_TABLE).unwrap();
-        o.batch_execute("SELECT * FROM dl_override.company_overrides").unwrap();
+        o.batch_execute("SELECT * FROM dl_override.company_overrides")
+            .unwrap();
         denied(&mut o, "SELECT * FROM dl_cache.person_enrichments");
-        denied(&mut o, "INSERT INTO dl_cache.person_enrichments (identity_key) VALUES ('x')");
+        denied(
+            &mut o,
+            "INSERT INTO dl_cache.person_enrichments (identity_key) VALUES ('x')",
+        );
         denied(&mut o, "CREATE TABLE public.t (x int)");
         denied(&mut o, "CREATE SCHEMA mine");
         denied(&mut o, "DROP TABLE dl_override.person_overrides");
         denied(&mut o, "CREATE ROLE sneaky");
-        denied(&mut o, "ALTER DATABASE ws_matrix OWNER TO dl_tenant_override");
+        denied(
+            &mut o,
+            "ALTER DATABASE ws_matrix OWNER TO dl_tenant_override",
+        );
         denied(&mut o, "SET ROLE postgres");
-        denied(&mut o, "SELECT * FROM dl_internal.pooler_user_lookup('ws_matrix_read_a')");
+        denied(
+            &mut o,
+            "SELECT * FROM dl_internal.pooler_user_lookup('ws_matrix_read_a')",
+        );
     }
 }
 
@@ -144,7 +165,10 @@ fn credentials_never_cross_workspaces() {
         ("ws_alpha_read_a", "dl_control", false),
     ] {
         let got: bool = admin
-            .query_one("SELECT has_database_privilege($1, $2, 'CONNECT')", &[&role, &db])
+            .query_one(
+                "SELECT has_database_privilege($1, $2, 'CONNECT')",
+                &[&role, &db],
+            )
             .unwrap()
             .get(0);
         assert_eq!(got, ok, "{role} CONNECT {db}");
@@ -160,7 +184,10 @@ fn credentials_never_cross_workspaces() {
             "postgresql://dl_pgbouncer:{pw}@127.0.0.1:{}/ws_alpha",
             env.status.pooler.port
         );
-        assert!(connect(&pooled).is_err(), "pooler auth user with password {pw:?}");
+        assert!(
+            connect(&pooled).is_err(),
+            "pooler auth user with password {pw:?}"
+        );
     }
 }
 
@@ -174,7 +201,16 @@ fn rotation_direct_and_pooled_with_and_without_grace() {
     let mut live = connect(&old_p).unwrap();
 
     // No grace: the old password stops working at once, direct and pooled.
-    let r = env.cli(&["connection-uris", "rotate", "--workspace", "rot", "--kind", "read"]).json();
+    let r = env
+        .cli(&[
+            "connection-uris",
+            "rotate",
+            "--workspace",
+            "rot",
+            "--kind",
+            "read",
+        ])
+        .json();
     assert_eq!(r["login"], "ws_rot_read_b");
     assert_eq!(r["previous_login"], "ws_rot_read_a");
     assert!(r["previous_valid_until"].is_null());
@@ -203,9 +239,18 @@ fn rotation_direct_and_pooled_with_and_without_grace() {
     std::thread::sleep(Duration::from_millis(3500));
     let e = connect(&new_d).map(|_| ()).unwrap_err();
     assert_eq!(sqlstate(&e), "28P01", "{e}");
-    assert!(connect(&new_p).is_err(), "expired login refused by the pooler");
-    connect(&newer_d).unwrap().batch_execute(READ_QUERY).unwrap();
-    connect(&newer_p).unwrap().batch_execute(READ_QUERY).unwrap();
+    assert!(
+        connect(&new_p).is_err(),
+        "expired login refused by the pooler"
+    );
+    connect(&newer_d)
+        .unwrap()
+        .batch_execute(READ_QUERY)
+        .unwrap();
+    connect(&newer_p)
+        .unwrap()
+        .batch_execute(READ_QUERY)
+        .unwrap();
 
     // Re-provisioning keeps the active credential (and does not revive the expired one).
     env.t.provision("rot").unwrap();
@@ -225,7 +270,14 @@ fn no_plaintext_password_in_server_log_or_control_dump() {
     env.t.provision("secret").unwrap();
     let mut passwords = vec![];
     let mut pw = |uri: String| {
-        let p = uri.split(':').nth(2).unwrap().split('@').next().unwrap().to_string();
+        let p = uri
+            .split(':')
+            .nth(2)
+            .unwrap()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string();
         assert!(p.len() >= 43);
         passwords.push(p);
     };
@@ -241,7 +293,10 @@ fn no_plaintext_password_in_server_log_or_control_dump() {
     }
     let log = env.server_log();
     assert!(log.contains("ALTER ROLE"), "log_statement=all is on");
-    assert!(log.contains("SCRAM-SHA-256$"), "verifiers, not passwords, are sent");
+    assert!(
+        log.contains("SCRAM-SHA-256$"),
+        "verifiers, not passwords, are sent"
+    );
     let dump = std::process::Command::new(pg_harness::pg_bin_dir().join("pg_dump"))
         .arg(format!(
             "host={} port={} user=postgres dbname=dl_control",
@@ -250,7 +305,11 @@ fn no_plaintext_password_in_server_log_or_control_dump() {
         ))
         .output()
         .unwrap();
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains("COPY public.credentials"));
     let bouncer_log = std::fs::read_to_string(&env.status.pooler.log).unwrap_or_default();
@@ -263,6 +322,9 @@ fn no_plaintext_password_in_server_log_or_control_dump() {
     }
     // The local key file is private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(env.dir.join("secret.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(env.dir.join("secret.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }

@@ -41,7 +41,14 @@ fn local_up_is_idempotent_and_restarts_after_a_crash() {
     }
     let up = cli_in(
         d,
-        &["local", "up", "--pg-port", &pg.to_string(), "--pooler-port", &pool.to_string()],
+        &[
+            "local",
+            "up",
+            "--pg-port",
+            &pg.to_string(),
+            "--pooler-port",
+            &pool.to_string(),
+        ],
         &[],
     )
     .json();
@@ -57,13 +64,26 @@ fn local_up_is_idempotent_and_restarts_after_a_crash() {
         serde_json::from_str(&std::fs::read_to_string(d.join("local.json")).unwrap()).unwrap();
     assert_eq!(local_json["pg_port"], pg);
 
-    assert_eq!(cli_in(d, &["provision", "--workspace", "demo"], &[]).json()["status"], "active");
+    assert_eq!(
+        cli_in(d, &["provision", "--workspace", "demo"], &[]).json()["status"],
+        "active"
+    );
     let reveal = |pooled: bool| {
-        let mut args = vec!["connection-uris", "reveal", "--workspace", "demo", "--kind", "read"];
+        let mut args = vec![
+            "connection-uris",
+            "reveal",
+            "--workspace",
+            "demo",
+            "--kind",
+            "read",
+        ];
         if pooled {
             args.push("--pooled");
         }
-        cli_in(d, &args, &[]).json()["uri"].as_str().unwrap().to_string()
+        cli_in(d, &args, &[]).json()["uri"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let direct = reveal(false);
     let pooled = reveal(true);
@@ -94,7 +114,10 @@ fn local_up_is_idempotent_and_restarts_after_a_crash() {
     let up = cli_in(d, &["local", "up"], &[]).json();
     assert_eq!(up["postgres"]["running"], true);
     assert_eq!(up["pooler"]["running"], true);
-    assert_eq!(cli_in(d, &["status", "--workspace", "demo"], &[]).json()["status"], "active");
+    assert_eq!(
+        cli_in(d, &["status", "--workspace", "demo"], &[]).json()["status"],
+        "active"
+    );
     assert_eq!(reveal(false), direct);
     connect(&direct).unwrap().batch_execute(READ_QUERY).unwrap();
     connect(&pooled).unwrap().batch_execute(READ_QUERY).unwrap();
@@ -110,7 +133,11 @@ fn local_up_is_idempotent_and_restarts_after_a_crash() {
     let down = cli_in(d, &["local", "down"], &[]).json();
     assert_eq!(down["postgres"]["running"], false);
     // `local` refuses --admin-url.
-    let out = cli_in(d, &["local", "up"], &[("DL_TENANCY_ADMIN_URL", "host=/nowhere")]);
+    let out = cli_in(
+        d,
+        &["local", "up"],
+        &[("DL_TENANCY_ADMIN_URL", "host=/nowhere")],
+    );
     assert_eq!(out.error_code(), "invalid_argument");
     // Usage errors are JSON too.
     let out = cli_in(d, &["provision"], &[]);

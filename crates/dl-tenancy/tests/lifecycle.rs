@@ -109,7 +109,9 @@ fn provision_status_metadata_schema_list_deprovision() {
     // A live session is terminated by deprovision.
     let mut session = connect(&env.uri("acme", Kind::Read, false)).unwrap();
     session.simple_query("SELECT 1").unwrap();
-    let d = env.cli(&["deprovision", "--workspace", "acme", "--confirm", "acme"]).json();
+    let d = env
+        .cli(&["deprovision", "--workspace", "acme", "--confirm", "acme"])
+        .json();
     assert_eq!(d["status"], "deleted");
     assert_eq!(d["dropped_database"], true);
     assert_eq!(d["dropped_roles"].as_array().unwrap().len(), 5);
@@ -119,7 +121,10 @@ fn provision_status_metadata_schema_list_deprovision() {
     assert!(!role_exists(&mut admin, "ws_acme"));
     assert_eq!(t.status("acme").unwrap().status, "not_provisioned");
     assert!(t.list().unwrap().workspaces.is_empty());
-    assert_eq!(t.reveal("acme", Kind::Read, false).unwrap_err().code(), "not_provisioned");
+    assert_eq!(
+        t.reveal("acme", Kind::Read, false).unwrap_err().code(),
+        "not_provisioned"
+    );
     // Deprovision again: a no-op.
     assert!(!t.deprovision("acme", "acme").unwrap().dropped_database);
 
@@ -165,12 +170,20 @@ fn provision_is_idempotent_concurrent_and_repairs() {
         .collect();
     for k in kids {
         let out = k.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["status"], "active");
     }
     let dbs = databases(&mut admin);
-    assert_eq!(dbs.iter().filter(|d| d.starts_with("ws_race")).count(), 2, "{dbs:?}");
+    assert_eq!(
+        dbs.iter().filter(|d| d.starts_with("ws_race")).count(),
+        2,
+        "{dbs:?}"
+    );
     for ws in ["race", "race2"] {
         let mut c = connect(&env.uri(ws, Kind::Read, false)).unwrap();
         c.simple_query(READ_QUERY).unwrap();
@@ -274,13 +287,30 @@ fn bad_workspace_ids_change_nothing() {
         "acmé",
         long.as_str(),
     ] {
-        assert_eq!(env.t.provision(bad).unwrap_err().code(), "invalid_workspace_id");
+        assert_eq!(
+            env.t.provision(bad).unwrap_err().code(),
+            "invalid_workspace_id"
+        );
         assert_eq!(env.t.status(bad).unwrap_err().http_status(), 400);
         for args in [
             vec!["provision", "--workspace", bad],
             vec!["status", "--workspace", bad],
-            vec!["connection-uris", "reveal", "--workspace", bad, "--kind", "read"],
-            vec!["connection-uris", "rotate", "--workspace", bad, "--kind", "read"],
+            vec![
+                "connection-uris",
+                "reveal",
+                "--workspace",
+                bad,
+                "--kind",
+                "read",
+            ],
+            vec![
+                "connection-uris",
+                "rotate",
+                "--workspace",
+                bad,
+                "--kind",
+                "read",
+            ],
             vec!["connection-uris", "metadata", "--workspace", bad],
             vec!["sql-schema", "--workspace", bad],
             vec!["deprovision", "--workspace", bad, "--confirm", bad],
@@ -295,12 +325,35 @@ fn bad_workspace_ids_change_nothing() {
     assert_eq!(env.t.provision(&max).unwrap().status, "active");
     env.t.deprovision(&max, &max).unwrap();
     // Other bad input: JSON errors with exit 2.
-    let out = env.cli(&["connection-uris", "reveal", "--workspace", "x", "--kind", "write"]);
+    let out = env.cli(&[
+        "connection-uris",
+        "reveal",
+        "--workspace",
+        "x",
+        "--kind",
+        "write",
+    ]);
     assert_eq!(out.error_code(), "invalid_argument");
     assert_eq!(out.code, 2);
-    let out = env.cli(&["connection-uris", "rotate", "--workspace", "x", "--kind", "read", "--grace", "soon"]);
+    let out = env.cli(&[
+        "connection-uris",
+        "rotate",
+        "--workspace",
+        "x",
+        "--kind",
+        "read",
+        "--grace",
+        "soon",
+    ]);
     assert_eq!(out.error_code(), "invalid_argument");
-    let out = env.cli(&["connection-uris", "reveal", "--workspace", "nope", "--kind", "read"]);
+    let out = env.cli(&[
+        "connection-uris",
+        "reveal",
+        "--workspace",
+        "nope",
+        "--kind",
+        "read",
+    ]);
     assert_eq!(out.error_code(), "not_provisioned");
     assert_eq!(out.code, 1);
 

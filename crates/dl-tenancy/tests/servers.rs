@@ -53,11 +53,16 @@ fn placement_across_two_servers() {
     assert_eq!(out["pooled"]["port"], bouncer.port());
     assert_eq!(out["pooled"]["host"], "127.0.0.1");
     assert!(out["template_version"].is_string(), "{out}");
-    assert!(!out.to_string().contains("postgres "), "no admin URL in output");
+    assert!(
+        !out.to_string().contains("postgres "),
+        "no admin URL in output"
+    );
     // The pooler's auth user on the second server (the tool does not manage that pooler).
     let mut admin2 = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
     admin2
-        .batch_execute(&format!("CREATE ROLE {POOLER_AUTH_USER} LOGIN IN ROLE dl_pooler_auth"))
+        .batch_execute(&format!(
+            "CREATE ROLE {POOLER_AUTH_USER} LOGIN IN ROLE dl_pooler_auth"
+        ))
         .unwrap();
 
     for ws in ["p1", "p2", "p3", "p4"] {
@@ -68,9 +73,17 @@ fn placement_across_two_servers() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["id"].as_str().unwrap().to_string(), s["workspaces"].as_i64().unwrap()))
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["workspaces"].as_i64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(counts, [("local".to_string(), 2), ("second".to_string(), 2)]);
+    assert_eq!(
+        counts,
+        [("local".to_string(), 2), ("second".to_string(), 2)]
+    );
 
     let on_second: Vec<String> = ["p1", "p2", "p3", "p4"]
         .iter()
@@ -79,7 +92,9 @@ fn placement_across_two_servers() {
         .collect();
     assert_eq!(on_second.len(), 2);
     let ws = &on_second[0];
-    let md = env.cli(&["connection-uris", "metadata", "--workspace", ws]).json();
+    let md = env
+        .cli(&["connection-uris", "metadata", "--workspace", ws])
+        .json();
     assert_eq!(md["direct"]["port"], second.port());
     assert_eq!(md["project_id"], format!("second/ws_{ws}"));
     let db = format!("ws_{ws}");
@@ -122,7 +137,9 @@ fn placement_across_two_servers() {
     assert!(connect(&moved).is_err());
 
     // Deprovision on the second server.
-    let d = env.cli(&["deprovision", "--workspace", ws, "--confirm", ws]).json();
+    let d = env
+        .cli(&["deprovision", "--workspace", ws, "--confirm", ws])
+        .json();
     assert_eq!(d["dropped_database"], true);
     assert!(!databases(&mut admin2).contains(&db));
     assert!(!role_exists(&mut admin2, &format!("ws_{ws}_read_a")));
@@ -148,12 +165,23 @@ fn admin_url_mode_on_an_existing_server() {
     assert!(!dir.join("secret.key").exists(), "key from the environment");
     let v = cli_in(
         &dir,
-        &["connection-uris", "reveal", "--workspace", "remote", "--kind", "override"],
+        &[
+            "connection-uris",
+            "reveal",
+            "--workspace",
+            "remote",
+            "--kind",
+            "override",
+        ],
         &env_vars,
     )
     .json();
     let uri = v["uri"].as_str().unwrap();
-    assert!(uri.contains(&format!("@localhost:{}/ws_remote", server.port())) || uri.contains(&format!(":{}/ws_remote", server.port())), "{uri}");
+    assert!(
+        uri.contains(&format!("@localhost:{}/ws_remote", server.port()))
+            || uri.contains(&format!(":{}/ws_remote", server.port())),
+        "{uri}"
+    );
     // Tenants connect over TCP; the harness cluster answers SCRAM on 127.0.0.1.
     let uri = uri.replace("@localhost:", "@127.0.0.1:");
     let mut c = connect(&uri).unwrap();
@@ -162,14 +190,31 @@ fn admin_url_mode_on_an_existing_server() {
     // No pooler registered for this server.
     let out = cli_in(
         &dir,
-        &["connection-uris", "reveal", "--workspace", "remote", "--kind", "read", "--pooled"],
+        &[
+            "connection-uris",
+            "reveal",
+            "--workspace",
+            "remote",
+            "--kind",
+            "read",
+            "--pooled",
+        ],
         &env_vars,
     );
     assert_eq!(out.error_code(), "pooler_not_configured");
     // The top-level flag works as well as the environment; a wrong key cannot decrypt.
     let out = cli_in(
         &dir,
-        &["--admin-url", &admin_url, "connection-uris", "reveal", "--workspace", "remote", "--kind", "read"],
+        &[
+            "--admin-url",
+            &admin_url,
+            "connection-uris",
+            "reveal",
+            "--workspace",
+            "remote",
+            "--kind",
+            "read",
+        ],
         &[("DL_TENANCY_SECRET_KEY", &"22".repeat(32))],
     );
     assert_eq!(out.error_code(), "secret_key");

@@ -8,10 +8,19 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "dl-tenancy", version, about = "Provision and run dl_tenancy workspace databases")]
+#[command(
+    name = "dl-tenancy",
+    version,
+    about = "Provision and run dl_tenancy workspace databases"
+)]
 struct Cli {
     /// Local cluster directory; also holds secret.key.
-    #[arg(long, global = true, env = "DL_TENANCY_DATA_DIR", default_value = ".dl-tenancy")]
+    #[arg(
+        long,
+        global = true,
+        env = "DL_TENANCY_DATA_DIR",
+        default_value = ".dl-tenancy"
+    )]
     data_dir: PathBuf,
     /// Use an existing server (superuser connection URL) for the control database instead of
     /// the local cluster. Goes before the subcommand.
@@ -298,7 +307,12 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 e.exit();
             }
             let err = Error::new(ErrorCode::InvalidArgument, e.to_string().trim().to_string());

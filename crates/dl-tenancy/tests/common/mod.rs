@@ -94,13 +94,21 @@ pub struct CliOut {
 
 impl CliOut {
     pub fn json(&self) -> Value {
-        assert_eq!(self.code, 0, "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
     }
     /// The `error.code` of the JSON error on stderr (asserts a failure with empty stdout).
     pub fn error_code(&self) -> String {
         assert_ne!(self.code, 0, "expected a failure, got {}", self.stdout);
-        assert!(self.stdout.trim().is_empty(), "stdout on failure: {}", self.stdout);
+        assert!(
+            self.stdout.trim().is_empty(),
+            "stdout on failure: {}",
+            self.stdout
+        );
         let v: Value = serde_json::from_str(self.stderr.trim())
             .unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {}", self.stderr));
         assert!(v["error"]["message"].is_string(), "{v}");
@@ -136,7 +144,9 @@ pub fn connect(uri: &str) -> Result<Client, postgres::Error> {
 }
 
 pub fn sqlstate(e: &postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
 /// Replace the database of a URI.
