@@ -58,6 +58,8 @@ impl Default for Config {
 pub struct Tenancy {
     control_conn: String,
     key: SecretKey,
+    /// Local mode: hint at `local up` when the control server is down.
+    local: bool,
 }
 
 impl Tenancy {
@@ -74,6 +76,7 @@ impl Tenancy {
                 Ok(Tenancy {
                     control_conn: state.admin_conn_string(&config.data_dir, "postgres"),
                     key,
+                    local: true,
                 })
             }
             Some(url) => {
@@ -82,6 +85,7 @@ impl Tenancy {
                 let t = Tenancy {
                     control_conn: url.clone(),
                     key,
+                    local: false,
                 };
                 t.register_primary_if_empty(url)?;
                 Ok(t)
@@ -93,10 +97,20 @@ impl Tenancy {
     /// `control_conn` is an admin connection string of the server holding `dl_control`
     /// (its database part is replaced by `dl_control`).
     pub fn from_parts(control_conn: String, key: SecretKey) -> Tenancy {
-        Tenancy { control_conn, key }
+        Tenancy {
+            control_conn,
+            key,
+            local: false,
+        }
     }
 
     pub(crate) fn control(&self) -> Result<postgres::Client> {
-        control::connect(&self.control_conn, Some(control::CONTROL_DB))
+        control::connect(&self.control_conn, Some(control::CONTROL_DB)).map_err(|mut e| {
+            if self.local && e.code == ErrorCode::ServerUnreachable {
+                e.message
+                    .push_str(" (is the local cluster running? `dl-tenancy local up`)");
+            }
+            e
+        })
     }
 }

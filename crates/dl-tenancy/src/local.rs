@@ -198,6 +198,39 @@ pub fn ident_conf() -> String {
     s
 }
 
+/// The server OS user must reach the data directory, and the socket path must fit in
+/// `sun_path` (107 bytes): fail early with a clear message instead of a cryptic initdb error.
+fn check_reachable(dir: &Path) -> Result<()> {
+    let socket = dir.join("run").join(".s.PGSQL.65535");
+    if socket.as_os_str().len() > 100 {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "data directory path {} is too long for a unix socket path; use a shorter --data-dir",
+                dir.display()
+            ),
+        ));
+    }
+    if let Some(user) = pg_harness::server_os_user() {
+        let ok = pg_harness::server_command("test")
+            .arg("-x")
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            return Err(Error::new(
+                ErrorCode::LocalServer,
+                format!(
+                    "the {user} OS user (which runs the servers) cannot reach {}; choose a --data-dir under a directory it can traverse",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn pick_port(wanted: Option<u16>, default: u16, avoid: u16) -> u16 {
     if let Some(p) = wanted {
         return p;
@@ -224,6 +257,7 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     if mode & 0o001 == 0 && pg_harness::server_os_user().is_some() {
         fs::set_permissions(dir, fs::Permissions::from_mode((mode & 0o7777) | 0o711))?;
     }
+    check_reachable(dir)?;
     SecretKey::load(dir, true)?;
 
     let mut state = match LocalState::read(dir) {

@@ -365,3 +365,53 @@ fn bad_workspace_ids_change_nothing() {
     assert_eq!(roles_after, roles_before);
     assert!(env.t.list().unwrap().workspaces.is_empty());
 }
+
+#[test]
+fn template_is_recreated_when_the_extension_version_changes() {
+    let env = Env::new();
+    let mut admin = env.admin("postgres");
+    let template = |a: &mut postgres::Client| -> (u32, bool, bool) {
+        let r = a
+            .query_one(
+                "SELECT oid, datallowconn, datistemplate FROM pg_database WHERE datname = 'dl_tenancy_template'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let (before, allowconn, istemplate) = template(&mut admin);
+    assert!(!allowconn, "nobody may connect to the template");
+    assert!(istemplate);
+    env.t.provision("one").unwrap();
+    assert_eq!(
+        template(&mut admin).0,
+        before,
+        "same version: template kept"
+    );
+
+    // As if the installed default_version had changed since the template was made.
+    let mut ctl = env.admin("dl_control");
+    ctl.execute(
+        "UPDATE servers SET template_version = '0.0.0-old' WHERE id = 'local'",
+        &[],
+    )
+    .unwrap();
+    env.t.provision("two").unwrap();
+    let (after, allowconn, _) = template(&mut admin);
+    assert_ne!(after, before, "template recreated");
+    assert!(!allowconn);
+    let v: Option<String> = ctl
+        .query_one(
+            "SELECT template_version FROM servers WHERE id = 'local'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(v, env.status.extension_version);
+    assert_eq!(
+        env.t.status("two").unwrap().extension_version,
+        env.status.extension_version
+    );
+    // Workspaces made from the old template are untouched.
+    assert_eq!(env.t.status("one").unwrap().status, "active");
+}
