@@ -11,6 +11,31 @@
 //! runs as the `postgres` OS user (`runuser -u postgres --`) and the directories the servers need
 //! are chowned to it. Otherwise the servers run as the current user.
 //!
+//! ```no_run
+//! use pg_harness::{pgbouncer_ini, PgBouncer, PgBouncerIni, PgCluster};
+//!
+//! let pg = PgCluster::builder().conf("log_statement", "all").start().unwrap();
+//! // Superuser over the unix socket (trust); SCRAM over TCP on 127.0.0.1:pg.port().
+//! let conn = pg.conn_string("postgres", "postgres");
+//! let bouncer = PgBouncer::start(|port, dir| {
+//!     let ini = pgbouncer_ini(&PgBouncerIni {
+//!         dir,
+//!         listen_port: port,
+//!         server_socket_dir: pg.socket_dir(),
+//!         server_port: pg.port(),
+//!         auth_type: "trust",
+//!         auth_user: None,
+//!         auth_query: None,
+//!         pool_mode: "session",
+//!         extra: &[],
+//!     });
+//!     (ini, "\"postgres\" \"\"\n".to_string())
+//! })
+//! .unwrap();
+//! # let _ = (conn, bouncer.port(), pg.log());
+//! // Both are stopped and their directories removed when dropped.
+//! ```
+//!
 //! The PostgreSQL binaries are taken from `$PG_BIN_DIR`, else `pg_config --bindir` of
 //! `$PG_CONFIG`, else `/usr/lib/postgresql/15/bin`. PgBouncer from `$PGBOUNCER`, else
 //! `/usr/sbin/pgbouncer`, else `pgbouncer` on `$PATH`.
