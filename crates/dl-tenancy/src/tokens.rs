@@ -99,7 +99,9 @@ pub fn well_formed(token: &str) -> bool {
 
 fn validate_token_id(id: &str) -> Result<()> {
     let ok = id.strip_prefix(TOKEN_ID_PREFIX).is_some_and(|h| {
-        h.len() == 16 && h.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        h.len() == 16
+            && h.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
     });
     if ok {
         Ok(())
@@ -152,7 +154,10 @@ pub fn create(tenancy: &Tenancy, workspace: &str) -> Result<IssuedToken> {
     let id_bytes = random_bytes::<8>()?;
     let token_id = format!(
         "{TOKEN_ID_PREFIX}{}",
-        id_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        id_bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     );
     let row = ctl.query_one(
         "INSERT INTO api_tokens (id, workspace_id, token_sha256) VALUES ($1, $2, $3)

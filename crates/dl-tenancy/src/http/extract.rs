@@ -3,14 +3,52 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::tokens::{self, Principal};
+use axum::body::{Body, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// A body over the limit is still read (and dropped) up to this size before the 413, so that
+/// the client, still sending, gets the answer instead of a connection reset. Larger bodies
+/// (by Content-Length or as they arrive) are answered at once.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+/// Time to receive a whole body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+/// The body if it has at most [`BODY_LIMIT`] bytes; reads on (discarding) up to
+/// [`DRAIN_LIMIT`] when it is larger.
+async fn read_capped(mut body: Body) -> Result<Vec<u8>, BodyError> {
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let Ok(data) = frame.map_err(|_| BodyError::Broken)?.into_data() else {
+            continue; // trailers
+        };
+        total = total.saturating_add(data.len());
+        if total > DRAIN_LIMIT {
+            return Err(BodyError::TooLarge);
+        }
+        if total <= BODY_LIMIT {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if total > BODY_LIMIT {
+        Err(BodyError::TooLarge)
+    } else {
+        Ok(buf)
+    }
+}
 
 /// The workspace a request acts on, decided by its bearer token and nothing else.
 #[derive(Debug, Clone)]
@@ -48,9 +86,9 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     }
 }
 
-/// A JSON body: 413 above [`BODY_LIMIT`], 400 when it is not JSON, 422 when it is JSON of the
-/// wrong shape (unknown or missing fields, wrong types, bad values). An empty body counts as
-/// `{}`. The Content-Type is not checked (`curl -d` sends form encoding by default).
+/// A JSON object body: 413 above [`BODY_LIMIT`], 400 when it is not JSON, 422 when it is JSON
+/// of the wrong shape (not an object, unknown or missing fields, wrong types, bad values). An
+/// empty body counts as `{}`. The Content-Type is not checked (`curl -d` sends form encoding by default).
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
 
@@ -70,11 +108,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
             return Err(too_large());
         }
-        let read = axum::body::to_bytes(req.into_body(), BODY_LIMIT);
-        let bytes = match tokio::time::timeout(std::time::Duration::from_secs(30), read).await {
+        let read = read_capped(req.into_body());
+        let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
             Err(_) => {
                 return Err(ApiError::new(
                     axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -82,27 +120,42 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     "the request body did not arrive in time",
                 ))
             }
-            // Over the limit (or the client went away, then nobody reads the answer).
-            Ok(Err(_)) => return Err(too_large()),
+            Ok(Err(BodyError::TooLarge)) => return Err(too_large()),
+            Ok(Err(BodyError::Broken)) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "the request body could not be read",
+                ))
+            }
             Ok(Ok(b)) => b,
         };
-        let parsed = if bytes.iter().all(u8::is_ascii_whitespace) {
-            serde_json::from_slice(b"{}")
+        let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            serde_json::Value::Object(Default::default())
         } else {
-            serde_json::from_slice(&bytes)
+            serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("the request body is not valid JSON: {e}"),
+                )
+            })?
         };
-        match parsed {
-            Ok(v) => Ok(JsonBody(v)),
-            Err(e) if e.classify() == serde_json::error::Category::Data => Err(ApiError::new(
+        let unprocessable = |msg: String| {
+            ApiError::new(
                 axum::http::StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request",
-                format!("invalid request body: {e}"),
-            )),
-            Err(e) => Err(ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the request body is not valid JSON: {e}"),
-            )),
+                msg,
+            )
+        };
+        // Only an object (serde would also take a struct from an array).
+        if !value.is_object() {
+            return Err(unprocessable(
+                "invalid request body: expected a JSON object".into(),
+            ));
         }
+        serde_json::from_value(value)
+            .map(JsonBody)
+            .map_err(|e| unprocessable(format!("invalid request body: {e}")))
     }
 }

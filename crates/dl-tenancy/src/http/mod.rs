@@ -154,7 +154,10 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn openapi() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         OPENAPI_JSON,
     )
         .into_response()
@@ -387,17 +390,25 @@ pub fn run(config: &Config, opts: &ServeOptions) -> crate::Result<()> {
         .thread_name("dl-tenancy-http")
         .build()?;
     let res = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| {
-            crate::Error::new(
-                crate::ErrorCode::InvalidArgument,
-                format!("cannot listen on {}: {e}", opts.listen),
-            )
-        })?;
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|e| {
+                crate::Error::new(
+                    crate::ErrorCode::InvalidArgument,
+                    format!("cannot listen on {}: {e}", opts.listen),
+                )
+            })?;
         let addr = listener.local_addr()?;
         println!("{}", serde_json::json!({"listening": addr.to_string()}));
         tracing::info!(listen = %addr, "serving");
         let started = Instant::now();
-        serve(listener, router(state), shutdown_signal(), opts.drain_timeout).await?;
+        serve(
+            listener,
+            router(state),
+            shutdown_signal(),
+            opts.drain_timeout,
+        )
+        .await?;
         tracing::info!(uptime_s = started.elapsed().as_secs(), "stopped");
         Ok::<(), crate::Error>(())
     });
