@@ -853,3 +853,82 @@ fn schemathesis_fuzz() {
     assert!(!log.contains("\"status\":500"), "a 500 in the server log");
     assert!(!log.contains(&token));
 }
+
+/// HTTP.md's curl quick start, run as written (in an empty directory with its own
+/// `local up`; only the port is changed to a free one). Skipped without curl, jq or psql.
+#[test]
+fn http_md_quick_start_runs_as_written() {
+    for tool in ["curl", "jq", "psql"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            eprintln!("SKIP http_md_quick_start_runs_as_written: {tool} is not installed");
+            return;
+        }
+    }
+    let md =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("HTTP.md"))
+            .unwrap();
+    let section = &md[md
+        .find("## Quick start with curl")
+        .expect("quick start section")..];
+    let start = section.find("```sh\n").expect("a sh block") + "```sh\n".len();
+    let block = &section[start..start + section[start..].find("\n```").unwrap()];
+    assert!(block.contains("127.0.0.1:8080"));
+    let port = pg_harness::free_port();
+    let script = format!(
+        "set -euo pipefail\n\
+         trap 'kill %1 2>/dev/null || true; wait || true; dl-tenancy local down > /dev/null 2>&1 || true' EXIT\n\
+         {}\n\
+         wait\n",
+        block.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+    );
+    let dir = pg_harness::temp_dir("dl-tenancy-http-md").unwrap();
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(&dir)
+        .env("PATH", path)
+        .env_remove("DL_TENANCY_DATA_DIR")
+        .env_remove("DL_TENANCY_ADMIN_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            panic!("the quick start did not finish in 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "quick start failed:\n{stdout}\n{stderr}");
+    for want in [
+        r#"{"workspace":"acme","status":"not_provisioned","database":null,"extension_version":null,"server_id":null}"#,
+        r#"{"workspace":"acme","status":"active","database":"ws_acme","#,
+        "active\n", // status | jq -r .status
+        " person:ada   | Ada Lovelace",
+        r#""previous_login":"ws_acme_read_a","previous_valid_until":null,"grace_seconds":0}"#,
+        "old URI refused\n1\n",
+    ] {
+        assert!(
+            stdout.contains(want),
+            "{want:?} not in the output:\n{stdout}\n{stderr}"
+        );
+    }
+}
