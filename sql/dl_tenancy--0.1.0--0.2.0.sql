@@ -1,5 +1,6 @@
 \echo Use "ALTER EXTENSION dl_tenancy UPDATE TO '0.2.0'" to load this file. \quit
--- dl_tenancy 0.1.0 -> 0.2.0: an override history, and overridden_fields on the resolved views.
+-- dl_tenancy 0.1.0 -> 0.2.0: an override history, overridden_fields on the resolved views, and
+-- a pooler lookup that returns no row for a refused login.
 --
 -- A fresh 0.2.0 install runs the 0.1.0 schema and then this very script (src/lib.rs), so a
 -- fresh install and an upgraded database are built by the same statements; tests/upgrade.rs
@@ -345,6 +346,29 @@ BEGIN ATOMIC
     SELECT pg_catalog.to_jsonb(r) FROM dl_resolved.companies AS r
      WHERE r.identity_key OPERATOR(pg_catalog.=) dl_apply_company_override.identity_key;
 END;
+
+-- 4. The pooler lookup returns no row for a login it refuses. 0.1.0 returned one all-NULL row
+--    (a function with OUT parameters that is not set-returning), which PgBouncer reports as a
+--    configuration error instead of a failed login. The result type changes, so the function is
+--    dropped and created again, with its grants.
+DROP FUNCTION IF EXISTS dl_internal.pooler_user_lookup(text);
+CREATE FUNCTION dl_internal.pooler_user_lookup(username text)
+    RETURNS TABLE (usename name, passwd text)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT a.rolname, a.rolpassword
+      FROM pg_catalog.pg_authid AS a
+     WHERE a.rolname OPERATOR(pg_catalog.=) username
+       AND a.rolcanlogin
+       AND NOT a.rolsuper
+       AND (a.rolvaliduntil IS NULL OR a.rolvaliduntil OPERATOR(pg_catalog.>) pg_catalog.now())
+       AND (pg_catalog.pg_has_role(a.oid, 'dl_tenant_read', 'MEMBER')
+            OR pg_catalog.pg_has_role(a.oid, 'dl_tenant_override', 'MEMBER'))
+       AND pg_catalog.has_database_privilege(a.oid, pg_catalog.current_database(), 'CONNECT');
+END;
+REVOKE ALL ON FUNCTION dl_internal.pooler_user_lookup(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dl_internal.pooler_user_lookup(text) TO dl_pooler_auth;
 
 INSERT INTO dl_meta.schema_migrations (version, action) VALUES ('0.2.0', 'update')
     ON CONFLICT (version) DO NOTHING;

@@ -8,6 +8,7 @@ mod bad_input;
 mod contract;
 mod history;
 mod merge_patch;
+mod pooler;
 mod resolved;
 mod roles;
 

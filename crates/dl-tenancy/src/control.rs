@@ -49,6 +49,17 @@ CREATE TABLE IF NOT EXISTS credentials (
     PRIMARY KEY (workspace_id, kind, slot)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS credentials_one_active ON credentials (workspace_id, kind) WHERE active;
+-- The last `dl-tenancy upgrade` attempt per workspace.
+CREATE TABLE IF NOT EXISTS workspace_upgrades (
+    workspace_id  text PRIMARY KEY REFERENCES workspaces (id) ON DELETE CASCADE,
+    from_version  text,
+    to_version    text NOT NULL,
+    state         text NOT NULL CHECK (state IN ('succeeded', 'failed')),
+    error_message text,
+    attempts      integer NOT NULL DEFAULT 1 CHECK (attempts > 0),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CHECK ((state = 'failed') = (error_message IS NOT NULL))
+);
 REVOKE ALL ON SCHEMA public FROM PUBLIC;
 "#;
 

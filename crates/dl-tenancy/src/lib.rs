@@ -19,11 +19,13 @@ pub mod names;
 mod ops;
 pub mod secret;
 pub mod tokens;
+mod upgrade;
 
 pub use error::{Error, ErrorCode, Result};
 pub use names::{validate_workspace_id, Kind, WorkspaceNames, WORKSPACE_ID_PATTERN};
 pub use ops::*;
 pub use secret::SecretKey;
+pub use upgrade::{UpgradeEvent, UpgradeOptions, UpgradeReport, WorkspaceUpgrade};
 
 use std::path::PathBuf;
 

@@ -243,7 +243,7 @@ fn format_host(h: &str) -> String {
 }
 
 impl Tenancy {
-    fn load_server(&self, ctl: &mut Client, id: &str) -> Result<Server> {
+    pub(crate) fn load_server(&self, ctl: &mut Client, id: &str) -> Result<Server> {
         let row = ctl
             .query_opt(
                 "SELECT admin_nonce, admin_ciphertext, host, port, pooler_host, pooler_port, template_version

@@ -302,7 +302,10 @@ fn target_version(server: &Server, to: Option<&str>) -> Result<String> {
             } else {
                 Err(Error::new(
                     ErrorCode::ExtensionUnavailable,
-                    format!("dl_tenancy {version} is not installed on server {}", server.id),
+                    format!(
+                        "dl_tenancy {version} is not installed on server {}",
+                        server.id
+                    ),
                 ))
             }
         }
@@ -329,7 +332,15 @@ mod tests {
     fn versions() {
         assert!(valid_version("0.2.0"));
         assert!(valid_version("10.20.30"));
-        for bad in ["", "0.2", "0.2.0.1", "0.2.x", "0.2.0'; DROP", "a.b.c", "0..1"] {
+        for bad in [
+            "",
+            "0.2",
+            "0.2.0.1",
+            "0.2.x",
+            "0.2.0'; DROP",
+            "a.b.c",
+            "0..1",
+        ] {
             assert!(!valid_version(bad), "{bad}");
         }
     }

@@ -3,7 +3,9 @@
 //! (2 = bad input, nothing changed; 1 = anything else).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dl_tenancy_ctl::{local, names, Config, Error, ErrorCode, Kind, ServerSpec, Tenancy};
+use dl_tenancy_ctl::{
+    local, names, Config, Error, ErrorCode, Kind, ServerSpec, Tenancy, UpgradeEvent, UpgradeOptions,
+};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -56,6 +58,28 @@ enum Command {
     /// Bearer tokens of the HTTP API (one workspace each; shown once, stored as a hash).
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// ALTER EXTENSION dl_tenancy UPDATE in workspace databases, each in its own transaction;
+    /// failures are recorded and reported, and a re-run retries them.
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Args, Debug)]
+struct UpgradeArgs {
+    /// Target version (default: each server's newest installed version).
+    #[arg(long)]
+    to: Option<String>,
+    /// Upgrade this workspace only.
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    workspace: Option<String>,
+    /// Upgrade every active workspace.
+    #[arg(long)]
+    all: bool,
+    /// Workspaces upgraded at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Upgrade this many workspaces first, one at a time, and stop if one of them fails.
+    #[arg(long, default_value_t = 0)]
+    canary: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -298,6 +322,45 @@ fn run(cli: Cli) -> Result<(), Error> {
             &open()?,
             workspace.as_deref(),
         )?),
+        Command::Upgrade(args) => upgrade(&open()?, args)?,
+    }
+    Ok(())
+}
+
+/// `dl-tenancy upgrade`: a progress bar on stderr when it is a terminal, the report on stdout,
+/// and exit 1 when a workspace failed.
+fn upgrade(tenancy: &Tenancy, args: UpgradeArgs) -> Result<(), Error> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = ProgressBar::hidden();
+    let on_event = |event: UpgradeEvent| match event {
+        UpgradeEvent::Started { total } => {
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            bar.set_length(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} workspaces, {msg}")
+                    .expect("a valid template"),
+            );
+        }
+        UpgradeEvent::Finished(w) => {
+            bar.set_message(format!("{}: {}", w.workspace, w.status));
+            bar.inc(1);
+        }
+    };
+    let report = tenancy.upgrade(
+        &UpgradeOptions {
+            to: args.to,
+            workspace: args.workspace,
+            parallel: args.parallel,
+            canary: args.canary,
+        },
+        &on_event,
+    )?;
+    bar.finish_and_clear();
+    print(&report);
+    if report.failed > 0 || report.canary_failed {
+        std::process::exit(1);
     }
     Ok(())
 }
