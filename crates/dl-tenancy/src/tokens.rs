@@ -225,12 +225,14 @@ impl TokenStore {
         })
     }
 
-    fn take(&self) -> Result<Client> {
-        let c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match c {
-            Some(c) if !c.is_closed() => Ok(c),
-            _ => self.tenancy.control(),
+    fn take_idle(&self) -> Option<Client> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = idle.pop() {
+            if !c.is_closed() {
+                return Some(c);
+            }
         }
+        None
     }
 
     fn give_back(&self, c: Client) {
@@ -247,22 +249,32 @@ impl TokenStore {
             return Ok(None);
         }
         let hash = sha256(presented);
-        let mut c = self.take()?;
-        let res = c.query_opt(
-            "SELECT id, workspace_id FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
-            &[&hash],
-        );
-        match res {
-            Ok(row) => {
-                self.give_back(c);
-                Ok(row.map(|r| Principal {
-                    token_id: r.get(0),
-                    workspace: r.get(1),
-                }))
+        let lookup = |c: &mut Client| {
+            c.query_opt(
+                "SELECT id, workspace_id FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+                &[&hash],
+            )
+        };
+        let (mut c, pooled) = match self.take_idle() {
+            Some(c) => (c, true),
+            None => (self.tenancy.control()?, false),
+        };
+        let row = match lookup(&mut c) {
+            Ok(row) => row,
+            // An idle connection may have been closed by the server (restart, idle timeout):
+            // once more on a new one.
+            Err(_) if pooled => {
+                drop(c);
+                c = self.tenancy.control()?;
+                lookup(&mut c)?
             }
-            // The connection may be broken: drop it.
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        self.give_back(c);
+        Ok(row.map(|r| Principal {
+            token_id: r.get(0),
+            workspace: r.get(1),
+        }))
     }
 }
 

@@ -932,3 +932,66 @@ fn http_md_quick_start_runs_as_written() {
         );
     }
 }
+
+/// Library calls have a time limit: a workspace whose lock is held elsewhere answers 503
+/// `timeout` (rotate) or 409 `provisioning_in_progress` (provision, which goes on), instead of
+/// hanging; the server stays responsive meanwhile.
+#[test]
+fn library_calls_time_out() {
+    /// The library's advisory lock class of a workspace (`control::LOCK_WORKSPACE`).
+    const LOCK_WORKSPACE: i32 = 0x646c_0002;
+    let c = cluster();
+    let server = Server::start(&["--timeout-seconds", "1"]);
+    let (token, _) = c.token("slow");
+    let api = Api::new(&server.base, Some(&token));
+    provisioned(&api);
+    let mut holder = c.admin("dl_control");
+    holder
+        .execute(
+            "SELECT pg_catalog.pg_advisory_lock($1, pg_catalog.hashtext($2))",
+            &[&LOCK_WORKSPACE, &"slow"],
+        )
+        .unwrap();
+    let t0 = Instant::now();
+    let r = call(&api, "POST", ROTATE, Body::Json(json!({"kind": "read"})));
+    assert_eq!((r.status, r.code()), (503, "timeout"), "{}", r.text);
+    let r = call(&api, "POST", PROVISION, Body::None);
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "provisioning_in_progress"),
+        "{}",
+        r.text
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // other calls still work
+    assert_eq!(call(&api, "GET", STATUS, Body::None).status, 200);
+    assert_eq!(call(&api, "GET", HEALTHZ, Body::None).status, 200);
+    holder
+        .execute(
+            "SELECT pg_catalog.pg_advisory_unlock($1, pg_catalog.hashtext($2))",
+            &[&LOCK_WORKSPACE, &"slow"],
+        )
+        .unwrap();
+    drop(holder);
+    // The abandoned calls finish in the background (the rotation takes effect); then the
+    // workspace is consistent: the revealed URI works. (A reveal racing the late rotation may
+    // still get the previous URI: retry.)
+    let t1 = Instant::now();
+    loop {
+        let r = api.post(REVEAL, json!({"kind": "read"}));
+        let meta = api.get(METADATA);
+        if r.status == 200
+            && meta.json["roles"]["read"]["login"] == "ws_slow_read_b"
+            && connect(r.json["uri"].as_str().unwrap()).is_ok()
+        {
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(30),
+            "{} {}",
+            r.text,
+            meta.text
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -143,3 +143,35 @@ impl IntoResponse for ApiError {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Error, ErrorCode};
+
+    #[test]
+    fn library_errors_keep_codes_and_hide_5xx_causes() {
+        let e = ApiError::from_lib(Error::new(
+            ErrorCode::NotProvisioned,
+            "workspace acme is not provisioned; run provision",
+        ));
+        assert_eq!((e.status.as_u16(), &*e.code), (404, "not_provisioned"));
+        assert!(e.message.contains("acme"));
+        for (code, status) in [
+            (ErrorCode::DatabaseError, 500),
+            (ErrorCode::SecretKey, 500),
+            (ErrorCode::ServerUnreachable, 503),
+        ] {
+            let e = ApiError::from_lib(Error::new(
+                code,
+                "cannot connect to /srv/run:5432/dl_control as admin password=hunter2",
+            ));
+            assert_eq!(e.status.as_u16(), status);
+            assert_eq!(e.code, code.as_str());
+            assert!(!e.message.contains("hunter2") && !e.message.contains("/srv/run"));
+        }
+        let body = ApiError::rate_limited(0).body();
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert_eq!(ApiError::rate_limited(0).retry_after, Some(1));
+    }
+}
