@@ -140,10 +140,11 @@ pub(crate) fn apply_schema(ctl: &mut Client) -> Result<()> {
         "SELECT pg_catalog.pg_advisory_xact_lock($1, 0)",
         &[&LOCK_SCHEMA],
     )?;
-    // Cheap check first: nothing to do when the last table exists.
+    // Cheap check first: nothing to do when the last object of CONTROL_SCHEMA exists (keep
+    // this name the last object created there when adding to it).
     let done: bool = tx
         .query_one(
-            "SELECT pg_catalog.to_regclass('public.credentials_one_active') IS NOT NULL",
+            "SELECT pg_catalog.to_regclass('public.workspace_upgrades') IS NOT NULL",
             &[],
         )?
         .get(0);

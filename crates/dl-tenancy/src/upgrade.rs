@@ -95,6 +95,9 @@ impl Tenancy {
             }
         }
         let mut ctl = self.control()?;
+        // A control database made by an older tool lacks workspace_upgrades; the schema is
+        // idempotent, and an upgrade is what runs right after the tool itself was updated.
+        crate::control::apply_schema(&mut ctl)?;
         let rows = match &options.workspace {
             Some(ws) => {
                 crate::names::validate_workspace_id(ws)?;
@@ -231,7 +234,7 @@ impl Tenancy {
             let mut result = result;
             result.error = Some(format!(
                 "{}; not recorded in the control database: {e}",
-                result.error.as_deref().unwrap_or("upgraded")
+                result.error.as_deref().unwrap_or(&result.status)
             ));
             return result;
         }
