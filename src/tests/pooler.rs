@@ -12,7 +12,9 @@ mod tests {
     }
 
     fn rows(login: &str) -> i64 {
-        count(&format!("SELECT count(*) FROM dl_internal.pooler_user_lookup('{login}')"))
+        count(&format!(
+            "SELECT count(*) FROM dl_internal.pooler_user_lookup('{login}')"
+        ))
     }
 
     #[pg_test]
@@ -30,12 +32,21 @@ mod tests {
         assert_eq!(lookup("pool_reader"), 1);
         assert_eq!(lookup("pool_writer"), 1);
         // Refused logins give no row at all (not a row of NULLs).
-        for refused in ["pool_expired", "pool_outsider", "pool_elsewhere", "postgres", "no_such_login"] {
+        for refused in [
+            "pool_expired",
+            "pool_outsider",
+            "pool_elsewhere",
+            "postgres",
+            "no_such_login",
+        ] {
             assert_eq!(rows(refused), 0, "{refused}");
         }
         run("RESET ROLE");
         run("SET LOCAL ROLE dl_tenant_read");
-        assert_eq!(sqlstate_of("SELECT * FROM dl_internal.pooler_user_lookup('pool_reader')"), "42501");
+        assert_eq!(
+            sqlstate_of("SELECT * FROM dl_internal.pooler_user_lookup('pool_reader')"),
+            "42501"
+        );
         run("RESET ROLE");
     }
 }
