@@ -201,6 +201,7 @@ struct Bench {
     cfg: Config,
     cluster: PgCluster,
     work: PathBuf,
+    lib_dir: PathBuf,
     settings: Vec<(&'static str, String)>,
 }
 
@@ -293,10 +294,19 @@ fn run(cfg: &Config) -> R<()> {
         ("max_connections", "30".into()),
         ("log_min_messages", "warning".into()),
     ];
+    // Others reinstall the extension on this machine while we run; `cargo pgrx install`
+    // rewrites dl_tenancy.so in place, which crashes every backend that has it mapped. The
+    // cluster loads a private copy instead (module_pathname has no directory, so
+    // dynamic_library_path decides).
+    let lib_dir = private_extension_lib()?;
     let mut builder = PgCluster::builder();
     for (k, v) in &settings {
         builder = builder.conf(k, v);
     }
+    builder = builder.conf(
+        "dynamic_library_path",
+        &format!("{}:$libdir", lib_dir.display()),
+    );
     let cluster = builder.start()?;
     let work = cluster.root().join("bench-work");
     fs::create_dir_all(&work)?;
@@ -304,6 +314,7 @@ fn run(cfg: &Config) -> R<()> {
         cfg: cfg.clone(),
         cluster,
         work,
+        lib_dir: lib_dir.clone(),
         settings,
     };
     log(format!(
@@ -352,7 +363,48 @@ fn run(cfg: &Config) -> R<()> {
         cfg.out.join("BENCHMARKS.md").display(),
         cfg.out.join("results.json").display()
     ));
+    drop(bench);
+    let _ = fs::remove_dir_all(&lib_dir);
     Ok(())
+}
+
+/// A private copy of the installed dl_tenancy.so (taken when the source is not being written).
+fn private_extension_lib() -> R<PathBuf> {
+    let out = Command::new(pg_bin_dir().join("pg_config"))
+        .arg("--pkglibdir")
+        .output()?;
+    if !out.status.success() {
+        return fail("pg_config --pkglibdir failed");
+    }
+    let src = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("dl_tenancy.so");
+    let dir = pg_harness::temp_dir("dl-bench-lib")?;
+    let dst = dir.join("dl_tenancy.so");
+    for _ in 0..20 {
+        let before = fs::metadata(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+        fs::copy(&src, &dst)?;
+        let after = fs::metadata(&src)?;
+        if before.len() == after.len()
+            && before.modified()? == after.modified()?
+            && fs::metadata(&dst)?.len() == after.len()
+            && after
+                .modified()?
+                .elapsed()
+                .map(|d| d.as_secs() >= 2)
+                .unwrap_or(true)
+        {
+            log(format!(
+                "using a private copy of {} ({} bytes)",
+                src.display(),
+                after.len()
+            ));
+            return Ok(dir);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    fail(format!(
+        "{} kept changing; cannot take a stable copy",
+        src.display()
+    ))
 }
 
 fn one_string(c: &mut Client, sql: &str) -> R<String> {
@@ -380,6 +432,28 @@ fn setup(b: &Bench) -> R<Value> {
         a.batch_execute(&format!(
             "CREATE ROLE {login} LOGIN IN ROLE {group}; ALTER ROLE {login} SET role = '{group}';"
         ))?;
+    }
+    // Which dl_tenancy.so a backend really maps (must be the private copy).
+    let loaded = {
+        let mut c = b.admin()?;
+        let pid: i32 = c
+            .query_one(
+                "SELECT pg_backend_pid(), public.dl_jsonb_merge_patch('{}', '{}')::text",
+                &[],
+            )?
+            .get(0);
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        maps.lines()
+            .find(|l| l.contains("dl_tenancy"))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or("")
+            .to_string()
+    };
+    if !loaded.starts_with(&*b.lib_dir.to_string_lossy()) {
+        return fail(format!(
+            "backends load {loaded:?}, not the private copy in {}",
+            b.lib_dir.display()
+        ));
     }
     let t = Instant::now();
     a.batch_execute(data::HELPERS)?;
@@ -439,6 +513,7 @@ fn setup(b: &Bench) -> R<Value> {
         "git": git,
         "postgres": version,
         "extension_version": ext_version,
+        "extension_library": loaded,
         "machine": {
             "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "mem_total_gib": (mem_kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
