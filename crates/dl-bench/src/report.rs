@@ -8,6 +8,8 @@ pub enum Op {
     AtMost,
     /// ratio >= value (throughputs)
     AtLeast,
+    /// the median itself < value (absolute targets, e.g. seconds)
+    MedianBelow,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -29,16 +31,25 @@ impl Target {
             value,
         }
     }
-    pub fn met(&self, ratio: f64) -> bool {
+    pub fn median_below(value: f64) -> Target {
+        Target {
+            op: Op::MedianBelow,
+            value,
+        }
+    }
+    /// `x` is the ratio, or the median for absolute targets.
+    pub fn met(&self, x: f64) -> bool {
         match self.op {
-            Op::AtMost => ratio <= self.value,
-            Op::AtLeast => ratio >= self.value,
+            Op::AtMost => x <= self.value,
+            Op::AtLeast => x >= self.value,
+            Op::MedianBelow => x < self.value,
         }
     }
     pub fn text(&self) -> String {
         match self.op {
             Op::AtMost => format!("<= {}", self.value),
             Op::AtLeast => format!(">= {}", self.value),
+            Op::MedianBelow => format!("median < {}", self.value),
         }
     }
 }
@@ -135,6 +146,25 @@ impl Scenario {
         self.rows.len() - 1
     }
 
+    /// A row with an absolute target and no baseline.
+    pub fn absolute(
+        &mut self,
+        name: &str,
+        unit: &str,
+        samples: Vec<f64>,
+        target: Option<Target>,
+    ) -> usize {
+        self.rows.push(Row {
+            name: name.into(),
+            unit: unit.into(),
+            samples,
+            baseline: None,
+            is_baseline: false,
+            target,
+        });
+        self.rows.len() - 1
+    }
+
     pub fn ratio(&self, row: usize) -> Option<f64> {
         let r = &self.rows[row];
         r.baseline.map(|b| r.median() / self.rows[b].median())
@@ -142,6 +172,9 @@ impl Scenario {
 
     pub fn met(&self, row: usize) -> Option<bool> {
         let t = self.rows[row].target?;
+        if t.op == Op::MedianBelow {
+            return Some(t.met(self.rows[row].median()));
+        }
         Some(t.met(self.ratio(row)?))
     }
 
