@@ -987,10 +987,11 @@ fn library_calls_time_out() {
 }
 
 /// Reveal and rotate share one bucket per token (here 2 per minute: one more every 30 s).
+/// The server logs at `trace`: still no token, URI, password or SCRAM verifier in the log.
 #[test]
 fn rate_limit_is_per_token_and_shared() {
     let c = cluster();
-    let server = Server::start(&["--rate-limit-per-minute", "2"]);
+    let server = Server::start_with_log_level(&["--rate-limit-per-minute", "2"], "trace");
     let (t1, _) = c.token("limits");
     let (t2, _) = c.token("limits");
     let a = Api::new(&server.base, Some(&t1));
@@ -1014,5 +1015,20 @@ fn rate_limit_is_per_token_and_shared() {
     // other endpoints and other tokens are not limited
     assert_eq!(call(&a, "GET", STATUS, Body::None).status, 200);
     assert_eq!(call(&a, "GET", METADATA, Body::None).status, 200);
-    assert_eq!(call(&b, "POST", REVEAL, Body::Json(read)).status, 200);
+    let r = call(&b, "POST", REVEAL, Body::Json(read));
+    assert_eq!(r.status, 200);
+    let password = password_of(r.json["uri"].as_str().unwrap());
+    server.wait_log(Duration::from_secs(5), |v| {
+        v["span"]["token_id"].is_string()
+    });
+    let log = server.log_text();
+    for secret in [
+        t1.as_str(),
+        t2.as_str(),
+        "postgresql://",
+        "SCRAM-SHA-256",
+        &password,
+    ] {
+        assert!(!log.contains(secret), "{secret} in the trace log");
+    }
 }

@@ -366,10 +366,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// JSON request logs on stderr; `DL_TENANCY_LOG` (an `EnvFilter`, default `info`).
+/// JSON request logs on stderr; `DL_TENANCY_LOG` (an `EnvFilter`, default `info`). The
+/// database driver logs statements and parameters at debug level (`ALTER ROLE ... PASSWORD`
+/// with a SCRAM verifier among them): it stays at `warn` whatever the filter says.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DL_TENANCY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive("tokio_postgres=warn".parse().expect("a valid directive"))
+        .add_directive("postgres=warn".parse().expect("a valid directive"));
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

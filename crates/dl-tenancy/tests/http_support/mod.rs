@@ -127,6 +127,11 @@ pub struct Server {
 impl Server {
     /// Start a server on a free port of the shared cluster with extra `serve` arguments.
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_with_log_level(extra, "info")
+    }
+
+    /// With `DL_TENANCY_LOG=level`.
+    pub fn start_with_log_level(extra: &[&str], level: &str) -> Server {
         let c = cluster();
         let mut child = Command::new(BIN)
             .arg("--data-dir")
@@ -134,7 +139,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env_remove("DL_TENANCY_ADMIN_URL")
-            .env("DL_TENANCY_LOG", "info")
+            .env("DL_TENANCY_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
