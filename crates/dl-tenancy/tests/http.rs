@@ -844,25 +844,26 @@ fn schemathesis_fuzz() {
     assert!(!log.contains(&token));
 }
 
-/// HTTP.md's curl quick start, run as written (in an empty directory with its own
+/// The README's curl quick start, run as written (in an empty directory with its own
 /// `local up`; only the port is changed to a free one). Skipped without curl, jq or psql.
 #[test]
-fn http_md_quick_start_runs_as_written() {
+fn readme_http_quick_start_runs_as_written() {
     for tool in ["curl", "jq", "psql"] {
         let found = std::process::Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            eprintln!("SKIP http_md_quick_start_runs_as_written: {tool} is not installed");
+            eprintln!("SKIP readme_http_quick_start_runs_as_written: {tool} is not installed");
             return;
         }
     }
-    let md =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("HTTP.md"))
-            .unwrap();
+    let md = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+    )
+    .unwrap();
     let section = &md[md
-        .find("## Quick start with curl")
+        .find("### Quick start with curl")
         .expect("quick start section")..];
     let start = section.find("```sh\n").expect("a sh block") + "```sh\n".len();
     let block = &section[start..start + section[start..].find("\n```").unwrap()];
