@@ -90,34 +90,14 @@ pub fn sqlstate(result: Result<impl Sized, postgres::Error>) -> String {
     }
 }
 
-/// The seed's override upsert, verbatim.
-pub const SEED_UPSERT: &str = "INSERT INTO dl_override.person_overrides (
-  identity_key,
-  status,
-  identity_payload_patch,
-  raw_payload_patch,
-  tombstoned,
-  updated_at
-) VALUES (
-  $1, $2, $3::jsonb, $4::jsonb, false, now()
-)
-ON CONFLICT (identity_key) DO UPDATE
-SET status = EXCLUDED.status,
-    identity_payload_patch = EXCLUDED.identity_payload_patch,
-    raw_payload_patch = EXCLUDED.raw_payload_patch,
-    tombstoned = false,
-    updated_at = now();";
+/// The seed's override upsert, verbatim (tests/seed/).
+pub const SEED_UPSERT: &str = include_str!("seed/override_upsert.sql");
 
 /// The seed's read query, verbatim.
-pub const SEED_READ: &str =
-    "SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at DESC LIMIT 20";
+pub const SEED_READ: &str = include_str!("seed/read_query.sql");
 
 /// The seed's custom table, verbatim.
-pub const SEED_CUSTOM_TABLE: &str = "CREATE TABLE IF NOT EXISTS tenant_custom.account_segments (
-  id text PRIMARY KEY,
-  segment text NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now()
-);";
+pub const SEED_CUSTOM_TABLE: &str = include_str!("seed/custom_table.sql");
 
 /// Realistic tenant data for upgrade and dump tests: base records with nested payloads,
 /// overrides, tombstones, override-only records, companies, settings, and a customer table

@@ -298,22 +298,7 @@ mod tests {
         );
 
         // The seed's upsert, verbatim, with parameters.
-        let seed_upsert = "INSERT INTO dl_override.person_overrides (
-  identity_key,
-  status,
-  identity_payload_patch,
-  raw_payload_patch,
-  tombstoned,
-  updated_at
-) VALUES (
-  $1, $2, $3::jsonb, $4::jsonb, false, now()
-)
-ON CONFLICT (identity_key) DO UPDATE
-SET status = EXCLUDED.status,
-    identity_payload_patch = EXCLUDED.identity_payload_patch,
-    raw_payload_patch = EXCLUDED.raw_payload_patch,
-    tombstoned = false,
-    updated_at = now();";
+        let seed_upsert = include_str!("../../tests/seed/override_upsert.sql");
         Spi::run_with_args(
             seed_upsert,
             &[
@@ -379,7 +364,7 @@ SET status = EXCLUDED.status,
                  FROM generate_series(1, 2000) i"#,
         );
         run("ANALYZE dl_internal.resolved_people");
-        let plan = explain("SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at DESC LIMIT 20");
+        let plan = explain(include_str!("../../tests/seed/read_query.sql"));
         assert!(plan.contains("resolved_people_updated_at_idx"), "{plan}");
         let plan = explain("SELECT * FROM dl_resolved.people WHERE identity_key = 'k5'");
         assert!(plan.contains("resolved_people_pkey"), "{plan}");

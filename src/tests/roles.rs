@@ -56,7 +56,7 @@ mod tests {
     #[pg_test]
     fn tenant_read() {
         let mut matrix = vec![
-            ("SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at DESC LIMIT 20", OK),
+            (include_str!("../../tests/seed/read_query.sql"), OK),
             ("SELECT * FROM dl_resolved.companies", OK),
             ("SELECT dl_sql_schema()", OK),
             ("SELECT dl_tenancy_version(), dl_tenancy_library_version()", OK),
@@ -83,7 +83,7 @@ mod tests {
     #[pg_test]
     fn tenant_override() {
         let mut matrix = vec![
-            ("SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at DESC LIMIT 20", OK),
+            (include_str!("../../tests/seed/read_query.sql"), OK),
             ("SELECT * FROM dl_resolved.companies", OK),
             ("SELECT * FROM dl_override.person_overrides", OK),
             ("INSERT INTO dl_override.person_overrides (identity_key, status) VALUES ('new', 'x')", OK),
@@ -100,11 +100,7 @@ mod tests {
             ("SELECT dl_clear_company_override('c1')", OK),
             ("SELECT dl_sql_schema()", OK),
             // tenant_custom: full DDL and DML, the seed's statement verbatim.
-            ("CREATE TABLE IF NOT EXISTS tenant_custom.account_segments (
-  id text PRIMARY KEY,
-  segment text NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now()
-)", OK),
+            (include_str!("../../tests/seed/custom_table.sql"), OK),
             ("INSERT INTO tenant_custom.existing VALUES (1)", OK),
             ("UPDATE tenant_custom.existing SET id = 2", OK),
             ("DELETE FROM tenant_custom.existing", OK),

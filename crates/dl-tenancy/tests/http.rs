@@ -50,31 +50,11 @@ fn provisioned(api: &Api) {
     assert_eq!(r.json["status"], "active");
 }
 
-const PEOPLE: &str =
-    "SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at DESC LIMIT 20";
+const PEOPLE: &str = include_str!("../../../tests/seed/read_query.sql");
 
-const UPSERT: &str = "INSERT INTO dl_override.person_overrides (
-  identity_key,
-  status,
-  identity_payload_patch,
-  raw_payload_patch,
-  tombstoned,
-  updated_at
-) VALUES (
-  $1, $2, $3::jsonb, $4::jsonb, false, now()
-)
-ON CONFLICT (identity_key) DO UPDATE
-SET status = EXCLUDED.status,
-    identity_payload_patch = EXCLUDED.identity_payload_patch,
-    raw_payload_patch = EXCLUDED.raw_payload_patch,
-    tombstoned = false,
-    updated_at = now()";
+const UPSERT: &str = include_str!("../../../tests/seed/override_upsert.sql");
 
-const SEGMENTS: &str = "CREATE TABLE IF NOT EXISTS tenant_custom.account_segments (
-  id text PRIMARY KEY,
-  segment text NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now()
-)";
+const SEGMENTS: &str = include_str!("../../../tests/seed/custom_table.sql");
 
 /// The seed's quick start, over HTTP, as written: status -> provision -> status active ->
 /// reveal read -> connect and query -> reveal override -> upsert + custom table -> rotate ->

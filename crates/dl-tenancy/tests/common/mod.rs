@@ -155,31 +155,11 @@ pub fn with_db(uri: &str, db: &str) -> String {
     format!("{}/{db}", &uri[..i])
 }
 
-pub const READ_QUERY: &str =
-    "SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at DESC LIMIT 20";
+pub const READ_QUERY: &str = include_str!("../../../../tests/seed/read_query.sql");
 
-pub const UPSERT: &str = "INSERT INTO dl_override.person_overrides (
-  identity_key,
-  status,
-  identity_payload_patch,
-  raw_payload_patch,
-  tombstoned,
-  updated_at
-) VALUES (
-  $1, $2, $3::jsonb, $4::jsonb, false, now()
-)
-ON CONFLICT (identity_key) DO UPDATE
-SET status = EXCLUDED.status,
-    identity_payload_patch = EXCLUDED.identity_payload_patch,
-    raw_payload_patch = EXCLUDED.raw_payload_patch,
-    tombstoned = false,
-    updated_at = now();";
+pub const UPSERT: &str = include_str!("../../../../tests/seed/override_upsert.sql");
 
-pub const CUSTOM_TABLE: &str = "CREATE TABLE IF NOT EXISTS tenant_custom.account_segments (
-  id text PRIMARY KEY,
-  segment text NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now()
-);";
+pub const CUSTOM_TABLE: &str = include_str!("../../../../tests/seed/custom_table.sql");
 
 /// The seed's upsert with parameters as the seed's node `pg` client sends them: one unnamed
 /// prepared statement (works through PgBouncer in transaction mode).
