@@ -101,6 +101,18 @@ fn parse_args() -> R<Config> {
             "--pgbench-secs" => secs = Some(value(&mut i)?.parse()?),
             "--latency-iters" => lat_iters = Some(value(&mut i)?.parse()?),
             "--no-diagnose" => diagnose = false,
+            "--print-data-sql" => {
+                // The data-generation SQL for the chosen sizes (for reproducing a plan by hand).
+                let s = match people {
+                    Some(n) => Sizes::for_people(n),
+                    None if quick => Sizes::quick(),
+                    None => Sizes::full(),
+                };
+                println!("{}", data::HELPERS);
+                println!("{};", data::people_src_sql(s.people));
+                println!("{};", data::overrides_src_sql(&s));
+                std::process::exit(0);
+            }
             "--load-timeout-factor" => load_timeout = Some(value(&mut i)?.parse()?),
             "--dl-tenancy-bin" => dl_tenancy_bin = Some(PathBuf::from(value(&mut i)?)),
             "-h" | "--help" => {
