@@ -115,21 +115,30 @@ mod tests {
         );
     }
 
-    /// Errors read like errors of this product, not like a crash.
+    /// Errors read like errors of this product, not like a crash: a message naming the input,
+    /// a detail saying what was given, a hint saying what to pass instead.
     #[pg_test]
     fn messages_name_the_problem() {
         run(
-            "CREATE TEMP TABLE errors AS SELECT NULL::text AS message, NULL::text AS hint LIMIT 0;
-             DO $$ BEGIN
+            "CREATE TEMP TABLE errors (message text, detail text, hint text);
+             DO $$
+             DECLARE m text; d text; h text;
+             BEGIN
                  PERFORM dl_apply_person_override('k', NULL, '[1]', NULL);
              EXCEPTION WHEN OTHERS THEN
-                 INSERT INTO errors VALUES (SQLERRM, NULL);
+                 GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL, h = PG_EXCEPTION_HINT;
+                 INSERT INTO errors VALUES (m, d, h);
              END $$;",
         );
-        let message = text("SELECT message FROM errors").expect("an error was raised");
         assert_eq!(
-            message,
-            "identity_payload_patch must be a JSON object or SQL NULL"
+            text("SELECT message FROM errors").as_deref(),
+            Some("identity_payload_patch must be a JSON object or SQL NULL")
         );
+        assert_eq!(
+            text("SELECT detail FROM errors").as_deref(),
+            Some("got a JSON array")
+        );
+        let hint = text("SELECT hint FROM errors").expect("a hint");
+        assert!(hint.contains("SQL NULL for no patch"), "{hint}");
     }
 }
