@@ -5,7 +5,43 @@
 
 use pgrx::prelude::*;
 
+/// The record PostgreSQL looks up (`pg_finfo_<symbol>`) to call a hand-written C function
+/// with the version-1 calling convention.
+macro_rules! v1_call_info {
+    ($($finfo:ident),+ $(,)?) => {
+        $(
+            #[no_mangle]
+            pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
+                const V1_API: ::pgrx::pg_sys::Pg_finfo_record =
+                    ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+                &V1_API
+            }
+        )+
+    };
+}
+pub(crate) use v1_call_info;
+
+/// A one-dimensional text[] of the given text datums; `{}` when there are none.
+pub(crate) unsafe fn text_array(texts: &[pg_sys::Datum]) -> pg_sys::Datum {
+    if texts.is_empty() {
+        return pg_sys::Datum::from(pg_sys::construct_empty_array(pg_sys::TEXTOID));
+    }
+    pg_sys::Datum::from(pg_sys::construct_array(
+        texts.as_ptr().cast_mut(),
+        texts.len() as i32,
+        pg_sys::TEXTOID,
+        -1,
+        false,
+        pg_sys::TYPALIGN_INT as std::ffi::c_char,
+    ))
+}
+
+mod helpers;
 mod merge_patch;
+mod overridden_fields;
+mod resolved_store;
+mod spi;
+mod validation;
 mod version;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -61,6 +97,11 @@ extension_sql_file!(
     "../sql/dl_tenancy--0.1.0--0.2.0.sql",
     name = "update_0_2_0",
     requires = ["pooler_auth"]
+);
+extension_sql_file!(
+    "../sql/dl_tenancy--0.2.0--0.3.0.sql",
+    name = "update_0_3_0",
+    requires = ["update_0_2_0"]
 );
 
 // In-database tests: `cargo pgrx test` builds with the pg_test feature.

@@ -61,22 +61,17 @@ pub unsafe extern "C-unwind" fn dl_jsonb_merge_patch(
     pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(merged))
 }
 
-/// pgrx needs this record to call `dl_jsonb_merge_patch` with the version-1 calling convention.
-#[no_mangle]
-pub extern "C" fn pg_finfo_dl_jsonb_merge_patch() -> &'static pg_sys::Pg_finfo_record {
-    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1_API
-}
+crate::v1_call_info!(pg_finfo_dl_jsonb_merge_patch);
 
-unsafe fn detoast_jsonb(datum: pg_sys::Datum) -> *mut pg_sys::Jsonb {
+pub(crate) unsafe fn detoast_jsonb(datum: pg_sys::Datum) -> *mut pg_sys::Jsonb {
     pg_sys::pg_detoast_datum(datum.cast_mut_ptr::<pg_sys::varlena>()).cast()
 }
 
-unsafe fn root(jsonb: *mut pg_sys::Jsonb) -> *mut pg_sys::JsonbContainer {
+pub(crate) unsafe fn root(jsonb: *mut pg_sys::Jsonb) -> *mut pg_sys::JsonbContainer {
     ptr::addr_of_mut!((*jsonb).root)
 }
 
-unsafe fn is_object(container: *const pg_sys::JsonbContainer) -> bool {
+pub(crate) unsafe fn is_object(container: *const pg_sys::JsonbContainer) -> bool {
     (*container).header & JB_FOBJECT != 0
 }
 
@@ -94,12 +89,12 @@ unsafe fn as_object(value: &pg_sys::JsonbValue) -> Option<*mut pg_sys::JsonbCont
 }
 
 /// One object's (key, value) pairs in stored order; nested containers are not descended into.
-struct Pairs {
+pub(crate) struct Pairs {
     iterator: *mut pg_sys::JsonbIterator,
 }
 
 impl Pairs {
-    unsafe fn new(container: *mut pg_sys::JsonbContainer) -> Self {
+    pub(crate) unsafe fn new(container: *mut pg_sys::JsonbContainer) -> Self {
         let mut iterator = pg_sys::JsonbIteratorInit(container);
         let mut skipped = zeroed_value();
         // The first token is WJB_BEGIN_OBJECT.
@@ -107,7 +102,7 @@ impl Pairs {
         Pairs { iterator }
     }
 
-    unsafe fn next(&mut self) -> Option<(pg_sys::JsonbValue, pg_sys::JsonbValue)> {
+    pub(crate) unsafe fn next(&mut self) -> Option<(pg_sys::JsonbValue, pg_sys::JsonbValue)> {
         let mut key = zeroed_value();
         if pg_sys::JsonbIteratorNext(&mut self.iterator, &mut key, true)
             != pg_sys::JsonbIteratorToken::WJB_KEY

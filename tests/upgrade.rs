@@ -8,73 +8,104 @@ use std::sync::Arc;
 use std::thread;
 
 const OLDEST: &str = "CREATE EXTENSION dl_tenancy VERSION '0.1.0'";
+/// Every released version (sql/released/), oldest first, and the version this tree builds.
+const RELEASED: [&str; 2] = ["0.1.0", "0.2.0"];
+const CURRENT: &str = "0.3.0";
 
 #[test]
-fn upgrade_keeps_every_row_and_equals_a_fresh_install() {
+fn upgrade_from_every_release_keeps_every_row_and_equals_a_fresh_install() {
     let tc = TenantCluster::start();
-    let mut old = tc.create_db_with("upgraded", OLDEST);
-    old.batch_execute(LOAD_TENANT_DATA).unwrap();
-    let before = tenant_rows(&mut old);
+    let mut fresh = tc.create_db_with("fresh", "CREATE EXTENSION dl_tenancy");
+    let installed = catalog_snapshot(&mut fresh);
+    assert!(
+        installed.len() > 200,
+        "the snapshot covers the extension: {} lines",
+        installed.len()
+    );
+    for from in RELEASED {
+        let db = format!("from_{}", from.replace('.', "_"));
+        let mut old = tc.create_db_with(
+            &db,
+            &format!("CREATE EXTENSION dl_tenancy VERSION '{from}'"),
+        );
+        old.batch_execute(LOAD_TENANT_DATA).unwrap();
+        let before = tenant_rows(&mut old);
 
-    old.batch_execute("ALTER EXTENSION dl_tenancy UPDATE")
-        .unwrap();
-    let after = tenant_rows(&mut old);
-    for ((name, was), (_, is)) in before.iter().zip(&after) {
-        assert_eq!(was, is, "{name} changed in the upgrade");
+        old.batch_execute("ALTER EXTENSION dl_tenancy UPDATE")
+            .unwrap();
+        let after = tenant_rows(&mut old);
+        for ((name, was), (_, is)) in before.iter().zip(&after) {
+            assert_eq!(was, is, "{name} changed in the upgrade from {from}");
+        }
+        assert!(before
+            .iter()
+            .all(|(_, rows)| rows.as_array().is_some_and(|r| !r.is_empty())));
+
+        // overridden_fields (0.2.0) is right for every existing row.
+        let wrong: i64 = old
+            .query_one(
+                "SELECT count(*) FROM dl_resolved.people p LEFT JOIN dl_override.person_overrides o USING (identity_key)
+                  WHERE p.overridden_fields IS DISTINCT FROM
+                        COALESCE(ARRAY(SELECT f FROM (SELECT jsonb_object_keys(o.identity_payload_patch) f
+                                                      UNION SELECT 'status' WHERE o.status IS NOT NULL) s ORDER BY f COLLATE \"C\"), '{}')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(wrong, 0, "from {from}");
+        let fields: Value = old
+            .query_one("SELECT to_jsonb(overridden_fields) FROM dl_resolved.people WHERE identity_key = 'person-2'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(fields, json!(["address", "status", "tags", "title"]));
+        // Each existing override has exactly one history row: imported by the 0.2.0 update,
+        // or recorded when it was written at 0.2.0.
+        let history = old
+            .query_one(
+                "SELECT count(*), count(DISTINCT identity_key), bool_and(operation = $1)
+                   FROM dl_override.person_override_history",
+                &[&if from == "0.1.0" { "import" } else { "insert" }],
+            )
+            .unwrap();
+        assert_eq!(history.get::<_, i64>(0), 120);
+        assert_eq!(history.get::<_, i64>(1), 120);
+        assert!(history.get::<_, bool>(2));
+        let migrations: Vec<String> = old
+            .query("SELECT version || ' ' || action FROM dl_meta.schema_migrations ORDER BY applied_at, version", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let expected: Vec<String> = std::iter::once(format!("{from} install"))
+            .chain(
+                RELEASED
+                    .iter()
+                    .chain([&CURRENT])
+                    .filter(|v| **v > from)
+                    .map(|v| format!("{v} update")),
+            )
+            .collect();
+        assert_eq!(migrations, expected);
+
+        let upgraded = catalog_snapshot(&mut old);
+        let only_upgraded: Vec<_> = upgraded.iter().filter(|l| !installed.contains(l)).collect();
+        let only_fresh: Vec<_> = installed.iter().filter(|l| !upgraded.contains(l)).collect();
+        assert!(
+            only_upgraded.is_empty() && only_fresh.is_empty(),
+            "a database upgraded from {from} differs from a fresh install\nonly upgraded:\n{only_upgraded:#?}\nonly fresh:\n{only_fresh:#?}"
+        );
     }
-    assert!(before
-        .iter()
-        .all(|(_, rows)| rows.as_array().is_some_and(|r| !r.is_empty())));
-
-    // The new column is right for every existing row.
-    let wrong: i64 = old
-        .query_one(
-            "SELECT count(*) FROM dl_resolved.people p LEFT JOIN dl_override.person_overrides o USING (identity_key)
-              WHERE p.overridden_fields IS DISTINCT FROM
-                    COALESCE(ARRAY(SELECT f FROM (SELECT jsonb_object_keys(o.identity_payload_patch) f
-                                                  UNION SELECT 'status' WHERE o.status IS NOT NULL) s ORDER BY f COLLATE \"C\"), '{}')",
+    // A fresh install records only itself.
+    let migrations: Vec<String> = fresh
+        .query(
+            "SELECT version || ' ' || action FROM dl_meta.schema_migrations",
             &[],
         )
-        .unwrap()
-        .get(0);
-    assert_eq!(wrong, 0);
-    let fields: Value = old
-        .query_one("SELECT to_jsonb(overridden_fields) FROM dl_resolved.people WHERE identity_key = 'person-2'", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(fields, json!(["address", "status", "tags", "title"]));
-    // Each existing override has exactly one imported history row.
-    let history = old
-        .query_one(
-            "SELECT count(*), count(DISTINCT identity_key), bool_and(operation = 'import')
-               FROM dl_override.person_override_history",
-            &[],
-        )
-        .unwrap();
-    assert_eq!(history.get::<_, i64>(0), 120);
-    assert_eq!(history.get::<_, i64>(1), 120);
-    assert!(history.get::<_, bool>(2));
-    let migrations: Vec<String> = old
-        .query("SELECT version || ' ' || action FROM dl_meta.schema_migrations ORDER BY applied_at, version", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(migrations, ["0.1.0 install", "0.2.0 update"]);
-
-    let mut fresh = tc.create_db_with("fresh", "CREATE EXTENSION dl_tenancy");
-    let (upgraded, installed) = (catalog_snapshot(&mut old), catalog_snapshot(&mut fresh));
-    let only_upgraded: Vec<_> = upgraded.iter().filter(|l| !installed.contains(l)).collect();
-    let only_fresh: Vec<_> = installed.iter().filter(|l| !upgraded.contains(l)).collect();
-    assert!(
-        only_upgraded.is_empty() && only_fresh.is_empty(),
-        "upgraded database differs from a fresh install\nonly upgraded:\n{only_upgraded:#?}\nonly fresh:\n{only_fresh:#?}"
-    );
-    assert!(
-        upgraded.len() > 200,
-        "the snapshot covers the extension: {} lines",
-        upgraded.len()
-    );
+    assert_eq!(migrations, [format!("{CURRENT} install")]);
 }
 
 /// Customers keep writing overrides (helper and raw SQL) while the upgrade runs: every write
@@ -135,7 +166,7 @@ fn writes_during_the_upgrade_are_kept() {
         .query_one("SELECT dl_tenancy_version()", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.2.0");
+    assert_eq!(version, CURRENT);
     let missing: i64 = admin
         .query_one(
             "SELECT count(*) FROM unnest($1::text[]) k

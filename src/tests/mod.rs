@@ -11,6 +11,7 @@ mod merge_patch;
 mod pooler;
 mod resolved;
 mod roles;
+mod write_path;
 
 // Test-only: run a statement in a subtransaction and report its SQLSTATE ('00000' when it
 // succeeds), so one test can assert many failures with their codes. It deliberately runs the
@@ -30,7 +31,7 @@ $fn$;
 GRANT USAGE ON SCHEMA tests TO PUBLIC;
 "#,
     name = "test_helpers",
-    requires = ["update_0_2_0"],
+    requires = ["update_0_3_0"],
     finalize
 );
 
