@@ -15,6 +15,9 @@ use pgrx::prelude::*;
 use std::cell::Cell;
 use std::ffi::CStr;
 
+/// Up to this many keys per statement the refresh reuses a generic plan (index probes);
+/// above it the plan is made for the real array (hash joins for a bulk load).
+const FEW_KEYS: usize = 64;
 /// A bulk refresh runs in slices, so that no statement holds a million keys' rows at once.
 const SLICE_KEYS: usize = 20_000;
 /// Past this many key locks of one kind in a transaction, lock the whole kind instead.
@@ -45,9 +48,9 @@ enum Statement {
     /// Keys in the transition tables; for the override layer also writes their history rows.
     ChangedKeys(Layer, Event),
     /// Recompute the resolved rows of `$1 text[]` (unique keys) that should exist.
-    Upsert,
+    Upsert { few: bool },
     /// Delete the resolved rows of `$1 text[]` that should not exist.
-    Delete,
+    Delete { few: bool },
     /// Every key of the kind, in any table.
     AllKeys,
     /// History rows for an override TRUNCATE, written before it happens.
@@ -138,7 +141,7 @@ impl Statement {
             ),
             // The one definition of a resolved row: base merged with the override (RFC 7396),
             // present when either layer has the key and the override is not a tombstone.
-            Statement::Upsert => format!(
+            Statement::Upsert { .. } => format!(
                 "INSERT INTO {resolved} AS r
                         (identity_key, display_name, status, identity_payload, raw_payload, is_overridden, updated_at, overridden_fields)
                  SELECT c.identity_key, dl_internal.{k}_display_name(m.identity_payload), COALESCE(o.status, b.status),
@@ -167,7 +170,7 @@ impl Statement {
                         overridden_fields = excluded.overridden_fields"
             ),
             // The complement of the upsert's WHERE, decided from the layers by index probes.
-            Statement::Delete => format!(
+            Statement::Delete { .. } => format!(
                 "DELETE FROM {resolved} AS r
                   USING pg_catalog.unnest($1::text[]) AS c(identity_key)
                   WHERE r.identity_key OPERATOR(pg_catalog.=) c.identity_key
@@ -185,17 +188,18 @@ impl Statement {
     }
 
     fn takes_keys(self) -> bool {
-        matches!(self, Statement::Upsert | Statement::Delete)
+        matches!(self, Statement::Upsert { .. } | Statement::Delete { .. })
     }
 
-    /// The refresh always runs a generic plan, i.e. index probes per key: a plan made for a
-    /// slice of 20,000 keys hashes whole tables instead (the delete's EXISTS over the 1,000,000
-    /// base rows, once per slice), which made a bulk load 4x slower (BENCHMARKS.md, 5).
     fn cursor_options(self) -> u32 {
-        if self.takes_keys() {
-            pg_sys::CURSOR_OPT_GENERIC_PLAN
-        } else {
-            0
+        match self {
+            Statement::Upsert { few: true } | Statement::Delete { few: true } => {
+                pg_sys::CURSOR_OPT_GENERIC_PLAN
+            }
+            Statement::Upsert { few: false } | Statement::Delete { few: false } => {
+                pg_sys::CURSOR_OPT_CUSTOM_PLAN
+            }
+            _ => 0,
         }
     }
 }
@@ -250,10 +254,11 @@ unsafe fn refresh_keys(kind: Kind, mut keys: Vec<Datum>) {
     }
     lock_keys(kind, &keys);
     for slice in keys.chunks(SLICE_KEYS) {
+        let few = slice.len() <= FEW_KEYS;
         let array = crate::text_array(slice);
-        let present = execute(kind, Statement::Upsert, Some(array));
+        let present = execute(kind, Statement::Upsert { few }, Some(array));
         if (present as usize) < slice.len() {
-            execute(kind, Statement::Delete, Some(array));
+            execute(kind, Statement::Delete { few }, Some(array));
         }
     }
 }
