@@ -6,6 +6,7 @@
 //! caller's rights (SECURITY INVOKER), so it can do nothing the caller could not do with raw
 //! SQL, and its statements are prepared once per backend with every name schema-qualified.
 
+use crate::resolved_store::Kind;
 use crate::spi;
 use crate::validation::check_override_input;
 use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw, pg_return_null};
@@ -13,12 +14,9 @@ use pgrx::pg_sys;
 use pgrx::pg_sys::Datum;
 use pgrx::prelude::*;
 
-unsafe fn apply_override(
-    fcinfo: pg_sys::FunctionCallInfo,
-    kind: &'static str,
-    plural: &'static str,
-) -> Datum {
+unsafe fn apply_override(fcinfo: pg_sys::FunctionCallInfo, kind: Kind) -> Datum {
     check_override_input(fcinfo);
+    let (plural, kind) = (kind.plural(), kind.word());
     let args: Vec<Datum> = (0..4).map(|n| pg_getarg_datum_raw(fcinfo, n)).collect();
     let nulls: Vec<u8> = (0..4)
         .map(|n| {
@@ -87,7 +85,7 @@ unsafe fn apply_override(
 pub unsafe extern "C-unwind" fn dl_apply_person_override(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Datum {
-    apply_override(fcinfo, "person", "people")
+    apply_override(fcinfo, Kind::Person)
 }
 
 /// `dl_apply_company_override(...)`: the same for companies.
@@ -96,7 +94,7 @@ pub unsafe extern "C-unwind" fn dl_apply_person_override(
 pub unsafe extern "C-unwind" fn dl_apply_company_override(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Datum {
-    apply_override(fcinfo, "company", "companies")
+    apply_override(fcinfo, Kind::Company)
 }
 
 crate::v1_call_info!(

@@ -24,7 +24,7 @@ const SLICE_KEYS: usize = 20_000;
 const MAX_KEY_LOCKS: i64 = 256;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Kind {
+pub(crate) enum Kind {
     Person,
     Company,
 }
@@ -74,14 +74,14 @@ impl Kind {
         }
     }
 
-    fn word(self) -> &'static str {
+    pub(crate) fn word(self) -> &'static str {
         match self {
             Kind::Person => "person",
             Kind::Company => "company",
         }
     }
 
-    fn plural(self) -> &'static str {
+    pub(crate) fn plural(self) -> &'static str {
         match self {
             Kind::Person => "people",
             Kind::Company => "companies",
