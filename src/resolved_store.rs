@@ -13,6 +13,7 @@ use pgrx::pg_sys;
 use pgrx::pg_sys::Datum;
 use pgrx::prelude::*;
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::ffi::CStr;
 
 /// Up to this many keys per statement the refresh reuses a generic plan (index probes);
@@ -47,10 +48,11 @@ enum Event {
 enum Statement {
     /// Keys in the transition tables; for the override layer also writes their history rows.
     ChangedKeys(Layer, Event),
-    /// Recompute the resolved rows of `$1 text[]` (unique keys) that should exist.
+    /// Recompute the resolved rows of `$1 text[]` (unique keys) that should exist; returns
+    /// their keys.
     Upsert { few: bool },
-    /// Delete the resolved rows of `$1 text[]` that should not exist.
-    Delete { few: bool },
+    /// Delete the resolved rows of `$1 text[]`: the keys the upsert did not return.
+    Delete,
     /// Every key of the kind, in any table.
     AllKeys,
     /// History rows for an override TRUNCATE, written before it happens.
@@ -167,17 +169,14 @@ impl Statement {
                         raw_payload = excluded.raw_payload,
                         is_overridden = excluded.is_overridden,
                         updated_at = excluded.updated_at,
-                        overridden_fields = excluded.overridden_fields"
+                        overridden_fields = excluded.overridden_fields
+                 RETURNING r.identity_key"
             ),
-            // The complement of the upsert's WHERE, decided from the layers by index probes.
-            Statement::Delete { .. } => format!(
+            // The keys come from the upsert (those it did not return), so the layers are not
+            // read again: a bulk refresh's delete used to probe or hash the whole base table.
+            Statement::Delete => format!(
                 "DELETE FROM {resolved} AS r
-                  USING pg_catalog.unnest($1::text[]) AS c(identity_key)
-                  WHERE r.identity_key OPERATOR(pg_catalog.=) c.identity_key
-                    AND (EXISTS (SELECT FROM {overrides} AS o
-                                  WHERE o.identity_key OPERATOR(pg_catalog.=) c.identity_key AND o.tombstoned)
-                         OR NOT (EXISTS (SELECT FROM {cache} AS b WHERE b.identity_key OPERATOR(pg_catalog.=) c.identity_key)
-                                 OR EXISTS (SELECT FROM {overrides} AS o WHERE o.identity_key OPERATOR(pg_catalog.=) c.identity_key)))"
+                  WHERE r.identity_key OPERATOR(pg_catalog.=) ANY ($1::text[])"
             ),
             Statement::AllKeys => format!(
                 "SELECT identity_key FROM {resolved}
@@ -188,17 +187,14 @@ impl Statement {
     }
 
     fn takes_keys(self) -> bool {
-        matches!(self, Statement::Upsert { .. } | Statement::Delete { .. })
+        matches!(self, Statement::Upsert { .. } | Statement::Delete)
     }
 
     fn cursor_options(self) -> u32 {
         match self {
-            Statement::Upsert { few: true } | Statement::Delete { few: true } => {
-                pg_sys::CURSOR_OPT_GENERIC_PLAN
-            }
-            Statement::Upsert { few: false } | Statement::Delete { few: false } => {
-                pg_sys::CURSOR_OPT_CUSTOM_PLAN
-            }
+            // A primary-key probe per key, whatever the number of keys.
+            Statement::Upsert { few: true } | Statement::Delete => pg_sys::CURSOR_OPT_GENERIC_PLAN,
+            Statement::Upsert { few: false } => pg_sys::CURSOR_OPT_CUSTOM_PLAN,
             _ => 0,
         }
     }
@@ -258,7 +254,13 @@ unsafe fn refresh_keys(kind: Kind, mut keys: Vec<Datum>) {
         let array = crate::text_array(slice);
         let present = execute(kind, Statement::Upsert { few }, Some(array));
         if (present as usize) < slice.len() {
-            execute(kind, Statement::Delete { few }, Some(array));
+            let kept: HashSet<&[u8]> = result_keys().into_iter().map(|k| key_bytes(k)).collect();
+            let gone: Vec<Datum> = slice
+                .iter()
+                .copied()
+                .filter(|k| !kept.contains(key_bytes(*k)))
+                .collect();
+            execute(kind, Statement::Delete, Some(crate::text_array(&gone)));
         }
     }
 }

@@ -56,6 +56,29 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_bulk_refresh_leaves_out_tombstoned_keys_in_every_slice() {
+        // One tombstone in each of the three 20,000-key slices of a 45,000-row statement.
+        for key in ["bulk-00005", "bulk-30000", "bulk-44999"] {
+            run(&format!("SELECT dl_tombstone_person('{key}')"));
+        }
+        run(
+            "INSERT INTO dl_cache.person_enrichments (identity_key, identity_payload, raw_payload)
+             SELECT 'bulk-' || lpad(i::text, 5, '0'), '{}', '{}' FROM generate_series(1, 45000) i",
+        );
+        assert_eq!(count("SELECT count(*) FROM dl_resolved.people"), 45000 - 3);
+        assert_eq!(
+            count("SELECT count(*) FROM dl_resolved.people WHERE identity_key IN ('bulk-00005', 'bulk-30000', 'bulk-44999')"),
+            0
+        );
+        // Lifted in one statement, the three come back; a bulk delete of the base removes them
+        // all again.
+        run("DELETE FROM dl_override.person_overrides WHERE tombstoned");
+        assert_eq!(count("SELECT count(*) FROM dl_resolved.people"), 45000);
+        run("DELETE FROM dl_cache.person_enrichments");
+        assert_eq!(count("SELECT count(*) FROM dl_resolved.people"), 0);
+    }
+
+    #[pg_test]
     fn a_kind_lock_lost_with_a_rolled_back_subtransaction_is_taken_again() {
         // The bulk insert (and its kind-wide lock) happens in a subtransaction that fails.
         run("DO $$
