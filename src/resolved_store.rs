@@ -16,9 +16,6 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::CStr;
 
-/// Up to this many keys per statement the refresh reuses a generic plan (index probes);
-/// above it the plan is made for the real array (hash joins for a bulk load).
-const FEW_KEYS: usize = 64;
 /// A bulk refresh runs in slices, so that no statement holds a million keys' rows at once.
 const SLICE_KEYS: usize = 20_000;
 /// Past this many key locks of one kind in a transaction, lock the whole kind instead.
@@ -50,7 +47,7 @@ enum Statement {
     ChangedKeys(Layer, Event),
     /// Recompute the resolved rows of `$1 text[]` (unique keys) that should exist; returns
     /// their keys.
-    Upsert { few: bool },
+    Upsert,
     /// Delete the resolved rows of `$1 text[]`: the keys the upsert did not return.
     Delete,
     /// Every key of the kind, in any table.
@@ -143,7 +140,7 @@ impl Statement {
             ),
             // The one definition of a resolved row: base merged with the override (RFC 7396),
             // present when either layer has the key and the override is not a tombstone.
-            Statement::Upsert { .. } => format!(
+            Statement::Upsert => format!(
                 "INSERT INTO {resolved} AS r
                         (identity_key, display_name, status, identity_payload, raw_payload, is_overridden, updated_at, overridden_fields)
                  SELECT c.identity_key, dl_internal.{k}_display_name(m.identity_payload), COALESCE(o.status, b.status),
@@ -187,14 +184,14 @@ impl Statement {
     }
 
     fn takes_keys(self) -> bool {
-        matches!(self, Statement::Upsert { .. } | Statement::Delete)
+        matches!(self, Statement::Upsert | Statement::Delete)
     }
 
     fn cursor_options(self) -> u32 {
         match self {
-            // A primary-key probe per key, whatever the number of keys.
-            Statement::Upsert { few: true } | Statement::Delete => pg_sys::CURSOR_OPT_GENERIC_PLAN,
-            Statement::Upsert { few: false } => pg_sys::CURSOR_OPT_CUSTOM_PLAN,
+            // Planned once per backend: with index probes only (`probes_only`), the plan is
+            // the same for one key and for 20,000.
+            Statement::Upsert | Statement::Delete => pg_sys::CURSOR_OPT_GENERIC_PLAN,
             _ => 0,
         }
     }
@@ -249,10 +246,10 @@ unsafe fn refresh_keys(kind: Kind, mut keys: Vec<Datum>) {
         return;
     }
     lock_keys(kind, &keys);
+    let guc_level = probes_only();
     for slice in keys.chunks(SLICE_KEYS) {
-        let few = slice.len() <= FEW_KEYS;
         let array = crate::text_array(slice);
-        let present = execute(kind, Statement::Upsert { few }, Some(array));
+        let present = execute(kind, Statement::Upsert, Some(array));
         if (present as usize) < slice.len() {
             let kept: HashSet<&[u8]> = result_keys().into_iter().map(|k| key_bytes(k)).collect();
             let gone: Vec<Datum> = slice
@@ -263,6 +260,30 @@ unsafe fn refresh_keys(kind: Kind, mut keys: Vec<Datum>) {
             execute(kind, Statement::Delete, Some(crate::text_array(&gone)));
         }
     }
+    pg_sys::AtEOXact_GUC(true, guc_level);
+}
+
+/// Plans the refresh statements with nested loops over primary-key probes only, as a function's
+/// `SET` clause would (undone by `AtEOXact_GUC`, or by the abort on an error): the statistics
+/// of a table being bulk-loaded in the same transaction are wrong (an autovacuum ANALYZE
+/// during the load sees none of its rows), and with them the planner hashed the whole base
+/// table for every 20,000-key slice of a 1,000,000-row COPY (BENCHMARKS.md, 5). Probes cost
+/// the same per key whatever the statistics say.
+unsafe fn probes_only() -> i32 {
+    let level = pg_sys::NewGUCNestLevel();
+    for name in [c"enable_seqscan", c"enable_hashjoin", c"enable_mergejoin"] {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            pg_sys::PGERROR as i32,
+            false,
+        );
+    }
+    level
 }
 
 /// Every key of the kind (TRUNCATE of a layer, or `refresh_people(NULL)`).
