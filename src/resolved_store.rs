@@ -150,8 +150,17 @@ impl Statement {
                         GREATEST(b.updated_at, o.updated_at),
                         dl_internal.overridden_fields(o.status, o.identity_payload_patch)
                    FROM pg_catalog.unnest($1::text[]) AS c(identity_key)
-                   LEFT JOIN {cache} AS b ON b.identity_key OPERATOR(pg_catalog.=) c.identity_key
-                   LEFT JOIN {overrides} AS o ON o.identity_key OPERATOR(pg_catalog.=) c.identity_key
+                  -- Each layer is read by a primary-key probe per key whatever the statistics
+                  -- say: as joins, a table being bulk-loaded in this transaction (an ANALYZE
+                  -- during the load counts none of its rows) was planned as one empty row, read
+                  -- in full and materialized, then rescanned for every key.
+                   LEFT JOIN LATERAL (SELECT b.identity_key, b.status, b.identity_payload, b.raw_payload, b.updated_at
+                                        FROM {cache} AS b
+                                       WHERE b.identity_key OPERATOR(pg_catalog.=) c.identity_key OFFSET 0) AS b ON true
+                   LEFT JOIN LATERAL (SELECT o.identity_key, o.status, o.identity_payload_patch, o.raw_payload_patch,
+                                             o.tombstoned, o.updated_at
+                                        FROM {overrides} AS o
+                                       WHERE o.identity_key OPERATOR(pg_catalog.=) c.identity_key OFFSET 0) AS o ON true
                   -- OFFSET 0 keeps the merge a subquery evaluated once per key: pulled up, it
                   -- would be copied into each use, and the display-name function not inlined.
                   CROSS JOIN LATERAL (SELECT public.dl_jsonb_merge_patch(COALESCE(b.identity_payload, '{{}}'::jsonb),
@@ -189,9 +198,11 @@ impl Statement {
 
     fn cursor_options(self) -> u32 {
         match self {
-            // Planned once per backend: with index probes only (`probes_only`), the plan is
-            // the same for one key and for 20,000.
-            Statement::Upsert | Statement::Delete => pg_sys::CURSOR_OPT_GENERIC_PLAN,
+            // Planned once per backend: a probe per key is the plan for one key and for 20,000.
+            Statement::Upsert => pg_sys::CURSOR_OPT_GENERIC_PLAN,
+            // Planned for each array (deletes are rare): a generic plan made while the table
+            // was nearly empty would scan it whole for as long as the backend lives.
+            Statement::Delete => pg_sys::CURSOR_OPT_CUSTOM_PLAN,
             _ => 0,
         }
     }
@@ -246,7 +257,6 @@ unsafe fn refresh_keys(kind: Kind, mut keys: Vec<Datum>) {
         return;
     }
     lock_keys(kind, &keys);
-    let guc_level = probes_only();
     for slice in keys.chunks(SLICE_KEYS) {
         let array = crate::text_array(slice);
         let present = execute(kind, Statement::Upsert, Some(array));
@@ -260,30 +270,6 @@ unsafe fn refresh_keys(kind: Kind, mut keys: Vec<Datum>) {
             execute(kind, Statement::Delete, Some(crate::text_array(&gone)));
         }
     }
-    pg_sys::AtEOXact_GUC(true, guc_level);
-}
-
-/// Plans the refresh statements with nested loops over primary-key probes only, as a function's
-/// `SET` clause would (undone by `AtEOXact_GUC`, or by the abort on an error): the statistics
-/// of a table being bulk-loaded in the same transaction are wrong (an autovacuum ANALYZE
-/// during the load sees none of its rows), and with them the planner hashed the whole base
-/// table for every 20,000-key slice of a 1,000,000-row COPY (BENCHMARKS.md, 5). Probes cost
-/// the same per key whatever the statistics say.
-unsafe fn probes_only() -> i32 {
-    let level = pg_sys::NewGUCNestLevel();
-    for name in [c"enable_seqscan", c"enable_hashjoin", c"enable_mergejoin"] {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
-    }
-    level
 }
 
 /// Every key of the kind (TRUNCATE of a layer, or `refresh_people(NULL)`).

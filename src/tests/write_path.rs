@@ -79,21 +79,6 @@ mod tests {
     }
 
     #[pg_test]
-    fn the_refresh_leaves_the_callers_planner_settings_as_they_were() {
-        run("SET enable_hashjoin = off");
-        run("SELECT dl_apply_person_override('g1', 'customer')");
-        run("INSERT INTO dl_cache.person_enrichments (identity_key, identity_payload, raw_payload) VALUES ('g2', '{}', '{}')");
-        assert_eq!(
-            text("SELECT current_setting('enable_seqscan') || current_setting('enable_mergejoin') || current_setting('enable_hashjoin')").as_deref(),
-            Some("ononoff")
-        );
-        assert_eq!(
-            count("SELECT count(*) FROM dl_resolved.people WHERE identity_key IN ('g1', 'g2')"),
-            2
-        );
-    }
-
-    #[pg_test]
     fn a_kind_lock_lost_with_a_rolled_back_subtransaction_is_taken_again() {
         // The bulk insert (and its kind-wide lock) happens in a subtransaction that fails.
         run("DO $$
