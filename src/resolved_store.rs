@@ -97,6 +97,16 @@ impl Statement {
         let resolved = format!("dl_internal.resolved_{}", kind.plural());
         let new_keys = "SELECT n.identity_key FROM new_rows AS n";
         let old_keys = "SELECT o.identity_key FROM old_rows AS o";
+        // History rows for the overrides in `rows` (a DELETE's old rows, or a whole table
+        // about to be truncated).
+        let history_of_deleted = |rows: &str| {
+            format!(
+                "INSERT INTO {history} (identity_key, operation,
+                        old_status, old_identity_payload_patch, old_raw_payload_patch, old_tombstoned)
+                 SELECT o.identity_key, 'delete', o.status, o.identity_payload_patch, o.raw_payload_patch, o.tombstoned
+                   FROM {rows} AS o"
+            )
+        };
         match self {
             Statement::ChangedKeys(Layer::Cache, Event::Insert) => new_keys.to_string(),
             Statement::ChangedKeys(Layer::Cache, Event::Update) => {
@@ -125,19 +135,10 @@ impl Statement {
                  {new_keys} UNION {old_keys}"
             ),
             Statement::ChangedKeys(Layer::Override, Event::Delete) => format!(
-                "WITH history AS (
-                     INSERT INTO {history} (identity_key, operation,
-                            old_status, old_identity_payload_patch, old_raw_payload_patch, old_tombstoned)
-                     SELECT o.identity_key, 'delete', o.status, o.identity_payload_patch, o.raw_payload_patch, o.tombstoned
-                       FROM old_rows AS o)
-                 {old_keys}"
+                "WITH history AS ({}) {old_keys}",
+                history_of_deleted("old_rows")
             ),
-            Statement::HistoryOfTruncate => format!(
-                "INSERT INTO {history} (identity_key, operation,
-                        old_status, old_identity_payload_patch, old_raw_payload_patch, old_tombstoned)
-                 SELECT o.identity_key, 'delete', o.status, o.identity_payload_patch, o.raw_payload_patch, o.tombstoned
-                   FROM {overrides} AS o"
-            ),
+            Statement::HistoryOfTruncate => history_of_deleted(&overrides),
             // The one definition of a resolved row: base merged with the override (RFC 7396),
             // present when either layer has the key and the override is not a tombstone.
             Statement::Upsert => format!(

@@ -1759,16 +1759,19 @@ fn scenario_provisioning(b: &Bench) -> R<Vec<Scenario>> {
         let mut rotate_t = Vec::new();
         let mut attempts_failed = 0usize;
         let mut old_rejected = 0usize;
-        let (_, v) = run(&[
-            "connection-uris",
-            "reveal",
-            "--workspace",
-            ws,
-            "--kind",
-            "read",
-            "--pooled",
-        ])?;
-        let mut old_uri = v["uri"].as_str().unwrap_or("").to_string();
+        let reveal_pooled_read = || -> R<String> {
+            let (_, v) = run(&[
+                "connection-uris",
+                "reveal",
+                "--workspace",
+                ws,
+                "--kind",
+                "read",
+                "--pooled",
+            ])?;
+            Ok(v["uri"].as_str().unwrap_or("").to_string())
+        };
+        let mut old_uri = reveal_pooled_read()?;
         for _ in 0..reps {
             let (rt, _) = run(&[
                 "connection-uris",
@@ -1779,16 +1782,7 @@ fn scenario_provisioning(b: &Bench) -> R<Vec<Scenario>> {
                 "read",
             ])?;
             let returned = Instant::now();
-            let (_, v) = run(&[
-                "connection-uris",
-                "reveal",
-                "--workspace",
-                ws,
-                "--kind",
-                "read",
-                "--pooled",
-            ])?;
-            let uri = v["uri"].as_str().unwrap_or("").to_string();
+            let uri = reveal_pooled_read()?;
             let mut ok = false;
             for _ in 0..1000 {
                 match Client::connect(&uri, NoTls) {
