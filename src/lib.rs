@@ -41,10 +41,18 @@ mod merge_patch;
 mod overridden_fields;
 mod resolved_store;
 mod spi;
+mod tenant_guard;
 mod validation;
 mod version;
 
 ::pgrx::pg_module_magic!(name, version);
+
+/// Runs once per backend, when the library is first loaded (for workspace databases: at
+/// session start, through `session_preload_libraries`).
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    tenant_guard::install();
+}
 
 // The install script, in order. Every piece runs with search_path = pg_catalog, pg_temp (set
 // first), so an unqualified name that is not a built-in fails loudly instead of resolving
@@ -102,6 +110,11 @@ extension_sql_file!(
     "../sql/dl_tenancy--0.2.0--0.3.0.sql",
     name = "update_0_3_0",
     requires = ["update_0_2_0"]
+);
+extension_sql_file!(
+    "../sql/dl_tenancy--0.3.0--0.4.0.sql",
+    name = "update_0_4_0",
+    requires = ["update_0_3_0"]
 );
 
 // In-database tests: `cargo pgrx test` builds with the pg_test feature.

@@ -136,6 +136,10 @@ unsafe fn merge_object(
     target: Option<*mut pg_sys::JsonbContainer>,
     patch: *mut pg_sys::JsonbContainer,
 ) {
+    // One level per nested patch object: jsonb input accepts nesting deep enough to overflow
+    // the backend's stack here, so refuse it the way PostgreSQL's own recursive code does
+    // (54001 stack depth limit exceeded) instead of crashing the whole cluster.
+    pg_sys::check_stack_depth();
     pg_sys::pushJsonbValue(
         state,
         pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT,

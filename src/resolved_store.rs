@@ -279,6 +279,12 @@ unsafe fn refresh_all(kind: Kind) {
     refresh_keys(kind, result_keys());
 }
 
+/// `locktag_field4` of the extension's own advisory locks. SQL's `pg_advisory_*` functions can
+/// only name 1 (one bigint) and 2 (two integers): a tenant who can call them (0.4.0 revokes
+/// that anyway) still cannot take, hold or wait on a lock of the platform's write path.
+const KIND_LOCK_SPACE: u16 = 0x6401;
+const KEY_LOCK_SPACE: u16 = 0x6402;
+
 fn advisory_tag(field2: u32, field3: u32, field4: u16) -> pg_sys::LOCKTAG {
     pg_sys::LOCKTAG {
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
@@ -321,14 +327,14 @@ unsafe fn acquire(tag: &pg_sys::LOCKTAG, mode: u32) {
     pg_sys::LockAcquire(tag, mode as i32, false, false);
 }
 
-/// Transaction-scoped advisory locks on the keys, the same locks as
-/// `pg_advisory_xact_lock(kind, hashtext(key))`, in hash order. Per key, so unrelated keys
-/// never wait for each other; a transaction that would hold more than 256 key locks of a
-/// kind (a bulk load) takes the whole kind exclusively instead (`pg_advisory_xact_lock(kind)`),
-/// which small writers hold in shared mode, keeping the lock table bounded.
+/// Transaction-scoped advisory locks on the keys (kind, hashtext(key)), in hash order. Per key,
+/// so unrelated keys never wait for each other; a transaction that would hold more than 256
+/// key locks of a kind (a bulk load) takes the whole kind exclusively instead, which small
+/// writers hold in shared mode, keeping the lock table bounded. The tags live in lock spaces
+/// SQL cannot name ([`KIND_LOCK_SPACE`], [`KEY_LOCK_SPACE`]).
 unsafe fn lock_keys(kind: Kind, keys: &[Datum]) {
     let kind_id = kind.lock_id();
-    let kind_tag = advisory_tag(0, kind_id as u32, 1);
+    let kind_tag = advisory_tag(0, kind_id as u32, KIND_LOCK_SPACE);
     let slot = (kind_id - 1) as usize;
     let xid = local_transaction_id();
     let (seen, mut held) = KEY_LOCKS.get();
@@ -363,7 +369,7 @@ unsafe fn lock_keys(kind: Kind, keys: &[Datum]) {
         hashes.dedup();
         for hash in hashes {
             acquire(
-                &advisory_tag(kind_id as u32, hash as u32, 2),
+                &advisory_tag(kind_id as u32, hash as u32, KEY_LOCK_SPACE),
                 pg_sys::ExclusiveLock,
             );
         }

@@ -163,4 +163,71 @@ mod tests {
             })
             .unwrap();
     }
+    /// Nesting as deep as PostgreSQL's own jsonb input accepts, through every entry point that
+    /// merges (the function, override INSERT and UPDATE, the helper): each either merges right
+    /// or refuses with 54001 (stack depth limit exceeded); none crashes the backend (0.3.0 died
+    /// with SIGSEGV at depth 10,000 and took every workspace's sessions with it).
+    #[pg_test]
+    fn deep_nesting_merges_or_refuses_with_54001_at_every_entry_point() {
+        run(r#"SELECT dl_upsert_person_enrichment('deep', '{"name":"D"}', '{}')"#);
+        let mut refused = 0;
+        let mut deepest_accepted = 0;
+        for depth in [100, 1_000, 5_000, 10_000, 20_000, 40_000, 60_000, 100_000] {
+            let doc = format!("(repeat('{{\"a\":', {depth}) || '1' || repeat('}}', {depth}))");
+            // Depths PostgreSQL's parser itself refuses (54001) cannot reach the extension.
+            let parsed = sqlstate_of(&format!("SELECT {doc}::jsonb"));
+            if parsed != "00000" {
+                assert_eq!(parsed, "54001", "jsonb input at depth {depth}");
+                continue;
+            }
+            deepest_accepted = depth;
+            // (statement, a query that is true when what it merged is right)
+            let entry_points = [
+                (
+                    format!("SELECT dl_jsonb_merge_patch('{{}}', {doc}::jsonb)"),
+                    format!("SELECT dl_jsonb_merge_patch('{{}}', {doc}::jsonb) = {doc}::jsonb"),
+                ),
+                (
+                    format!("SELECT dl_jsonb_merge_patch({doc}::jsonb, {doc}::jsonb)"),
+                    format!("SELECT dl_jsonb_merge_patch({doc}::jsonb, {doc}::jsonb) = {doc}::jsonb"),
+                ),
+                (
+                    format!("INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch) VALUES ('deep', {doc}::jsonb)"),
+                    format!("SELECT identity_payload = jsonb_build_object('name', 'D') || {doc}::jsonb FROM dl_resolved.people WHERE identity_key = 'deep'"),
+                ),
+                (
+                    format!("UPDATE dl_override.person_overrides SET raw_payload_patch = {doc}::jsonb WHERE identity_key = 'other'"),
+                    format!("SELECT raw_payload = {doc}::jsonb FROM dl_resolved.people WHERE identity_key = 'other'"),
+                ),
+                (
+                    format!("SELECT dl_apply_person_override('deep', NULL, NULL, {doc}::jsonb)"),
+                    format!("SELECT raw_payload = {doc}::jsonb FROM dl_resolved.people WHERE identity_key = 'deep'"),
+                ),
+            ];
+            run("INSERT INTO dl_override.person_overrides (identity_key) VALUES ('other') ON CONFLICT DO NOTHING");
+            for (statement, merged_right) in &entry_points {
+                match sqlstate_of(statement).as_str() {
+                    "00000" => assert_eq!(
+                        Spi::get_one::<bool>(merged_right).unwrap(),
+                        Some(true),
+                        "depth {depth}: {statement:.100}"
+                    ),
+                    "54001" => refused += 1,
+                    other => panic!("depth {depth}: {other} from {statement:.100}"),
+                }
+            }
+            run("DELETE FROM dl_override.person_overrides WHERE identity_key = 'deep'");
+        }
+        assert!(
+            deepest_accepted >= 10_000,
+            "jsonb accepted only {deepest_accepted}"
+        );
+        assert!(refused > 0, "no depth reached the stack limit");
+        // The backend is alive and the data is intact.
+        assert_eq!(
+            text("SELECT display_name FROM dl_resolved.people WHERE identity_key = 'deep'")
+                .as_deref(),
+            Some("D")
+        );
+    }
 }

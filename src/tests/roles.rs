@@ -51,6 +51,16 @@ mod tests {
         ("TRUNCATE dl_override.person_overrides", DENIED),
         ("ALTER TABLE dl_override.person_overrides ADD COLUMN x int", DENIED),
         ("CREATE SCHEMA mine", DENIED),
+        // Shared state of the whole server (0.4.0): the lock table, large objects, the
+        // notification queue.
+        ("SELECT pg_advisory_lock(1::bigint)", DENIED),
+        ("SELECT pg_advisory_xact_lock(1, 2)", DENIED),
+        ("SELECT pg_try_advisory_lock_shared(1::bigint)", DENIED),
+        ("SELECT count(pg_advisory_xact_lock(g)) FROM generate_series(1, 10) g", DENIED),
+        ("SELECT lo_create(0)", DENIED),
+        ("SELECT lo_creat(-1)", DENIED),
+        ("SELECT lo_from_bytea(0, 'x')", DENIED),
+        ("SELECT pg_notify('c', 'x')", DENIED),
     ];
 
     #[pg_test]
@@ -180,6 +190,59 @@ mod tests {
         assert_eq!(
             count("SELECT count(*) FROM tenant_custom.account_segments"),
             2
+        );
+    }
+
+    /// Utility statements no privilege covers are refused to workspace logins by the library
+    /// (src/tenant_guard.rs): a retired login's open session cannot give itself a new password,
+    /// no login persists settings or writes the server-wide notification queue.
+    #[pg_test]
+    fn workspace_logins_cannot_listen_notify_or_alter_their_role() {
+        run("CREATE ROLE dl_test_read LOGIN IN ROLE dl_tenant_read");
+        run("CREATE ROLE dl_test_override LOGIN IN ROLE dl_tenant_override");
+        run("CREATE ROLE dl_test_runtime LOGIN IN ROLE dl_platform_runtime");
+        let refused = [
+            "LISTEN c",
+            "NOTIFY c",
+            "NOTIFY c, 'payload'",
+            "ALTER ROLE CURRENT_USER PASSWORD 'chosen-by-the-attacker'",
+            "ALTER ROLE SESSION_USER PASSWORD NULL",
+            "ALTER ROLE CURRENT_USER SET work_mem = '10GB'",
+            "ALTER ROLE CURRENT_USER RESET ALL",
+            "ALTER ROLE dl_tenant_override SET statement_timeout = 0",
+        ];
+        for (login, acting_as) in [
+            ("dl_test_read", "NONE"),
+            ("dl_test_override", "dl_tenant_override"),
+            ("dl_test_override", "NONE"),
+        ] {
+            run(&format!("SET LOCAL SESSION AUTHORIZATION {login}"));
+            run(&format!("SET LOCAL ROLE {acting_as}"));
+            for statement in refused {
+                assert_eq!(
+                    sqlstate_of(statement),
+                    "42501",
+                    "{login} as {acting_as}: {statement}"
+                );
+            }
+            run("RESET SESSION AUTHORIZATION");
+        }
+        assert_eq!(
+            count("SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname LIKE 'dl\\_%'"),
+            0
+        );
+        // The platform's logins and superusers are not refused.
+        run("SET LOCAL SESSION AUTHORIZATION dl_test_runtime");
+        assert_eq!(sqlstate_of("LISTEN c"), "00000");
+        assert_eq!(
+            sqlstate_of("ALTER ROLE CURRENT_USER SET work_mem = '8MB'"),
+            "00000"
+        );
+        run("RESET SESSION AUTHORIZATION");
+        assert_eq!(sqlstate_of("NOTIFY c"), "00000");
+        assert_eq!(
+            sqlstate_of("ALTER ROLE dl_test_read PASSWORD NULL"),
+            "00000"
         );
     }
 

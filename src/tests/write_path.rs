@@ -1,15 +1,18 @@
-//! 0.3.0: the write path in the library (src/resolved_store.rs) keeps the 0.1.0 locking
-//! protocol and stays right for bulk statements, subtransactions and repair calls.
+//! The write path in the library (src/resolved_store.rs): its locking protocol (0.1.0), in lock
+//! spaces SQL cannot name (0.4.0), right for bulk statements, subtransactions and repair calls.
 
 #[pgrx::pg_schema]
 mod tests {
     use crate::tests::*;
 
-    /// Advisory locks this backend holds: "kind/hash" for a key lock, "kind" for a kind lock,
-    /// with the mode.
+    /// The extension's advisory locks this backend holds: "kind/hash" for a key lock, "kind"
+    /// for a kind lock, with the mode. Its lock spaces (objsubid) are 0x6401 (kind) and 0x6402
+    /// (key); SQL's own are 1 and 2, listed as "sql:...".
     fn advisory_locks() -> String {
         text(
-            "SELECT string_agg(CASE objsubid WHEN 2 THEN classid || '/' || objid::int ELSE objid::text END
+            "SELECT string_agg(CASE objsubid WHEN 25602 THEN classid || '/' || objid::int
+                                             WHEN 25601 THEN objid::text
+                                             ELSE 'sql:' || objsubid || ':' || classid || '/' || objid::int END
                                || ' ' || mode, ', ' ORDER BY objsubid, classid, objid)
                FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
         )
@@ -17,19 +20,19 @@ mod tests {
     }
 
     #[pg_test]
-    fn a_single_write_locks_its_key_like_pg_advisory_xact_lock() {
+    fn a_single_write_locks_its_key_where_sql_cannot_reach() {
         run("SELECT dl_apply_person_override('k1', 'customer')");
         let hash = text("SELECT hashtext('k1')::text").unwrap();
         assert_eq!(
             advisory_locks(),
             format!("1 ShareLock, 1/{hash} ExclusiveLock")
         );
-        // The same lock the SQL function takes: re-taking it in this transaction is a no-op,
-        // and nothing new appears.
+        // The lock SQL would name for the same key (the 0.3.0 protocol) is another lock: holding
+        // it, as a tenant could, does not touch the write path's.
         run("SELECT pg_advisory_xact_lock(1, hashtext('k1'))");
         assert_eq!(
             advisory_locks(),
-            format!("1 ShareLock, 1/{hash} ExclusiveLock")
+            format!("sql:2:1/{hash} ExclusiveLock, 1 ShareLock, 1/{hash} ExclusiveLock")
         );
     }
 
