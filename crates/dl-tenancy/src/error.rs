@@ -113,6 +113,10 @@ impl fmt::Display for ErrorCode {
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,
+    /// The SQLSTATE of the database error behind this one, kept so that callers decide by
+    /// it (a lock timeout, a missing database) instead of by the message.
+    #[serde(skip)]
+    pub sqlstate: Option<String>,
 }
 
 impl Error {
@@ -120,7 +124,12 @@ impl Error {
         Error {
             code,
             message: message.into(),
+            sqlstate: None,
         }
+    }
+    /// The SQLSTATE behind this error, if a database answered with one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.sqlstate.as_deref()
     }
     pub fn code(&self) -> &'static str {
         self.code.as_str()
@@ -154,20 +163,23 @@ impl From<postgres::Error> for Error {
     fn from(e: postgres::Error) -> Self {
         if let Some(db) = e.as_db_error() {
             let code = db.code().code();
-            // 55P03 lock_not_available: our lock_timeout on a workspace lock.
-            if code == "55P03" {
-                return Error::new(
+            let mut error = if code == "55P03" {
+                // lock_not_available: our lock_timeout on a workspace lock.
+                Error::new(
                     ErrorCode::ProvisioningInProgress,
                     "another operation on this workspace is still running; retry later",
-                );
-            }
-            let class = &code[..2];
-            let c = if class == "08" || code == "57P01" || code == "57P03" || code == "3D000" {
-                ErrorCode::ServerUnreachable
+                )
             } else {
-                ErrorCode::DatabaseError
+                let class = &code[..2];
+                let c = if class == "08" || code == "57P01" || code == "57P03" || code == "3D000" {
+                    ErrorCode::ServerUnreachable
+                } else {
+                    ErrorCode::DatabaseError
+                };
+                Error::new(c, format!("SQLSTATE {code}: {}", db.message()))
             };
-            return Error::new(c, format!("SQLSTATE {code}: {}", db.message()));
+            error.sqlstate = Some(code.to_string());
+            return error;
         }
         if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
         {

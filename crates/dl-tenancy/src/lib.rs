@@ -12,7 +12,9 @@
 //! `spawn_blocking` in an async server.
 
 pub mod control;
+mod credentials;
 pub mod error;
+pub mod fences;
 pub mod http;
 pub mod local;
 pub mod names;
@@ -25,7 +27,10 @@ pub use error::{Error, ErrorCode, Result};
 pub use names::{validate_workspace_id, Kind, WorkspaceNames, WORKSPACE_ID_PATTERN};
 pub use ops::*;
 pub use secret::SecretKey;
-pub use upgrade::{UpgradeEvent, UpgradeOptions, UpgradeReport, WorkspaceUpgrade};
+pub use upgrade::{
+    UpgradeEvent, UpgradeOptions, UpgradeReport, WorkspaceUpgrade, DEFAULT_LOCK_ATTEMPTS,
+    DEFAULT_LOCK_TIMEOUT_MS,
+};
 
 use std::path::PathBuf;
 

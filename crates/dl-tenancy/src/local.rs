@@ -147,7 +147,7 @@ impl Layout {
             auth_user: Some(POOLER_AUTH_USER),
             auth_query: Some(AUTH_QUERY),
             pool_mode: "transaction",
-            extra: &[],
+            extra: crate::fences::POOLER_SETTINGS,
         });
         // The auth user must be in auth_file: left out, PgBouncer would accept it from clients
         // with an empty password. Its entry is the verifier of a random password nobody keeps,

@@ -2,11 +2,13 @@
 //! deprovision, server add/list.
 
 use crate::control::{connect, LOCK_TEMPLATE, LOCK_WORKSPACE};
+use crate::credentials::{ensure_login, revoke_login, set_password};
 use crate::error::{invalid, Error, ErrorCode, Result};
+use crate::fences::{DATABASE_CONNECTION_LIMIT, SESSION_PRELOAD};
 use crate::names::{
     percent_encode, quote_ident, quote_literal, validate_server_name, Kind, Slot, WorkspaceNames,
 };
-use crate::secret::{random_password, scram_verifier};
+use crate::secret::random_password;
 use crate::Tenancy;
 use postgres::Client;
 use serde::Serialize;
@@ -16,6 +18,8 @@ use std::collections::BTreeMap;
 pub const TEMPLATE_DB: &str = "dl_tenancy_template";
 /// Name of the extension.
 pub const EXTENSION: &str = "dl_tenancy";
+/// How often `serve` ends grace periods that are over ([`Tenancy::expire_grace_periods`]).
+pub const GRACE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Environment variable naming a fault point where the process exits at once (tests only).
 pub const FAULT_ENV: &str = "DL_TENANCY_FAULT";
 
@@ -443,13 +447,31 @@ impl Tenancy {
         st.database = Some(names.database());
         st.server_id = Some(server_id.clone());
         st.status = state.clone();
-        st.message = row.get(2);
         st.extension_version = row.get(3);
+        if state == "error" {
+            // The stored error is the operator's (`dl-tenancy list`): it can name hosts, paths
+            // and SQL. A tenant sees only what to do.
+            st.message = Some(PROVISIONING_FAILED.into());
+        }
         if state == "active" {
             let server = self.load_server(&mut ctl, &server_id)?;
+            let logins: Vec<String> = ctl
+                .query(
+                    "SELECT login_name FROM credentials WHERE workspace_id = $1 AND active",
+                    &[&workspace],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
             drop(ctl);
             match live_extension_version(&server, &names)? {
-                Some(v) => st.extension_version = Some(v),
+                Some(v) => {
+                    st.extension_version = Some(v);
+                    if !logins_usable(&server, &names, &logins)? {
+                        st.status = "error".into();
+                        st.message = Some(CREDENTIALS_BROKEN.into());
+                    }
+                }
                 None => {
                     st.status = "not_provisioned".into();
                     st.extension_version = None;
@@ -501,6 +523,7 @@ impl Tenancy {
         let server = self.load_server(ctl, &server_id)?;
         if state.as_deref() == Some("active") {
             if let Some(version) = self.verify_complete(ctl, &server, names)? {
+                fence_workspace(&mut connect(&server.admin_conn, None)?, names)?;
                 return Ok(WorkspaceStatus {
                     workspace: ws.into(),
                     status: "active".into(),
@@ -568,6 +591,17 @@ impl Tenancy {
             return Ok(None);
         }
         drop(admin);
+        let active: Vec<String> = ctl
+            .query(
+                "SELECT login_name FROM credentials WHERE workspace_id = $1 AND active",
+                &[&names.workspace],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !logins_usable(server, names, &active)? {
+            return Ok(None);
+        }
         live_extension_version(server, names)
     }
 
@@ -733,11 +767,7 @@ impl Tenancy {
             }
         };
 
-        for kind in Kind::ALL {
-            for slot in [Slot::A, Slot::B] {
-                ensure_login(&mut admin, names, kind, slot)?;
-            }
-        }
+        fence_workspace(&mut admin, names)?;
         fault_point("after_roles");
         for kind in Kind::ALL {
             self.ensure_credential(ctl, &mut admin, names, kind)?;
@@ -771,7 +801,7 @@ impl Tenancy {
                     .iter()
                     .any(|r| r.get::<_, &str>(0) == other.as_str() && r.get::<_, bool>(4));
                 if !in_grace {
-                    clear_password(admin, &names.login(kind, other))?;
+                    revoke_login(admin, &names.login(kind, other))?;
                 }
             }
             None => {
@@ -791,7 +821,7 @@ impl Tenancy {
                 )?;
                 tx.commit()?;
                 set_password(admin, &names.login(kind, Slot::A), &pw)?;
-                clear_password(admin, &names.login(kind, Slot::B))?;
+                revoke_login(admin, &names.login(kind, Slot::B))?;
             }
         }
         Ok(())
@@ -927,6 +957,52 @@ impl Tenancy {
         res
     }
 
+    /// End the grace periods that are over: each previous login whose `VALID UNTIL` has passed
+    /// is revoked ([`revoke_login`]: NOLOGIN, no password, its sessions ended). `serve` runs
+    /// this every [`GRACE_SWEEP_INTERVAL`], `rotate` for its workspace. Returns the logins it
+    /// revoked.
+    pub fn expire_grace_periods(&self) -> Result<Vec<String>> {
+        let mut ctl = self.control()?;
+        let due: Vec<String> = ctl
+            .query(
+                "SELECT DISTINCT workspace_id FROM credentials
+                  WHERE NOT active AND valid_until <= now() ORDER BY 1",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut revoked = vec![];
+        for ws in due {
+            lock_workspace(&mut ctl, &ws)?;
+            let res = self.expire_grace_locked(&mut ctl, &ws);
+            unlock_workspace(&mut ctl, &ws);
+            revoked.extend(res?);
+        }
+        Ok(revoked)
+    }
+
+    fn expire_grace_locked(&self, ctl: &mut Client, ws: &str) -> Result<Vec<String>> {
+        let rows = ctl.query(
+            "SELECT c.login_name, w.server_id FROM credentials AS c JOIN workspaces AS w ON w.id = c.workspace_id
+              WHERE c.workspace_id = $1 AND NOT c.active AND c.valid_until <= now()",
+            &[&ws],
+        )?;
+        let mut revoked = vec![];
+        for row in rows {
+            let login: String = row.get(0);
+            let server = self.load_server(ctl, row.get(1))?;
+            revoke_login(&mut connect(&server.admin_conn, None)?, &login)?;
+            ctl.execute(
+                "UPDATE credentials SET valid_until = NULL
+                  WHERE workspace_id = $1 AND login_name = $2 AND NOT active",
+                &[&ws, &login],
+            )?;
+            revoked.push(login);
+        }
+        Ok(revoked)
+    }
+
     fn rotate_locked(
         &self,
         ctl: &mut Client,
@@ -935,6 +1011,7 @@ impl Tenancy {
         grace: u64,
     ) -> Result<Rotation> {
         let ws = names.workspace.as_str();
+        self.expire_grace_locked(ctl, ws)?;
         let (server_id, _) = self.workspace_row(ctl, ws)?;
         let server = self.load_server(ctl, &server_id)?;
         let old = self.active_slot(ctl, ws, kind)?;
@@ -982,7 +1059,7 @@ impl Tenancy {
                 quote_ident(&old_login),
                 quote_literal(ts)
             ))?,
-            None => clear_password(&mut admin, &old_login)?,
+            None => revoke_login(&mut admin, &old_login)?,
         }
         Ok(Rotation {
             workspace: ws.into(),
@@ -1002,7 +1079,7 @@ impl Tenancy {
         let server = self.load_server(&mut ctl, &server_id)?;
         drop(ctl);
         let mut db = connect(&server.admin_conn, Some(&names.database())).map_err(|e| {
-            if e.message.contains("3D000") {
+            if e.sqlstate() == Some("3D000") {
                 not_provisioned(workspace)
             } else {
                 e
@@ -1098,7 +1175,14 @@ impl Tenancy {
                     out.dropped_roles.push(role);
                 }
             }
+            // The workspace's API tokens die with it: whoever gets this id next must not be
+            // reachable with them.
+            crate::tokens::ensure_schema(&mut ctl)?;
             let mut tx = ctl.transaction()?;
+            tx.execute(
+                "UPDATE api_tokens SET revoked_at = now() WHERE workspace_id = $1 AND revoked_at IS NULL",
+                &[&workspace],
+            )?;
             tx.execute(
                 "DELETE FROM credentials WHERE workspace_id = $1",
                 &[&workspace],
@@ -1116,6 +1200,50 @@ impl Tenancy {
     }
 }
 
+/// The workspace's fences ([`crate::fences`]), put back as they should be: the database's
+/// connection cap and preloaded guard, and every login's attributes, cap and defaults.
+pub(crate) fn fence_workspace(admin: &mut Client, names: &WorkspaceNames) -> Result<()> {
+    let (preload, library) = SESSION_PRELOAD;
+    admin.batch_execute(&format!(
+        "ALTER DATABASE {qdb} CONNECTION LIMIT {DATABASE_CONNECTION_LIMIT};
+         ALTER DATABASE {qdb} SET {preload} = {}",
+        quote_literal(library),
+        qdb = quote_ident(&names.database()),
+    ))?;
+    for kind in Kind::ALL {
+        for slot in [Slot::A, Slot::B] {
+            ensure_login(admin, names, kind, slot)?;
+        }
+    }
+    Ok(())
+}
+
+/// What `status` says of a workspace whose provisioning failed.
+const PROVISIONING_FAILED: &str = "provisioning did not finish; run provision again";
+/// What `status` says of an active workspace whose logins were changed outside dl-tenancy.
+const CREDENTIALS_BROKEN: &str =
+    "the workspace's logins were changed outside dl-tenancy; run provision to repair them";
+
+/// Both active logins exist, may log in, and still belong to the workspace and their group.
+fn logins_usable(server: &Server, names: &WorkspaceNames, logins: &[String]) -> Result<bool> {
+    if logins.len() != Kind::ALL.len() {
+        return Ok(false);
+    }
+    let mut admin = connect(&server.admin_conn, None)?;
+    let usable: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_roles AS r
+              WHERE r.rolname = ANY($1) AND r.rolcanlogin AND NOT r.rolsuper
+                AND pg_catalog.pg_has_role(r.oid, $2::text, 'MEMBER')
+                AND (pg_catalog.pg_has_role(r.oid, 'dl_tenant_read', 'MEMBER')
+                     OR pg_catalog.pg_has_role(r.oid, 'dl_tenant_override', 'MEMBER'))
+                AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > pg_catalog.now())",
+            &[&logins, &names.workspace_role()],
+        )?
+        .get(0);
+    Ok(usable == logins.len() as i64)
+}
+
 /// The extension version in the workspace database, `None` if the database or extension is gone.
 fn live_extension_version(server: &Server, names: &WorkspaceNames) -> Result<Option<String>> {
     let mut admin = connect(&server.admin_conn, None)?;
@@ -1131,7 +1259,7 @@ fn live_extension_version(server: &Server, names: &WorkspaceNames) -> Result<Opt
     }
     let mut db = match connect(&server.admin_conn, Some(&names.database())) {
         Ok(c) => c,
-        Err(e) if e.message.contains("3D000") => return Ok(None),
+        Err(e) if e.sqlstate() == Some("3D000") => return Ok(None),
         Err(e) => return Err(e),
     };
     Ok(db
@@ -1140,57 +1268,4 @@ fn live_extension_version(server: &Server, names: &WorkspaceNames) -> Result<Opt
             &[&EXTENSION],
         )?
         .map(|r| r.get(0)))
-}
-
-/// Create or reset one login: member of the workspace role and the kind's group role, acts as
-/// the group role (objects it creates belong to the group and survive rotation), no
-/// privileges of its own.
-fn ensure_login(admin: &mut Client, names: &WorkspaceNames, kind: Kind, slot: Slot) -> Result<()> {
-    let login = names.login(kind, slot);
-    let q = quote_ident(&login);
-    let attrs = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
-    match admin.query_opt(
-        "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = $1",
-        &[&login],
-    )? {
-        None => admin.batch_execute(&format!("CREATE ROLE {q} {attrs}"))?,
-        Some(r) if r.get::<_, bool>(0) => {
-            return Err(Error::new(
-                ErrorCode::Conflict,
-                format!("role {login} exists and is a superuser; refusing to use it"),
-            ))
-        }
-        Some(_) => admin.batch_execute(&format!("ALTER ROLE {q} {attrs}"))?,
-    }
-    admin.batch_execute(&format!(
-        "GRANT {}, {} TO {q};
-         ALTER ROLE {q} SET role = {};
-         ALTER ROLE {q} SET search_path = {}",
-        quote_ident(&names.workspace_role()),
-        quote_ident(kind.group_role()),
-        quote_literal(kind.group_role()),
-        kind.search_path()
-    ))?;
-    Ok(())
-}
-
-/// Set a login's password from a SCRAM verifier computed here (the plaintext never leaves).
-fn set_password(admin: &mut Client, login: &str, password: &str) -> Result<()> {
-    let verifier = scram_verifier(password);
-    admin
-        .batch_execute(&format!(
-            "ALTER ROLE {} PASSWORD {} VALID UNTIL 'infinity'",
-            quote_ident(login),
-            quote_literal(&verifier)
-        ))
-        .map_err(|e| {
-            // Never echo the statement (it holds the verifier).
-            let e = Error::from(e);
-            Error::new(e.code, format!("setting the password of {login} failed"))
-        })
-}
-
-fn clear_password(admin: &mut Client, login: &str) -> Result<()> {
-    admin.batch_execute(&format!("ALTER ROLE {} PASSWORD NULL", quote_ident(login)))?;
-    Ok(())
 }

@@ -29,7 +29,7 @@ const TOKEN_B64_LEN: usize = 43;
 const LOCK_TOKENS_SCHEMA: i32 = 0x646c_0101;
 
 /// The table, applied idempotently. No foreign key to `workspaces`: a token may precede the
-/// workspace's first provisioning and survive a deprovision (revoke it explicitly).
+/// workspace's first provisioning. `deprovision` revokes every token of its workspace.
 pub const TOKENS_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS api_tokens (
     id            text PRIMARY KEY CHECK (id ~ '^tok_[0-9a-f]{16}$'),

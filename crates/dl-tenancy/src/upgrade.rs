@@ -14,11 +14,15 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// How long one workspace's upgrade waits for a customer transaction holding a lock it needs
-/// before it gives up (and is recorded as failed, to be retried by the next run).
-const LOCK_TIMEOUT: &str = "10s";
+/// How long one attempt of a workspace's upgrade waits for a customer transaction holding a
+/// lock it needs (a tenant's open transaction on `dl_resolved.people`, say).
+pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 10_000;
+/// Attempts per workspace before it counts as `busy`; the wait between two attempts doubles
+/// from [`FIRST_RETRY_WAIT`].
+pub const DEFAULT_LOCK_ATTEMPTS: u32 = 3;
+const FIRST_RETRY_WAIT: Duration = Duration::from_secs(1);
 
 /// What to upgrade: one workspace or all active ones.
 #[derive(Debug, Clone)]
@@ -29,8 +33,14 @@ pub struct UpgradeOptions {
     pub workspace: Option<String>,
     /// Workspaces upgraded at once (after the canaries).
     pub parallel: usize,
-    /// Workspaces upgraded first, one at a time; a failure among them stops the run.
+    /// Workspaces upgraded first, one at a time; a failure among them stops the run (a busy
+    /// one does not).
     pub canary: usize,
+    /// `lock_timeout` of one attempt ([`DEFAULT_LOCK_TIMEOUT_MS`]).
+    pub lock_timeout_ms: u64,
+    /// Attempts before a workspace whose locks stay taken counts as `busy`
+    /// ([`DEFAULT_LOCK_ATTEMPTS`]).
+    pub lock_attempts: u32,
 }
 
 /// The outcome for one workspace.
@@ -40,7 +50,9 @@ pub struct WorkspaceUpgrade {
     pub server_id: String,
     pub from_version: Option<String>,
     pub to_version: String,
-    /// `upgraded`, `already_current`, `failed`, or `skipped` (not tried: a canary failed).
+    /// `upgraded`, `already_current`, `busy` (every attempt timed out waiting for a lock a
+    /// customer transaction held: run the upgrade again), `failed`, or `skipped` (not tried:
+    /// a canary failed).
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -53,6 +65,7 @@ pub struct UpgradeReport {
     pub total: usize,
     pub upgraded: usize,
     pub already_current: usize,
+    pub busy: usize,
     pub failed: usize,
     pub skipped: usize,
     pub canary_failed: bool,
@@ -157,7 +170,7 @@ impl Tenancy {
         let canaries = options.canary.min(targets.len());
         let mut canary_failed = false;
         for target in &targets[..canaries] {
-            let result = self.upgrade_one(&servers[target.server], target);
+            let result = self.upgrade_one(&servers[target.server], target, options);
             canary_failed |= result.status == "failed";
             finish(result);
             if canary_failed {
@@ -177,7 +190,7 @@ impl Tenancy {
                     scope.spawn(|| loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(target) = rest.get(i) else { break };
-                        finish(self.upgrade_one(&servers[target.server], target));
+                        finish(self.upgrade_one(&servers[target.server], target, options));
                     });
                 }
             });
@@ -197,6 +210,7 @@ impl Tenancy {
             total: workspaces.len(),
             upgraded: count("upgraded"),
             already_current: count("already_current"),
+            busy: count("busy"),
             failed: count("failed"),
             skipped: count("skipped"),
             canary_failed,
@@ -204,29 +218,51 @@ impl Tenancy {
         })
     }
 
-    fn upgrade_one(&self, server: &Server, target: &Target) -> WorkspaceUpgrade {
+    fn upgrade_one(
+        &self,
+        server: &Server,
+        target: &Target,
+        options: &UpgradeOptions,
+    ) -> WorkspaceUpgrade {
         let started = Instant::now();
         let mut from_version = None;
         let outcome = (|| -> Result<&'static str> {
             let mut db = connect(&server.admin_conn, Some(&target.database))?;
             from_version = installed_version(&mut db)?;
-            if from_version.as_deref() == Some(target.version.as_str()) {
-                return Ok("already_current");
+            if from_version.as_deref() != Some(target.version.as_str()) {
+                alter_extension_patiently(&mut db, &target.version, options)?;
             }
-            db.batch_execute(&format!(
-                "SET lock_timeout = '{LOCK_TIMEOUT}'; ALTER EXTENSION {EXTENSION} UPDATE TO '{}'",
-                // A validated MAJOR.MINOR.PATCH: digits and dots only.
-                target.version
-            ))?;
-            Ok("upgraded")
+            // The per-workspace fences of this tool version (0.4.0 brought them to
+            // workspaces provisioned before).
+            let names = crate::names::WorkspaceNames::new(&target.workspace)?;
+            crate::ops::fence_workspace(&mut connect(&server.admin_conn, None)?, &names)?;
+            Ok(
+                if from_version.as_deref() == Some(target.version.as_str()) {
+                    "already_current"
+                } else {
+                    "upgraded"
+                },
+            )
         })();
+        let status = match &outcome {
+            Ok(status) => status,
+            Err(e) if e.sqlstate() == Some(LOCK_NOT_AVAILABLE) => "busy",
+            Err(_) => "failed",
+        };
         let result = WorkspaceUpgrade {
             workspace: target.workspace.clone(),
             server_id: server.id.clone(),
             from_version,
             to_version: target.version.clone(),
-            status: outcome.as_ref().map_or("failed", |s| s).to_string(),
-            error: outcome.err().map(|e| e.to_string()),
+            status: status.to_string(),
+            error: outcome.err().map(|e| match e.sqlstate() {
+                Some(LOCK_NOT_AVAILABLE) => format!(
+                    "busy: a customer transaction held a lock the upgrade needs through {} attempts of {} ms; run the upgrade again",
+                    options.lock_attempts.max(1),
+                    options.lock_timeout_ms
+                ),
+                _ => e.to_string(),
+            }),
             millis: started.elapsed().as_millis() as u64,
         };
         if let Err(e) = self.record_upgrade(&result) {
@@ -242,6 +278,7 @@ impl Tenancy {
     }
 
     fn record_upgrade(&self, result: &WorkspaceUpgrade) -> Result<()> {
+        let done = result.status == "upgraded" || result.status == "already_current";
         let mut ctl = self.control()?;
         ctl.execute(
             "INSERT INTO workspace_upgrades (workspace_id, from_version, to_version, state, error_message, attempts)
@@ -254,17 +291,49 @@ impl Tenancy {
                 &result.workspace,
                 &result.from_version,
                 &result.to_version,
-                &if result.status == "failed" { "failed" } else { "succeeded" },
+                &if done { "succeeded" } else { "failed" },
                 &result.error,
             ],
         )?;
-        if result.status != "failed" {
+        if done {
             ctl.execute(
                 "UPDATE workspaces SET extension_version = $2, updated_at = now() WHERE id = $1",
                 &[&result.workspace, &result.to_version],
             )?;
         }
         Ok(())
+    }
+}
+
+/// SQLSTATE of a `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// `ALTER EXTENSION ... UPDATE TO version`, each attempt bounded by the lock timeout; a lock
+/// timeout (a customer transaction in the way) is retried with a doubling wait, any other
+/// error returned at once.
+fn alter_extension_patiently(
+    db: &mut Client,
+    version: &str,
+    options: &UpgradeOptions,
+) -> Result<()> {
+    let mut wait = FIRST_RETRY_WAIT;
+    let mut attempt = 1;
+    loop {
+        let res = db.batch_execute(&format!(
+            "SET lock_timeout = {}; ALTER EXTENSION {EXTENSION} UPDATE TO '{version}'; RESET lock_timeout",
+            // A validated MAJOR.MINOR.PATCH (digits and dots), and a number.
+            options.lock_timeout_ms
+        ));
+        match res.map_err(Error::from) {
+            Err(e)
+                if e.sqlstate() == Some(LOCK_NOT_AVAILABLE) && attempt < options.lock_attempts =>
+            {
+                std::thread::sleep(wait);
+                wait *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 

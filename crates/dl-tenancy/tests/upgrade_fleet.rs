@@ -176,6 +176,63 @@ fn a_failing_canary_stops_the_run() {
     }
 }
 
+/// A tenant that keeps a transaction open on its resolved view holds its own upgrade up, and
+/// only its own: it is retried, reported `busy`, and the canary stage goes on; once the
+/// transaction ends, a re-run upgrades it.
+#[test]
+fn a_busy_tenant_is_retried_and_does_not_stop_the_canary() {
+    let env = Env::new();
+    let fleet: Vec<String> = (0..4).map(|i| format!("busy-{i}")).collect();
+    old_fleet(&env, &fleet);
+    let uri = env.uri("busy-0", dl_tenancy_ctl::Kind::Read, false);
+    let mut tenant = common::connect(&uri).unwrap();
+    // The attacker lifts its own idle timeout (a session setting it may change) and holds
+    // the view's lock.
+    tenant
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = 0;
+             BEGIN; SELECT count(*) FROM dl_resolved.people;",
+        )
+        .unwrap();
+    let run = env.cli(&[
+        "upgrade",
+        "--all",
+        "--canary",
+        "2",
+        "--lock-timeout-ms",
+        "100",
+        "--lock-attempts",
+        "2",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["canary_failed"], Value::Bool(false));
+    assert_eq!(
+        (report["busy"].as_u64(), report["upgraded"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(
+        statuses(&report)[0],
+        ("busy-0".to_string(), "busy".to_string())
+    );
+    let error = report["workspaces"][0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("busy:") && error.contains("2 attempts"),
+        "{error}"
+    );
+    assert_eq!(version(&env, "busy-0"), OLD);
+    tenant.batch_execute("COMMIT").unwrap();
+    let rerun = env.cli(&["upgrade", "--all"]).json();
+    assert_eq!(
+        (
+            rerun["upgraded"].as_u64(),
+            rerun["already_current"].as_u64()
+        ),
+        (Some(1), Some(3))
+    );
+    assert_ne!(version(&env, "busy-0"), OLD);
+}
+
 #[test]
 fn bad_upgrade_arguments_change_nothing() {
     let env = Env::new();

@@ -468,7 +468,12 @@ pub fn pgbouncer_ini(o: &PgBouncerIni<'_>) -> String {
         "pidfile = {}\n",
         o.dir.join("pgbouncer.pid").display()
     ));
-    s.push_str("max_client_conn = 500\ndefault_pool_size = 10\n");
+    // Defaults the caller's `extra` may replace.
+    for (k, v) in [("max_client_conn", "500"), ("default_pool_size", "10")] {
+        if !o.extra.iter().any(|(key, _)| *key == k) {
+            s.push_str(&format!("{k} = {v}\n"));
+        }
+    }
     s.push_str("ignore_startup_parameters = extra_float_digits\n");
     for (k, v) in o.extra {
         s.push_str(&format!("{k} = {v}\n"));

@@ -77,9 +77,16 @@ struct UpgradeArgs {
     /// Workspaces upgraded at once.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
-    /// Upgrade this many workspaces first, one at a time, and stop if one of them fails.
+    /// Upgrade this many workspaces first, one at a time, and stop if one of them fails
+    /// (one that stays busy does not stop the run).
     #[arg(long, default_value_t = 0)]
     canary: usize,
+    /// How long one attempt waits for a lock a customer transaction holds.
+    #[arg(long, default_value_t = dl_tenancy_ctl::DEFAULT_LOCK_TIMEOUT_MS)]
+    lock_timeout_ms: u64,
+    /// Attempts per workspace (with a doubling wait between them) before it counts as busy.
+    #[arg(long, default_value_t = dl_tenancy_ctl::DEFAULT_LOCK_ATTEMPTS)]
+    lock_attempts: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -354,12 +361,14 @@ fn upgrade(tenancy: &Tenancy, args: UpgradeArgs) -> Result<(), Error> {
             workspace: args.workspace,
             parallel: args.parallel,
             canary: args.canary,
+            lock_timeout_ms: args.lock_timeout_ms,
+            lock_attempts: args.lock_attempts,
         },
         &on_event,
     )?;
     bar.finish_and_clear();
     print(&report);
-    if report.failed > 0 || report.canary_failed {
+    if report.failed > 0 || report.busy > 0 || report.canary_failed {
         std::process::exit(1);
     }
     Ok(())

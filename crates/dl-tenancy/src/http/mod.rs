@@ -383,11 +383,28 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Ends rotations' grace periods as they run out, so that a previous login's open sessions
+/// do not outlive its grace by more than [`crate::GRACE_SWEEP_INTERVAL`]. Runs until the
+/// process exits; a failed round is logged and retried.
+fn spawn_grace_sweeper(tenancy: Tenancy) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(crate::GRACE_SWEEP_INTERVAL);
+        match tenancy.expire_grace_periods() {
+            Ok(revoked) if !revoked.is_empty() => {
+                tracing::info!(logins = revoked.len(), "grace periods ended")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(code = e.code.as_str(), "ending grace periods failed"),
+        }
+    });
+}
+
 /// `dl-tenancy serve`: open the control plane, bind, print `{"listening":"<addr>"}` on stdout,
 /// serve until SIGTERM/SIGINT. Blocking.
 pub fn run(config: &Config, opts: &ServeOptions) -> crate::Result<()> {
     init_logging();
     let tenancy = Tenancy::open(config)?;
+    spawn_grace_sweeper(tenancy.clone());
     let state = AppState::new(tenancy, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,373 @@
+//! A hostile tenant, holding only its own workspace's logins and token, attacks the shared
+//! cluster, direct and through PgBouncer. Every attack fails with a specific SQLSTATE; the
+//! server does not crash; a neighbour's open session survives; platform writes in the
+//! attacked workspace and in the neighbour's still succeed.
+
+mod common;
+
+use common::*;
+use dl_tenancy_ctl::fences::{DATABASE_CONNECTION_LIMIT, LOGIN_CONNECTION_LIMIT};
+use dl_tenancy_ctl::{tokens, Kind};
+use postgres::Client;
+
+/// A workspace the attacker holds and a neighbour with an open session.
+struct Arena {
+    env: Env,
+    neighbour: Client,
+}
+
+const ATTACKER: &str = "mallory";
+const NEIGHBOUR: &str = "alice";
+
+impl Arena {
+    fn new() -> Arena {
+        let env = Env::new();
+        env.t.provision(ATTACKER).unwrap();
+        env.t.provision(NEIGHBOUR).unwrap();
+        let mut neighbour = connect(&env.uri(NEIGHBOUR, Kind::Read, false)).unwrap();
+        neighbour.batch_execute(READ_QUERY).unwrap();
+        Arena { env, neighbour }
+    }
+
+    /// The attacker's sessions: read and override, direct and pooled.
+    fn attacker_sessions(&self) -> Vec<(String, Client)> {
+        let mut sessions = vec![];
+        for kind in Kind::ALL {
+            for pooled in [false, true] {
+                let uri = self.env.uri(ATTACKER, kind, pooled);
+                let client =
+                    connect(&uri).unwrap_or_else(|e| panic!("{kind} pooled={pooled}: {e}"));
+                sessions.push((format!("{kind} pooled={pooled}"), client));
+            }
+        }
+        sessions
+    }
+
+    /// Nobody else was harmed: no backend crashed, the neighbour's session still answers, and
+    /// the platform still writes in both workspaces.
+    fn assert_nobody_harmed(&mut self) {
+        let log = self.env.server_log();
+        for crash in [
+            "was terminated by signal",
+            "all server processes terminated",
+        ] {
+            assert!(
+                !log.contains(crash),
+                "the server log shows a crash ({crash}):\n{log}"
+            );
+        }
+        self.neighbour.batch_execute(READ_QUERY).unwrap();
+        for ws in [ATTACKER, NEIGHBOUR] {
+            self.env
+                .admin(&format!("ws_{ws}"))
+                .batch_execute(
+                    r#"SET ROLE dl_platform_runtime;
+                       SELECT dl_upsert_person_enrichment('platform-write', '{"name":"P"}', '{}')"#,
+                )
+                .unwrap_or_else(|e| panic!("platform write in {ws}: {e}"));
+        }
+    }
+}
+
+fn state_of(client: &mut Client, statement: &str) -> String {
+    match client.batch_execute(statement) {
+        Ok(()) => "00000".into(),
+        Err(e) => sqlstate(&e),
+    }
+}
+
+/// A JSON document nested `depth` objects deep, built by the server (no huge statement text).
+fn deep_document(depth: usize) -> String {
+    format!("(repeat('{{\"a\":', {depth}) || '1' || repeat('}}', {depth}))::jsonb")
+}
+
+/// 0.3.0 died with SIGSEGV on a patch nested 10,000 deep and took every workspace's
+/// sessions with it (crash recovery). Now every entry point either merges or refuses with
+/// 54001, at any depth PostgreSQL's own jsonb input accepts.
+#[test]
+fn a_deeply_nested_patch_is_refused_not_a_crash() {
+    let mut arena = Arena::new();
+    let mut refused = 0;
+    for (who, mut client) in arena.attacker_sessions() {
+        for depth in [10_000, 20_000, 40_000] {
+            let deep = deep_document(depth);
+            if state_of(&mut client, &format!("SELECT {deep} IS NOT NULL")) != "00000" {
+                continue; // deeper than jsonb input itself accepts
+            }
+            let mut entry_points = vec![format!("SELECT dl_jsonb_merge_patch('{{}}', {deep})")];
+            if who.starts_with("override") {
+                entry_points.push(format!(
+                    "INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch) VALUES ('deep', {deep})"
+                ));
+                entry_points.push(format!(
+                    "SELECT dl_apply_person_override('deep', NULL, {deep}, NULL)"
+                ));
+                entry_points.push(format!(
+                    "UPDATE dl_override.person_overrides SET raw_payload_patch = {deep} WHERE identity_key = 'deep'"
+                ));
+            }
+            for statement in entry_points {
+                match state_of(&mut client, &statement).as_str() {
+                    "00000" => {}
+                    "54001" => refused += 1,
+                    other => panic!("{who}, depth {depth}: {other} from {statement}"),
+                }
+            }
+        }
+        if who.starts_with("override") {
+            // COPY, the bulk path: the text of a patch 10,000 deep (the depth that crashed 0.3.0).
+            let patch = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+            let copied = (|| {
+                let mut writer = client.copy_in(
+                    "COPY dl_override.person_overrides (identity_key, raw_payload_patch) FROM STDIN",
+                )?;
+                std::io::Write::write_all(&mut writer, format!("copied\t{patch}\n").as_bytes())
+                    .expect("COPY data is sent");
+                writer.finish()
+            })();
+            match copied {
+                Ok(rows) => assert_eq!(rows, 1),
+                Err(e) => {
+                    assert_eq!(sqlstate(&e), "54001", "{who}: COPY: {e}");
+                    refused += 1;
+                }
+            }
+        }
+        // The attacker's own session survives its failed statements.
+        client.batch_execute(READ_QUERY).unwrap();
+    }
+    assert!(refused > 0, "no depth reached the stack limit");
+    arena.assert_nobody_harmed();
+}
+
+/// The shared lock table, large objects and the notification queue are out of reach of
+/// both tenant roles.
+#[test]
+fn shared_server_state_is_out_of_reach() {
+    let mut arena = Arena::new();
+    let attacks = [
+        "SELECT pg_advisory_lock(1::bigint)",
+        "SELECT pg_advisory_lock(1, 2)",
+        "SELECT pg_try_advisory_xact_lock_shared(7::bigint)",
+        "SELECT count(pg_advisory_lock(g)) FROM generate_series(1, 2000000) g",
+        "SELECT lo_create(0)",
+        "SELECT lo_from_bytea(0, decode(repeat('ab', 1000), 'hex'))",
+        "SELECT pg_notify('channel', 'payload')",
+        "LISTEN channel",
+        "NOTIFY channel, 'payload'",
+    ];
+    for (who, mut client) in arena.attacker_sessions() {
+        for attack in attacks {
+            assert_eq!(state_of(&mut client, attack), "42501", "{who}: {attack}");
+        }
+    }
+    let mut admin = arena.env.admin("ws_mallory");
+    let large_objects: i64 = admin
+        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(large_objects, 0);
+    arena.assert_nobody_harmed();
+}
+
+/// A login cannot persist settings for itself, nor give itself a password; its session
+/// defaults are the platform's.
+#[test]
+fn a_login_cannot_change_its_role() {
+    let mut arena = Arena::new();
+    for (who, mut client) in arena.attacker_sessions() {
+        for attack in [
+            "ALTER ROLE CURRENT_USER SET work_mem = '10GB'",
+            "SET ROLE NONE; ALTER ROLE CURRENT_USER SET statement_timeout = 0",
+            "SET ROLE NONE; ALTER ROLE CURRENT_USER PASSWORD 'chosen-by-the-attacker'",
+        ] {
+            assert_eq!(state_of(&mut client, attack), "42501", "{who}: {attack}");
+        }
+        let timeout = client.simple_query("SHOW statement_timeout").unwrap();
+        let shown = timeout.iter().find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(shown.as_deref(), Some("1min"), "{who}");
+    }
+    let mut admin = arena.env.admin("postgres");
+    let work_mem: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+              WHERE r.rolname LIKE 'ws\\_mallory\\_%' AND array_to_string(s.setconfig, ',') LIKE '%10GB%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(work_mem, 0);
+    arena.assert_nobody_harmed();
+}
+
+/// After a rotation with no grace, the retired login's open sessions (direct and pooled)
+/// are ended, and it cannot log in again, with its old password or any other.
+#[test]
+fn a_rotated_login_is_revoked_for_good() {
+    let mut arena = Arena::new();
+    let old_direct = arena.env.uri(ATTACKER, Kind::Read, false);
+    let old_pooled = arena.env.uri(ATTACKER, Kind::Read, true);
+    let mut direct = connect(&old_direct).unwrap();
+    let mut pooled = connect(&old_pooled).unwrap();
+    direct.batch_execute(READ_QUERY).unwrap();
+    pooled.batch_execute(READ_QUERY).unwrap();
+    // From the open session, before the rotation: try to set a password of its own choice.
+    assert_eq!(
+        state_of(
+            &mut direct,
+            "SET ROLE NONE; ALTER ROLE CURRENT_USER PASSWORD 'mine'"
+        ),
+        "42501"
+    );
+
+    arena.env.t.rotate(ATTACKER, Kind::Read, 0).unwrap();
+
+    assert!(
+        direct.batch_execute(READ_QUERY).is_err(),
+        "direct session survived the rotation"
+    );
+    assert!(
+        pooled.batch_execute(READ_QUERY).is_err(),
+        "pooled session survived the rotation"
+    );
+    for uri in [&old_direct, &old_pooled] {
+        assert!(connect(uri).is_err(), "old credential still logs in");
+        let chosen = uri.replacen(&password_of(uri), "mine", 1);
+        assert!(connect(&chosen).is_err(), "chosen password logs in");
+    }
+    let mut admin = arena.env.admin("postgres");
+    let can_login: bool = admin
+        .query_one(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&login_of(&old_direct)],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!can_login);
+    // The new credential works, direct and pooled.
+    for pooled in [false, true] {
+        connect(&arena.env.uri(ATTACKER, Kind::Read, pooled))
+            .unwrap()
+            .batch_execute(READ_QUERY)
+            .unwrap();
+    }
+    arena.assert_nobody_harmed();
+}
+
+/// One workspace at its connection caps leaves the others room: a login stops at its cap
+/// (53300), the database at its own, and the neighbour still connects.
+#[test]
+fn connection_caps_fence_a_workspace_in() {
+    let mut arena = Arena::new();
+    let read = arena.env.uri(ATTACKER, Kind::Read, false);
+    let mut held = vec![];
+    loop {
+        match connect(&read) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                assert_eq!(sqlstate(&e), "53300", "{e}");
+                break;
+            }
+        }
+        assert!(
+            held.len() <= LOGIN_CONNECTION_LIMIT as usize,
+            "no login cap"
+        );
+    }
+    assert_eq!(held.len(), LOGIN_CONNECTION_LIMIT as usize);
+    let override_uri = arena.env.uri(ATTACKER, Kind::Override, false);
+    loop {
+        match connect(&override_uri) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                assert_eq!(sqlstate(&e), "53300", "{e}");
+                break;
+            }
+        }
+        assert!(
+            held.len() <= DATABASE_CONNECTION_LIMIT as usize,
+            "no database cap"
+        );
+    }
+    assert!(held.len() <= DATABASE_CONNECTION_LIMIT as usize);
+    // The neighbour connects, direct and pooled.
+    for pooled in [false, true] {
+        connect(&arena.env.uri(NEIGHBOUR, Kind::Read, pooled))
+            .unwrap()
+            .batch_execute(READ_QUERY)
+            .unwrap();
+    }
+    drop(held);
+    arena.assert_nobody_harmed();
+}
+
+/// A login dropped by hand: status says `error` (not `active`), provision repairs it, and the
+/// revealed URI works again. Status never shows the stored provisioning error's internals.
+#[test]
+fn status_reports_broken_logins_and_hides_internal_errors() {
+    let arena = Arena::new();
+    let login = login_of(&arena.env.uri(ATTACKER, Kind::Read, false));
+    let mut admin = arena.env.admin("postgres");
+    admin
+        .batch_execute(&format!("DROP ROLE \"{login}\""))
+        .unwrap();
+    let st = arena.env.t.status(ATTACKER).unwrap();
+    assert_eq!(st.status, "error");
+    assert!(st.message.unwrap().contains("run provision"));
+    assert_eq!(arena.env.t.provision(ATTACKER).unwrap().status, "active");
+    assert_eq!(arena.env.t.status(ATTACKER).unwrap().status, "active");
+    connect(&arena.env.uri(ATTACKER, Kind::Read, true))
+        .unwrap()
+        .batch_execute(READ_QUERY)
+        .unwrap();
+
+    let mut ctl = arena.env.admin("dl_control");
+    ctl.execute(
+        "UPDATE workspaces SET state = 'error',
+                error_message = 'cannot connect to /srv/secret/run:5432/ws_mallory: SELECT 1 FROM pg_authid'
+          WHERE id = $1",
+        &[&ATTACKER],
+    )
+    .unwrap();
+    let st = arena.env.t.status(ATTACKER).unwrap();
+    assert_eq!(st.status, "error");
+    let message = st.message.unwrap();
+    for internal in ["/srv", "5432", "pg_authid", "SELECT"] {
+        assert!(!message.contains(internal), "{message}");
+    }
+}
+
+/// Tokens die with their workspace: after deprovision, the old token verifies as nobody.
+#[test]
+fn api_tokens_die_with_their_workspace() {
+    let arena = Arena::new();
+    let issued = tokens::create(&arena.env.t, ATTACKER).unwrap();
+    let store = tokens::TokenStore::open(arena.env.t.clone()).unwrap();
+    assert!(store.verify(&issued.token).unwrap().is_some());
+    arena.env.t.deprovision(ATTACKER, ATTACKER).unwrap();
+    assert_eq!(store.verify(&issued.token).unwrap(), None);
+    // A later workspace of the same id is not reachable with it either.
+    arena.env.t.provision(ATTACKER).unwrap();
+    assert_eq!(store.verify(&issued.token).unwrap(), None);
+}
+
+fn password_of(uri: &str) -> String {
+    uri.split(':')
+        .nth(2)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn login_of(uri: &str) -> String {
+    uri.trim_start_matches("postgresql://")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string()
+}
