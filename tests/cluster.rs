@@ -5,7 +5,6 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
 
 /// Roles are cluster-wide: the second database's CREATE EXTENSION finds them and works, and
 /// removing the extension from one database leaves the other intact.
@@ -224,27 +223,41 @@ fn concurrent_base_and_override_writes_merge_both() {
         .unwrap();
 
     let mut base_writer = tc.admin("race");
+    let base_pid = backend_pid(&mut base_writer);
     base_writer
         .batch_execute(
             r#"BEGIN; UPDATE dl_cache.person_enrichments SET identity_payload = '{"name":"New","title":"CTO"}' WHERE identity_key = 'k'"#,
         )
         .unwrap();
 
+    let (pid_tx, pid_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let conn = tc.cluster.conn_string("postgres", "race");
     let override_writer = thread::spawn(move || {
         let mut client = postgres::Client::connect(&conn, postgres::NoTls).unwrap();
+        pid_tx.send(backend_pid(&mut client)).unwrap();
         client
             .batch_execute(r#"SELECT dl_apply_person_override('k', NULL, '{"title":"CEO"}', NULL)"#)
             .unwrap();
         done_tx.send(()).unwrap();
     });
-    // The override writer is held back while the base transaction is open.
-    assert!(done_rx.recv_timeout(Duration::from_millis(500)).is_err());
+    let pid: i32 = pid_rx
+        .recv_timeout(SAFETY_NET)
+        .expect("the override writer connects");
+    // The override writer is held back while the base transaction is open: the server shows
+    // its session waiting for a lock of the base writer's, and it has not finished.
+    wait_until_blocked_by(&mut admin, &[pid], base_pid, || {
+        override_writer.is_finished()
+    });
+    assert!(
+        done_rx.try_recv().is_err(),
+        "the override writer finished while the base transaction was open"
+    );
     base_writer.batch_execute("COMMIT").unwrap();
+    // Only a safety net: the writer is no longer held back by anything.
     done_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("override writer finishes");
+        .recv_timeout(SAFETY_NET)
+        .expect("override writer finishes after the base transaction commits");
     override_writer.join().unwrap();
 
     let payload: Value = admin

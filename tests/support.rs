@@ -79,6 +79,69 @@ impl TenantCluster {
     }
 }
 
+/// The longest any test waits for a state it expects to observe. Only a safety net against a
+/// hang: order is established by the observed state, never by how long something takes.
+pub const SAFETY_NET: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Poll until `done()` holds. `gave_up()` says whether what was to bring that state about has
+/// already ended without it (a thread that finished or panicked): that fails at once instead
+/// of at the [`SAFETY_NET`] deadline.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool, gave_up: impl Fn() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !done() {
+        assert!(!gave_up(), "gave up waiting for {what}: its cause ended");
+        assert!(
+            t0.elapsed() < SAFETY_NET,
+            "waited {SAFETY_NET:?} for {what} (a safety net, not a speed limit)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The sessions among `pids` that the server shows waiting for a lock (`pg_locks.granted =
+/// false`) that the session `blocker` holds.
+pub fn lock_waiters(observer: &mut Client, pids: &[i32], blocker: i32) -> Vec<i32> {
+    observer
+        .query(
+            "SELECT DISTINCT l.pid FROM pg_catalog.pg_locks l
+              WHERE NOT l.granted AND l.pid = ANY($1) AND $2 = ANY(pg_catalog.pg_blocking_pids(l.pid))
+              ORDER BY l.pid",
+            &[&pids, &blocker],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Wait until the server shows at least one of the sessions `pids` waiting for a lock held by
+/// the session `blocker`; returns those that wait. `gave_up` as in [`wait_until`].
+pub fn wait_until_blocked_by(
+    observer: &mut Client,
+    pids: &[i32],
+    blocker: i32,
+    gave_up: impl Fn() -> bool,
+) -> Vec<i32> {
+    let mut waiting = vec![];
+    wait_until(
+        &format!("one of the sessions {pids:?} to wait for a lock of session {blocker} (pg_locks)"),
+        || {
+            waiting = lock_waiters(observer, pids, blocker);
+            !waiting.is_empty()
+        },
+        gave_up,
+    );
+    waiting
+}
+
+/// The server process of a session.
+pub fn backend_pid(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
 /// The SQLSTATE of a failed statement.
 pub fn sqlstate(result: Result<impl Sized, postgres::Error>) -> String {
     match result {

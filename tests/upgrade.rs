@@ -3,8 +3,8 @@
 
 use dl_tenancy_extension_tests::*;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 const OLDEST: &str = "CREATE EXTENSION dl_tenancy VERSION '0.1.0'";
@@ -110,22 +110,37 @@ fn upgrade_from_every_release_keeps_every_row_and_equals_a_fresh_install() {
 
 /// Customers keep writing overrides (helper and raw SQL) while the upgrade runs: every write
 /// that reported success is there afterwards, and no error but a retryable one was seen.
+///
+/// The overlap is observed, not timed: the writers are seen writing, the upgrade runs in a
+/// transaction that stays open until the server shows a writer waiting for its locks, and after
+/// the commit every writer is seen writing again.
 #[test]
 fn writes_during_the_upgrade_are_kept() {
+    const WRITERS: usize = 2;
     let tc = TenantCluster::start();
     let mut admin = tc.create_db_with("busy", OLDEST);
     admin.batch_execute(LOAD_TENANT_DATA).unwrap();
+    let mut observer = tc.admin("busy");
+    let upgrader = backend_pid(&mut admin);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..2)
+    // Writes each writer has seen succeed so far.
+    let acknowledged: Vec<Arc<AtomicUsize>> = (0..WRITERS)
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
+    let (pid_tx, pid_rx) = mpsc::channel();
+    let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let conn = tc.cluster.conn_string("postgres", "busy");
             let stop = stop.clone();
+            let ack = acknowledged[w].clone();
+            let pid_tx = pid_tx.clone();
             thread::spawn(move || {
                 let mut client = postgres::Client::connect(&conn, postgres::NoTls).unwrap();
+                pid_tx.send(backend_pid(&mut client)).unwrap();
                 let mut written = Vec::new();
                 let mut i = 0;
-                while !stop.load(Ordering::Relaxed) || i < 50 {
+                while !stop.load(Ordering::SeqCst) || i < 50 {
                     let key = format!("w{w}-{i}");
                     let statement = if i % 2 == 0 {
                         "SELECT 1 FROM dl_apply_person_override($1, NULL, jsonb_build_object('name', $1::text), NULL)"
@@ -145,17 +160,65 @@ fn writes_during_the_upgrade_are_kept() {
                     }
                     written.push(key);
                     i += 1;
+                    ack.store(i, Ordering::SeqCst);
                 }
                 written
             })
         })
         .collect();
-    thread::sleep(std::time::Duration::from_millis(200));
-    admin
-        .batch_execute("ALTER EXTENSION dl_tenancy UPDATE")
-        .unwrap();
-    thread::sleep(std::time::Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
+    let pids: Vec<i32> = (0..WRITERS)
+        .map(|_| pid_rx.recv_timeout(SAFETY_NET).expect("a writer connects"))
+        .collect();
+    // Writers end only when told to stop, or when one fails.
+    let a_writer_ended = || writers.iter().any(|h| h.is_finished());
+    let counts = || -> Vec<usize> {
+        acknowledged
+            .iter()
+            .map(|a| a.load(Ordering::SeqCst))
+            .collect()
+    };
+
+    // Every writer is writing.
+    wait_until(
+        "every writer to acknowledge writes before the upgrade",
+        || counts().iter().all(|&n| n >= 5),
+        a_writer_ended,
+    );
+    let before_upgrade = counts();
+    // The upgrade, in a transaction kept open until a writer is seen waiting for its locks: the
+    // writes overlap it. Should the upgrade be chosen as a deadlock victim, it is retried, as
+    // an operator would.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match admin.batch_execute("BEGIN; ALTER EXTENSION dl_tenancy UPDATE") {
+            Ok(()) => break,
+            Err(e) if attempts < 5 && e.code().map(|c| c.code()) == Some("40P01") => {
+                eprintln!("the upgrade was a deadlock victim; retrying");
+                admin.batch_execute("ROLLBACK").unwrap();
+            }
+            Err(e) => panic!("ALTER EXTENSION dl_tenancy UPDATE: {e}"),
+        }
+    }
+    let waiting = wait_until_blocked_by(&mut observer, &pids, upgrader, a_writer_ended);
+    eprintln!(
+        "writers {waiting:?} wait for the open upgrade; acknowledged before it {before_upgrade:?}, now {:?}",
+        counts()
+    );
+    admin.batch_execute("COMMIT").unwrap();
+    // After the commit, every writer is writing again (on the upgraded extension).
+    let at_commit = counts();
+    wait_until(
+        "every writer to acknowledge writes after the upgrade committed",
+        || {
+            counts()
+                .iter()
+                .zip(&at_commit)
+                .all(|(&n, &then)| n >= then + 5)
+        },
+        a_writer_ended,
+    );
+    stop.store(true, Ordering::SeqCst);
     let written: Vec<String> = writers
         .into_iter()
         .flat_map(|w| w.join().unwrap())
