@@ -8,8 +8,18 @@ use std::time::Duration;
 /// Name of the control database.
 pub const CONTROL_DB: &str = "dl_control";
 
-/// The control schema. Applied idempotently under an advisory lock (it is the tool's own DB).
-pub const CONTROL_SCHEMA: &str = r#"
+/// The control database's schema as numbered migrations, applied in order, each once, in one
+/// transaction under an advisory lock ([`apply_schema`]; `control_migrations` records them).
+/// A migration that shipped is never edited: add the next one. Migrations 1 and 2 say
+/// IF NOT EXISTS because they also adopt control databases made before migrations were
+/// numbered.
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, SERVERS_WORKSPACES_CREDENTIALS),
+    (2, crate::tokens::TOKENS_SCHEMA),
+    (3, OPAQUE_NAMES),
+];
+
+const SERVERS_WORKSPACES_CREDENTIALS: &str = r#"
 CREATE TABLE IF NOT EXISTS servers (
     id               text PRIMARY KEY CHECK (id ~ '^[a-z][a-z0-9_-]{0,47}$'),
     admin_nonce      bytea NOT NULL CHECK (octet_length(admin_nonce) = 12),
@@ -61,6 +71,29 @@ CREATE TABLE IF NOT EXISTS workspace_upgrades (
     CHECK ((state = 'failed') = (error_message IS NOT NULL))
 );
 REVOKE ALL ON SCHEMA public FROM PUBLIC;
+"#;
+
+/// 0.4.0: a new workspace's database is `dlw_<handle>` (16 random hex digits, unique here),
+/// its roles derived from that; `ws_<id>` stays valid for workspaces not migrated yet
+/// (`dl-tenancy migrate-names`, which records the handle before it renames anything).
+const OPAQUE_NAMES: &str = r#"
+ALTER TABLE workspaces ADD COLUMN handle text UNIQUE CHECK (handle ~ '^[0-9a-f]{16}$');
+-- The checks that tied names to 'ws_' || id (unnamed in migration 1, so found by definition).
+DO $$
+DECLARE c record;
+BEGIN
+    FOR c IN SELECT conrelid::regclass AS tbl, conname FROM pg_catalog.pg_constraint
+              WHERE conrelid IN ('public.workspaces'::regclass, 'public.credentials'::regclass)
+                AND contype = 'c' AND pg_catalog.pg_get_constraintdef(oid) LIKE '%''ws\_''%'
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', c.tbl, c.conname);
+    END LOOP;
+END
+$$;
+ALTER TABLE workspaces ADD CONSTRAINT workspaces_database_name_check
+    CHECK (database_name = 'ws_' || id OR coalesce(database_name = 'dlw_' || handle, false));
+ALTER TABLE credentials ADD CONSTRAINT credentials_login_name_check
+    CHECK (login_name ~ '^(ws_[a-z][a-z0-9_-]{0,47}|dlw_[0-9a-f]{16})_(read|override)_[ab]$');
 "#;
 
 /// Advisory lock class ids (first key of the two-int form).
@@ -134,22 +167,31 @@ pub(crate) fn ensure_control_db(admin_conn: &str) -> Result<()> {
     apply_schema(&mut ctl)
 }
 
+/// Bring the control database's schema to the newest migration this tool knows.
 pub(crate) fn apply_schema(ctl: &mut Client) -> Result<()> {
     let mut tx = ctl.transaction()?;
     tx.execute(
         "SELECT pg_catalog.pg_advisory_xact_lock($1, 0)",
         &[&LOCK_SCHEMA],
     )?;
-    // Cheap check first: nothing to do when the last object of CONTROL_SCHEMA exists (keep
-    // this name the last object created there when adding to it).
-    let done: bool = tx
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS control_migrations (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )?;
+    let applied: i32 = tx
         .query_one(
-            "SELECT pg_catalog.to_regclass('public.workspace_upgrades') IS NOT NULL",
+            "SELECT coalesce(max(version), 0) FROM control_migrations",
             &[],
         )?
         .get(0);
-    if !done {
-        tx.batch_execute(CONTROL_SCHEMA)?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO control_migrations (version) VALUES ($1)",
+            &[version],
+        )?;
     }
     tx.commit()?;
     Ok(())

@@ -32,11 +32,14 @@ pub const SESSION_PRELOAD: (&str, &str) = ("session_preload_libraries", "dl_tena
 /// one workspace's pooled traffic inside its database cap with room for direct connections;
 /// `client_login_timeout` drops sockets that never finish logging in, so holding client
 /// slots without credentials takes a sustained flood, and `max_client_conn` leaves room for
-/// many idle application pools.
+/// many idle application pools. `query_wait_timeout` bounds how long a client waits for a
+/// server connection that cannot be had (its pool at the cap, or its login revoked) before
+/// it gets an error, instead of the default two minutes.
 pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("max_client_conn", "2000"),
     ("default_pool_size", "10"),
     ("max_db_connections", "10"),
     ("max_user_connections", "10"),
     ("client_login_timeout", "10"),
+    ("query_wait_timeout", "30"),
 ];

@@ -17,6 +17,7 @@ pub mod error;
 pub mod fences;
 pub mod http;
 pub mod local;
+mod migrate_names;
 pub mod names;
 mod ops;
 pub mod secret;
@@ -24,6 +25,7 @@ pub mod tokens;
 mod upgrade;
 
 pub use error::{Error, ErrorCode, Result};
+pub use migrate_names::{NameMigration, NameMigrationReport};
 pub use names::{validate_workspace_id, Kind, WorkspaceNames, WORKSPACE_ID_PATTERN};
 pub use ops::*;
 pub use secret::SecretKey;

@@ -143,31 +143,51 @@ impl Slot {
     }
 }
 
-/// Names derived from a (validated) workspace id. None of them carries a secret.
+/// Prefix of a workspace's opaque database name: `dlw_` and 16 hex digits.
+pub const OPAQUE_PREFIX: &str = "dlw_";
+/// Prefix of the names of workspaces provisioned before 0.4.0 (`ws_<id>`), until
+/// `dl-tenancy migrate-names` gives them opaque ones.
+pub const LEGACY_PREFIX: &str = "ws_";
+
+/// The server-side names of one workspace, all derived from its database name: the database,
+/// the NOLOGIN workspace role named like it (pg_hba `samerole`) and the four logins
+/// `<database>_<kind>_<slot>`. New workspaces get an opaque database name (`dlw_` + 16 random
+/// hex digits, unique in the control database), so that no name says which customer it
+/// belongs to and no workspace's name can be another's: logins are longer than any database
+/// name, and databases differ in the random part. None of them carries a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkspaceNames {
     pub workspace: String,
+    database: String,
 }
 
 impl WorkspaceNames {
-    /// Validates the id.
-    pub fn new(workspace: &str) -> Result<Self> {
+    /// Names of a workspace whose database the control database records as `database`.
+    pub fn recorded(workspace: &str, database: &str) -> Result<Self> {
         validate_workspace_id(workspace)?;
         Ok(WorkspaceNames {
             workspace: workspace.to_string(),
+            database: database.to_string(),
         })
     }
-    /// `ws_<id>` (hyphens kept; always quoted in SQL).
+    /// Opaque names from a handle (16 lowercase hex digits).
+    pub fn opaque(workspace: &str, handle: &str) -> Result<Self> {
+        Self::recorded(workspace, &format!("{OPAQUE_PREFIX}{handle}"))
+    }
+    /// The names a workspace provisioned before 0.4.0 has: `ws_<id>`.
+    pub fn legacy(workspace: &str) -> Result<Self> {
+        Self::recorded(workspace, &format!("{LEGACY_PREFIX}{workspace}"))
+    }
     pub fn database(&self) -> String {
-        format!("ws_{}", self.workspace)
+        self.database.clone()
     }
     /// The NOLOGIN role named like the database (pg_hba `samerole`).
     pub fn workspace_role(&self) -> String {
         self.database()
     }
-    /// `ws_<id>_<kind>_<slot>`: at most 3 + 48 + 11 = 62 bytes (< NAMEDATALEN).
+    /// `<database>_<kind>_<slot>`: at most 3 + 48 + 11 = 62 bytes (< NAMEDATALEN).
     pub fn login(&self, kind: Kind, slot: Slot) -> String {
-        format!("{}_{}_{}", self.database(), kind.as_str(), slot.as_str())
+        format!("{}_{}_{}", self.database, kind.as_str(), slot.as_str())
     }
     pub fn all_logins(&self) -> Vec<String> {
         let mut v = Vec::new();
@@ -178,6 +198,20 @@ impl WorkspaceNames {
         }
         v
     }
+    /// Every role of the workspace: the four logins and the workspace role.
+    pub fn all_roles(&self) -> Vec<String> {
+        let mut v = self.all_logins();
+        v.push(self.workspace_role());
+        v
+    }
+}
+
+/// A new random handle: 16 lowercase hex digits (64 bits).
+pub fn new_handle() -> String {
+    crate::secret::random_bytes::<8>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Percent-encode everything but RFC 3986 unreserved characters.
@@ -262,8 +296,12 @@ mod tests {
             let e = validate_workspace_id(bad).unwrap_err();
             assert_eq!(e.code(), "invalid_workspace_id");
         }
-        let n = WorkspaceNames::new(&format!("a{}", "b".repeat(47))).unwrap();
+        let n = WorkspaceNames::legacy(&format!("a{}", "b".repeat(47))).unwrap();
         assert!(n.login(Kind::Override, Slot::B).len() <= 63);
+        let n = WorkspaceNames::opaque("acme", &new_handle()).unwrap();
+        assert_eq!(n.database().len(), 20);
+        assert!(!n.login(Kind::Read, Slot::A).contains("acme"));
+        assert!(n.login(Kind::Read, Slot::A).len() > n.database().len());
     }
 
     #[test]

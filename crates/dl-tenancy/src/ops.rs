@@ -6,7 +6,8 @@ use crate::credentials::{ensure_login, revoke_login, set_password};
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::fences::{DATABASE_CONNECTION_LIMIT, SESSION_PRELOAD};
 use crate::names::{
-    percent_encode, quote_ident, quote_literal, validate_server_name, Kind, Slot, WorkspaceNames,
+    new_handle, percent_encode, quote_ident, quote_literal, validate_server_name,
+    validate_workspace_id, Kind, Slot, WorkspaceNames, OPAQUE_PREFIX,
 };
 use crate::secret::random_password;
 use crate::Tenancy;
@@ -127,7 +128,8 @@ pub struct WorkspaceList {
 pub struct Deprovisioned {
     pub workspace: String,
     pub status: String,
-    pub database: String,
+    /// The database that was dropped (`None`: there was no workspace of that id).
+    pub database: Option<String>,
     pub dropped_database: bool,
     pub dropped_roles: Vec<String>,
 }
@@ -185,7 +187,7 @@ fn credential_aad(ws: &str, kind: Kind, slot: Slot) -> String {
     )
 }
 
-fn not_provisioned(ws: &str) -> Error {
+pub(crate) fn not_provisioned(ws: &str) -> Error {
     Error::new(
         ErrorCode::NotProvisioned,
         format!("workspace {ws} is not provisioned; run provision"),
@@ -211,7 +213,7 @@ fn require_active(ws: &str, state: Option<&str>, message: Option<&str>) -> Resul
     }
 }
 
-fn lock_workspace(ctl: &mut Client, ws: &str) -> Result<()> {
+pub(crate) fn lock_workspace(ctl: &mut Client, ws: &str) -> Result<()> {
     ctl.batch_execute("SET lock_timeout = '60s'")?;
     ctl.execute(
         "SELECT pg_catalog.pg_advisory_lock($1, pg_catalog.hashtext($2))",
@@ -221,7 +223,7 @@ fn lock_workspace(ctl: &mut Client, ws: &str) -> Result<()> {
     Ok(())
 }
 
-fn unlock_workspace(ctl: &mut Client, ws: &str) {
+pub(crate) fn unlock_workspace(ctl: &mut Client, ws: &str) {
     let _ = ctl.execute(
         "SELECT pg_catalog.pg_advisory_unlock($1, pg_catalog.hashtext($2))",
         &[&LOCK_WORKSPACE, &ws],
@@ -424,10 +426,10 @@ impl Tenancy {
     /// `status`: the recorded state, and for `active` a live check that the database exists
     /// and has the extension (`not_provisioned` with a message when it was dropped by hand).
     pub fn status(&self, workspace: &str) -> Result<WorkspaceStatus> {
-        let names = WorkspaceNames::new(workspace)?;
+        validate_workspace_id(workspace)?;
         let mut ctl = self.control()?;
         let row = ctl.query_opt(
-            "SELECT server_id, state, error_message, extension_version FROM workspaces WHERE id = $1",
+            "SELECT server_id, state, database_name, extension_version FROM workspaces WHERE id = $1",
             &[&workspace],
         )?;
         let mut st = WorkspaceStatus {
@@ -444,6 +446,7 @@ impl Tenancy {
             return Ok(st);
         }
         let server_id: String = row.get(0);
+        let names = WorkspaceNames::recorded(workspace, row.get(2))?;
         st.database = Some(names.database());
         st.server_id = Some(server_id.clone());
         st.status = state.clone();
@@ -489,10 +492,10 @@ impl Tenancy {
     /// Creates what is missing (database from the template, roles, grants, credentials) and
     /// ends `active`.
     pub fn provision(&self, workspace: &str) -> Result<WorkspaceStatus> {
-        let names = WorkspaceNames::new(workspace)?;
+        validate_workspace_id(workspace)?;
         let mut ctl = self.control()?;
         lock_workspace(&mut ctl, workspace)?;
-        let res = self.provision_locked(&mut ctl, &names);
+        let res = self.provision_locked(&mut ctl, workspace);
         if let Err(e) = &res {
             let _ = ctl.execute(
                 "UPDATE workspaces SET state = 'error', error_message = $2, updated_at = now()
@@ -504,22 +507,26 @@ impl Tenancy {
         res
     }
 
-    fn provision_locked(
-        &self,
-        ctl: &mut Client,
-        names: &WorkspaceNames,
-    ) -> Result<WorkspaceStatus> {
-        let ws = names.workspace.as_str();
+    fn provision_locked(&self, ctl: &mut Client, ws: &str) -> Result<WorkspaceStatus> {
         let row = ctl.query_opt(
-            "SELECT server_id, state FROM workspaces WHERE id = $1",
+            "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
             &[&ws],
         )?;
-        let (server_id, state) = match &row {
-            Some(r) if r.get::<_, &str>(1) != "deleted" => {
-                (r.get::<_, String>(0), Some(r.get::<_, String>(1)))
-            }
-            _ => (self.place(ctl)?, None),
+        // A recorded workspace keeps its names; a new one (or one deleted before) gets fresh
+        // opaque ones, and nothing of those names may exist yet.
+        let (server_id, state, names) = match &row {
+            Some(r) if r.get::<_, &str>(1) != "deleted" => (
+                r.get::<_, String>(0),
+                Some(r.get::<_, String>(1)),
+                WorkspaceNames::recorded(ws, r.get(2))?,
+            ),
+            _ => (
+                self.place(ctl)?,
+                None,
+                WorkspaceNames::opaque(ws, &new_handle())?,
+            ),
         };
+        let names = &names;
         let server = self.load_server(ctl, &server_id)?;
         if state.as_deref() == Some("active") {
             if let Some(version) = self.verify_complete(ctl, &server, names)? {
@@ -534,16 +541,24 @@ impl Tenancy {
                 });
             }
         }
+        let handle = names
+            .database()
+            .strip_prefix(OPAQUE_PREFIX)
+            .map(str::to_string);
         ctl.execute(
-            "INSERT INTO workspaces (id, server_id, database_name, state) VALUES ($1, $2, $3, 'provisioning')
+            "INSERT INTO workspaces (id, server_id, database_name, handle, state)
+             VALUES ($1, $2, $3, $4, 'provisioning')
              ON CONFLICT (id) DO UPDATE
-                SET server_id = EXCLUDED.server_id, state = 'provisioning', error_message = NULL,
+                SET server_id = EXCLUDED.server_id, database_name = EXCLUDED.database_name,
+                    handle = EXCLUDED.handle, state = 'provisioning', error_message = NULL,
                     updated_at = now()",
-            &[&ws, &server_id, &names.database()],
+            &[&ws, &server_id, &names.database(), &handle],
         )?;
         if state.is_none() {
-            // A new (or re-created) workspace: no stale credentials.
+            // A new (or re-created) workspace: no stale credentials, and nothing of its names
+            // on the server that dl-tenancy did not create.
             ctl.execute("DELETE FROM credentials WHERE workspace_id = $1", &[&ws])?;
+            refuse_to_adopt(&mut connect(&server.admin_conn, None)?, names)?;
         }
         fault_point("after_record");
         let version = self.ensure_workspace(ctl, &server, names)?;
@@ -579,8 +594,7 @@ impl Tenancy {
             return Ok(None);
         }
         let mut admin = connect(&server.admin_conn, None)?;
-        let mut wanted = names.all_logins();
-        wanted.push(names.workspace_role());
+        let wanted = names.all_roles();
         let roles: i64 = admin
             .query_one(
                 "SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = ANY($1)",
@@ -827,9 +841,11 @@ impl Tenancy {
         Ok(())
     }
 
-    fn workspace_row(&self, ctl: &mut Client, ws: &str) -> Result<(String, String)> {
+    /// An active workspace's recorded names and server (`not_provisioned` otherwise).
+    fn active_workspace(&self, ctl: &mut Client, ws: &str) -> Result<(WorkspaceNames, String)> {
+        validate_workspace_id(ws)?;
         let row = ctl.query_opt(
-            "SELECT server_id, state, error_message FROM workspaces WHERE id = $1",
+            "SELECT server_id, state, error_message, database_name FROM workspaces WHERE id = $1",
             &[&ws],
         )?;
         let Some(row) = row else {
@@ -837,7 +853,7 @@ impl Tenancy {
         };
         let state: String = row.get(1);
         require_active(ws, Some(&state), row.get(2))?;
-        Ok((row.get(0), state))
+        Ok((WorkspaceNames::recorded(ws, row.get(3))?, row.get(0)))
     }
 
     fn active_slot(&self, ctl: &mut Client, ws: &str, kind: Kind) -> Result<Slot> {
@@ -851,9 +867,8 @@ impl Tenancy {
 
     /// `connection-uris metadata`: where and as whom to connect; no secrets.
     pub fn metadata(&self, workspace: &str) -> Result<Metadata> {
-        let names = WorkspaceNames::new(workspace)?;
         let mut ctl = self.control()?;
-        let (server_id, state) = self.workspace_row(&mut ctl, workspace)?;
+        let (names, server_id) = self.active_workspace(&mut ctl, workspace)?;
         let server = self.load_server(&mut ctl, &server_id)?;
         let version: Option<String> = ctl
             .query_one(
@@ -875,7 +890,7 @@ impl Tenancy {
         }
         Ok(Metadata {
             workspace: workspace.into(),
-            status: state,
+            status: "active".into(),
             project_id: format!("{}/{}", server.id, names.database()),
             server_id: server.id.clone(),
             database: names.database(),
@@ -893,9 +908,8 @@ impl Tenancy {
     /// `connection-uris reveal`: the URI of the active login of `kind`, direct or through the
     /// server's PgBouncer. The same URI until the next rotation.
     pub fn reveal(&self, workspace: &str, kind: Kind, pooled: bool) -> Result<Reveal> {
-        let names = WorkspaceNames::new(workspace)?;
         let mut ctl = self.control()?;
-        let (server_id, _) = self.workspace_row(&mut ctl, workspace)?;
+        let (names, server_id) = self.active_workspace(&mut ctl, workspace)?;
         let server = self.load_server(&mut ctl, &server_id)?;
         let row = ctl
             .query_opt(
@@ -946,13 +960,13 @@ impl Tenancy {
     /// the active one. The previous login keeps working for `grace_seconds` (VALID UNTIL), or
     /// with 0 loses its password at once (new logins fail, direct and pooled).
     pub fn rotate(&self, workspace: &str, kind: Kind, grace_seconds: u64) -> Result<Rotation> {
-        let names = WorkspaceNames::new(workspace)?;
+        validate_workspace_id(workspace)?;
         if grace_seconds > 366 * 86400 {
             return Err(invalid("grace period longer than a year"));
         }
         let mut ctl = self.control()?;
         lock_workspace(&mut ctl, workspace)?;
-        let res = self.rotate_locked(&mut ctl, &names, kind, grace_seconds);
+        let res = self.rotate_locked(&mut ctl, workspace, kind, grace_seconds);
         unlock_workspace(&mut ctl, workspace);
         res
     }
@@ -1006,13 +1020,13 @@ impl Tenancy {
     fn rotate_locked(
         &self,
         ctl: &mut Client,
-        names: &WorkspaceNames,
+        ws: &str,
         kind: Kind,
         grace: u64,
     ) -> Result<Rotation> {
-        let ws = names.workspace.as_str();
         self.expire_grace_locked(ctl, ws)?;
-        let (server_id, _) = self.workspace_row(ctl, ws)?;
+        let (names, server_id) = self.active_workspace(ctl, ws)?;
+        let names = &names;
         let server = self.load_server(ctl, &server_id)?;
         let old = self.active_slot(ctl, ws, kind)?;
         let new = old.other();
@@ -1073,9 +1087,8 @@ impl Tenancy {
 
     /// `sql-schema`: the extension's `public.dl_sql_schema()` from the workspace's database.
     pub fn sql_schema(&self, workspace: &str) -> Result<serde_json::Value> {
-        let names = WorkspaceNames::new(workspace)?;
         let mut ctl = self.control()?;
-        let (server_id, _) = self.workspace_row(&mut ctl, workspace)?;
+        let (names, server_id) = self.active_workspace(&mut ctl, workspace)?;
         let server = self.load_server(&mut ctl, &server_id)?;
         drop(ctl);
         let mut db = connect(&server.admin_conn, Some(&names.database())).map_err(|e| {
@@ -1114,7 +1127,7 @@ impl Tenancy {
     /// `deprovision`: terminate sessions, drop the database and the workspace's roles, mark the
     /// workspace deleted. `confirm` must repeat the workspace id.
     pub fn deprovision(&self, workspace: &str, confirm: &str) -> Result<Deprovisioned> {
-        let names = WorkspaceNames::new(workspace)?;
+        validate_workspace_id(workspace)?;
         if confirm != workspace {
             return Err(Error::new(
                 ErrorCode::ConfirmationRequired,
@@ -1125,20 +1138,26 @@ impl Tenancy {
         lock_workspace(&mut ctl, workspace)?;
         let res = (|| -> Result<Deprovisioned> {
             let row = ctl.query_opt(
-                "SELECT server_id, state FROM workspaces WHERE id = $1",
+                "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
                 &[&workspace],
             )?;
+            let Some(row) = row.filter(|r| r.get::<_, &str>(1) != "deleted") else {
+                return Ok(Deprovisioned {
+                    workspace: workspace.into(),
+                    status: "deleted".into(),
+                    database: None,
+                    dropped_database: false,
+                    dropped_roles: vec![],
+                });
+            };
+            let names = WorkspaceNames::recorded(workspace, row.get(2))?;
             let mut out = Deprovisioned {
                 workspace: workspace.into(),
                 status: "deleted".into(),
-                database: names.database(),
+                database: Some(names.database()),
                 dropped_database: false,
                 dropped_roles: vec![],
             };
-            let Some(row) = row else { return Ok(out) };
-            if row.get::<_, &str>(1) == "deleted" {
-                return Ok(out);
-            }
             let server = self.load_server(&mut ctl, row.get(0))?;
             let mut admin = connect(&server.admin_conn, None)?;
             let db = names.database();
@@ -1155,9 +1174,7 @@ impl Tenancy {
                 ))?;
                 out.dropped_database = true;
             }
-            let mut roles = names.all_logins();
-            roles.push(names.workspace_role());
-            for role in roles {
+            for role in names.all_roles() {
                 let exists = admin
                     .query_opt(
                         "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
@@ -1216,6 +1233,33 @@ pub(crate) fn fence_workspace(admin: &mut Client, names: &WorkspaceNames) -> Res
         }
     }
     Ok(())
+}
+
+/// A new workspace's names must be free on its server: dl-tenancy never takes over a role or
+/// database it did not create (the names are random, so a taken one means somebody made it on
+/// purpose).
+fn refuse_to_adopt(admin: &mut Client, names: &WorkspaceNames) -> Result<()> {
+    let taken: Vec<String> = admin
+        .query(
+            "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)
+             UNION ALL
+             SELECT datname::text FROM pg_catalog.pg_database WHERE datname = $2",
+            &[&names.all_roles(), &names.database()],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if taken.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::Conflict,
+            format!(
+                "{} already exist(s) on the server and were not created by dl-tenancy; refusing to use them",
+                taken.join(", ")
+            ),
+        ))
+    }
 }
 
 /// What `status` says of a workspace whose provisioning failed.

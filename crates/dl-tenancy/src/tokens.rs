@@ -25,10 +25,7 @@ const TOKEN_BYTES: usize = 32;
 /// Length of the base64url text of [`TOKEN_BYTES`] bytes.
 const TOKEN_B64_LEN: usize = 43;
 
-/// Advisory lock class of this table's DDL (distinct from the library's 0x646c_0001..3).
-const LOCK_TOKENS_SCHEMA: i32 = 0x646c_0101;
-
-/// The table, applied idempotently. No foreign key to `workspaces`: a token may precede the
+/// The table (control migration 2). No foreign key to `workspaces`: a token may precede the
 /// workspace's first provisioning. `deprovision` revokes every token of its workspace.
 pub const TOKENS_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS api_tokens (
@@ -113,24 +110,10 @@ fn validate_token_id(id: &str) -> Result<()> {
     }
 }
 
-/// Create `api_tokens` when missing (idempotent, safe to call concurrently).
+/// Create `api_tokens` when missing: the control database's migrations (idempotent, safe to
+/// call concurrently).
 pub fn ensure_schema(ctl: &mut Client) -> Result<()> {
-    let mut tx = ctl.transaction()?;
-    tx.execute(
-        "SELECT pg_catalog.pg_advisory_xact_lock($1, 0)",
-        &[&LOCK_TOKENS_SCHEMA],
-    )?;
-    let done: bool = tx
-        .query_one(
-            "SELECT pg_catalog.to_regclass('public.api_tokens_workspace') IS NOT NULL",
-            &[],
-        )?
-        .get(0);
-    if !done {
-        tx.batch_execute(TOKENS_SCHEMA)?;
-    }
-    tx.commit()?;
-    Ok(())
+    crate::control::apply_schema(ctl)
 }
 
 fn info(r: &postgres::Row) -> TokenInfo {

@@ -234,7 +234,8 @@ impl Tenancy {
             }
             // The per-workspace fences of this tool version (0.4.0 brought them to
             // workspaces provisioned before).
-            let names = crate::names::WorkspaceNames::new(&target.workspace)?;
+            let names =
+                crate::names::WorkspaceNames::recorded(&target.workspace, &target.database)?;
             crate::ops::fence_workspace(&mut connect(&server.admin_conn, None)?, &names)?;
             Ok(
                 if from_version.as_deref() == Some(target.version.as_str()) {

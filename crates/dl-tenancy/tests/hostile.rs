@@ -59,7 +59,7 @@ impl Arena {
         self.neighbour.batch_execute(READ_QUERY).unwrap();
         for ws in [ATTACKER, NEIGHBOUR] {
             self.env
-                .admin(&format!("ws_{ws}"))
+                .admin_ws(ws)
                 .batch_execute(
                     r#"SET ROLE dl_platform_runtime;
                        SELECT dl_upsert_person_enrichment('platform-write', '{"name":"P"}', '{}')"#,
@@ -161,7 +161,7 @@ fn shared_server_state_is_out_of_reach() {
             assert_eq!(state_of(&mut client, attack), "42501", "{who}: {attack}");
         }
     }
-    let mut admin = arena.env.admin("ws_mallory");
+    let mut admin = arena.env.admin_ws(ATTACKER);
     let large_objects: i64 = admin
         .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
         .unwrap()
@@ -352,6 +352,157 @@ fn api_tokens_die_with_their_workspace() {
     // A later workspace of the same id is not reachable with it either.
     arena.env.t.provision(ATTACKER).unwrap();
     assert_eq!(store.verify(&issued.token).unwrap(), None);
+}
+
+/// Names are opaque and collision-free: a workspace whose id looks like another's login
+/// (`acme_read_a` next to `acme`, which reached each other's data in 0.3.0) shares nothing
+/// with it, and no catalog a tenant can read names another customer.
+#[test]
+fn names_say_nothing_and_cannot_collide() {
+    let mut arena = Arena::new();
+    let lookalike = format!("{ATTACKER}_read_a");
+    arena.env.t.provision(&lookalike).unwrap();
+    let ours = arena.env.t.metadata(ATTACKER).unwrap();
+    let theirs = arena.env.t.metadata(&lookalike).unwrap();
+    assert_ne!(ours.database, theirs.database);
+    for md in [&ours, &theirs] {
+        assert!(
+            md.database.starts_with("dlw_") && md.database.len() == 20,
+            "{}",
+            md.database
+        );
+        for role in md.roles.values() {
+            assert!(role.login.starts_with(&md.database), "{}", role.login);
+            assert!(!role.login.contains(ATTACKER), "{}", role.login);
+        }
+    }
+    // The look-alike's read login cannot reach the attacker's database, and the other way
+    // (the local cluster's pg_hba refuses before CONNECT privileges would: 28000).
+    let read = arena.env.uri(&lookalike, Kind::Read, false);
+    let e = connect(&with_db(&read, &ours.database))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{e}");
+    let read = arena.env.uri(ATTACKER, Kind::Read, false);
+    let e = connect(&with_db(&read, &theirs.database))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{e}");
+    // Deprovisioning one leaves the other whole.
+    arena.env.t.deprovision(&lookalike, &lookalike).unwrap();
+    connect(&arena.env.uri(ATTACKER, Kind::Read, true))
+        .unwrap()
+        .batch_execute(READ_QUERY)
+        .unwrap();
+    // What a tenant can list says nothing of its neighbour (whose session is open).
+    for (who, mut client) in arena.attacker_sessions() {
+        for catalog in [
+            "SELECT string_agg(datname, ',') FROM pg_database",
+            "SELECT string_agg(rolname, ',') FROM pg_roles",
+            "SELECT string_agg(concat_ws('/', datname, usename, application_name), ',') FROM pg_stat_activity",
+            "SELECT string_agg(datname, ',') FROM pg_stat_database",
+        ] {
+            let rows = client.simple_query(catalog).unwrap();
+            let listed = rows
+                .iter()
+                .find_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            assert!(!listed.is_empty(), "{who}: {catalog}");
+            assert!(!listed.contains(NEIGHBOUR), "{who}: {catalog}: {listed}");
+        }
+    }
+    arena.assert_nobody_harmed();
+}
+
+/// A workspace provisioned before 0.4.0 (`ws_<id>` names) is migrated by `dl-tenancy
+/// migrate-names`: its data stays, its sessions end once, its passwords stay, the old names
+/// are gone, and a re-run changes nothing.
+#[test]
+fn legacy_names_are_migrated_and_the_data_stays() {
+    let arena = Arena::new();
+    let env = &arena.env;
+    let mut over = connect(&env.uri(ATTACKER, Kind::Override, false)).unwrap();
+    upsert(&mut over, "person:kept", "vip").unwrap();
+    drop(over);
+    // Put the workspace back as a 0.3.0 tool left it: ws_<id> names, no handle.
+    let opaque = env.database(ATTACKER);
+    let legacy = format!("ws_{ATTACKER}");
+    let mut admin = env.admin("postgres");
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{opaque}\" RENAME TO \"{legacy}\""
+        ))
+        .unwrap();
+    for suffix in ["", "_read_a", "_read_b", "_override_a", "_override_b"] {
+        admin
+            .batch_execute(&format!(
+                "ALTER ROLE \"{opaque}{suffix}\" RENAME TO \"{legacy}{suffix}\""
+            ))
+            .unwrap();
+    }
+    let mut ctl = env.admin("dl_control");
+    ctl.batch_execute(&format!(
+        "UPDATE workspaces SET database_name = '{legacy}', handle = NULL WHERE id = '{ATTACKER}';
+         UPDATE credentials SET login_name = replace(login_name, '{opaque}', '{legacy}') WHERE workspace_id = '{ATTACKER}';"
+    ))
+    .unwrap();
+    let old_uri = env.uri(ATTACKER, Kind::Read, false);
+    assert!(old_uri.contains(&format!("/{legacy}")), "{old_uri}");
+    let mut legacy_session = connect(&old_uri).unwrap();
+    legacy_session.batch_execute(READ_QUERY).unwrap();
+
+    let report = env.cli(&["migrate-names", "--all"]).json();
+    assert_eq!(
+        (
+            report["migrated"].as_u64(),
+            report["already_opaque"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    assert!(
+        legacy_session.batch_execute(READ_QUERY).is_err(),
+        "the legacy session survived"
+    );
+    assert!(connect(&old_uri).is_err());
+    let migrated = env.database(ATTACKER);
+    assert!(migrated.starts_with("dlw_") && migrated != legacy);
+    for pooled in [false, true] {
+        let uri = env.uri(ATTACKER, Kind::Read, pooled);
+        assert_eq!(
+            password_of(&uri),
+            password_of(&old_uri),
+            "the password stays"
+        );
+        let mut c = connect(&uri).unwrap();
+        let rows = c
+            .simple_query(
+                "SELECT status FROM dl_resolved.people WHERE identity_key = 'person:kept'",
+            )
+            .unwrap();
+        assert!(
+            rows.iter().any(
+                |m| matches!(m, postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("vip"))
+            ),
+            "pooled={pooled}"
+        );
+    }
+    let mut admin = env.admin("postgres");
+    let leftovers: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'ws\\_%')
+                  + (SELECT count(*) FROM pg_database WHERE datname LIKE 'ws\\_%')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0);
+    assert_eq!(env.t.status(ATTACKER).unwrap().status, "active");
+    let again = env.cli(&["migrate-names", "--all"]).json();
+    assert_eq!(again["migrated"].as_u64(), Some(0));
 }
 
 fn password_of(uri: &str) -> String {

@@ -96,8 +96,8 @@ fn placement_across_two_servers() {
         .cli(&["connection-uris", "metadata", "--workspace", ws])
         .json();
     assert_eq!(md["direct"]["port"], second.port());
-    assert_eq!(md["project_id"], format!("second/ws_{ws}"));
-    let db = format!("ws_{ws}");
+    let db = env.database(ws);
+    assert_eq!(md["project_id"], format!("second/{db}"));
     assert!(databases(&mut admin2).contains(&db));
     assert!(!databases(&mut env.admin("postgres")).contains(&db));
 
@@ -111,7 +111,7 @@ fn placement_across_two_servers() {
         assert_eq!(r.query_typed(READ_QUERY, &[]).unwrap().len(), 1);
         // No pg_hba help on this server: CONNECT privileges alone keep tenants out.
         let other = &on_second[1];
-        for target in [format!("ws_{other}"), "postgres".into(), "template1".into()] {
+        for target in [env.database(other), "postgres".into(), "template1".into()] {
             let e = connect(&with_db(&read, &target)).map(|_| ()).unwrap_err();
             if !pooled {
                 assert_eq!(sqlstate(&e), "42501", "{target}: {e}");
@@ -137,12 +137,13 @@ fn placement_across_two_servers() {
     assert!(connect(&moved).is_err());
 
     // Deprovision on the second server.
+    let read_login = env.t.metadata(ws).unwrap().roles["read"].login.clone();
     let d = env
         .cli(&["deprovision", "--workspace", ws, "--confirm", ws])
         .json();
     assert_eq!(d["dropped_database"], true);
     assert!(!databases(&mut admin2).contains(&db));
-    assert!(!role_exists(&mut admin2, &format!("ws_{ws}_read_a")));
+    assert!(!role_exists(&mut admin2, &read_login));
     // The next workspace goes to the emptier server.
     env.t.provision("p5").unwrap();
     assert_eq!(env.t.metadata("p5").unwrap().server_id, "second");
@@ -177,9 +178,11 @@ fn admin_url_mode_on_an_existing_server() {
     )
     .json();
     let uri = v["uri"].as_str().unwrap();
+    let db = v["database"].as_str().unwrap();
+    assert!(db.starts_with("dlw_"), "{db}");
     assert!(
-        uri.contains(&format!("@localhost:{}/ws_remote", server.port()))
-            || uri.contains(&format!(":{}/ws_remote", server.port())),
+        uri.contains(&format!("@localhost:{}/{db}", server.port()))
+            || uri.contains(&format!(":{}/{db}", server.port())),
         "{uri}"
     );
     // Tenants connect over TCP; the harness cluster answers SCRAM on 127.0.0.1.

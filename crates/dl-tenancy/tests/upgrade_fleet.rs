@@ -14,7 +14,7 @@ const OLD: &str = "0.1.0";
 fn old_fleet(env: &Env, workspaces: &[String]) {
     for ws in workspaces {
         env.t.provision(ws).unwrap();
-        env.admin(&format!("ws_{ws}"))
+        env.admin_ws(ws)
             .batch_execute(&format!(
                 "DROP EXTENSION dl_tenancy CASCADE;
                  CREATE EXTENSION dl_tenancy VERSION '{OLD}';
@@ -25,7 +25,7 @@ fn old_fleet(env: &Env, workspaces: &[String]) {
 }
 
 fn version(env: &Env, ws: &str) -> String {
-    env.admin(&format!("ws_{ws}"))
+    env.admin_ws(ws)
         .query_one(
             "SELECT extversion FROM pg_extension WHERE extname = 'dl_tenancy'",
             &[],
@@ -64,7 +64,7 @@ fn upgrade_all_continues_past_a_failure_and_a_rerun_finishes() {
     assert_ne!(current, OLD);
 
     // Break one: an object in the way of the new version's history table.
-    env.admin("ws_fleet-13")
+    env.admin_ws("fleet-13")
         .batch_execute("CREATE TABLE dl_override.person_override_history (x int)")
         .unwrap();
 
@@ -99,7 +99,7 @@ fn upgrade_all_continues_past_a_failure_and_a_rerun_finishes() {
         assert_eq!(version(&env, ws), current);
         // Its data made it, with the new history row.
         let row = env
-            .admin(&format!("ws_{ws}"))
+            .admin_ws(ws)
             .query_one(
                 "SELECT p.display_name, (SELECT count(*) FROM dl_override.person_override_history WHERE operation = 'import')
                    FROM dl_resolved.people p WHERE identity_key = 'p1'",
@@ -124,7 +124,7 @@ fn upgrade_all_continues_past_a_failure_and_a_rerun_finishes() {
     );
 
     // Fix it and run again: only the failed one is upgraded.
-    env.admin("ws_fleet-13")
+    env.admin_ws("fleet-13")
         .batch_execute("DROP TABLE dl_override.person_override_history")
         .unwrap();
     let rerun = env.cli(&["upgrade", "--all"]).json();
@@ -154,7 +154,7 @@ fn a_failing_canary_stops_the_run() {
     let env = Env::new();
     let fleet: Vec<String> = (0..5).map(|i| format!("canary-{i}")).collect();
     old_fleet(&env, &fleet);
-    env.admin("ws_canary-1")
+    env.admin_ws("canary-1")
         .batch_execute("CREATE TABLE dl_override.person_override_history (x int)")
         .unwrap();
     let run = env.cli(&["upgrade", "--all", "--canary", "2"]);

@@ -61,6 +61,18 @@ enum Command {
     /// ALTER EXTENSION dl_tenancy UPDATE in workspace databases, each in its own transaction;
     /// failures are recorded and reported, and a re-run retries them.
     Upgrade(UpgradeArgs),
+    /// Give workspaces provisioned before 0.4.0 (`ws_<id>`) opaque names (`dlw_<handle>`):
+    /// ends their sessions once; passwords stay, user and database names in the URIs change.
+    MigrateNames(Selection),
+}
+
+/// One workspace, or every one.
+#[derive(Args, Debug)]
+struct Selection {
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    workspace: Option<String>,
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Args, Debug)]
@@ -330,6 +342,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             workspace.as_deref(),
         )?),
         Command::Upgrade(args) => upgrade(&open()?, args)?,
+        Command::MigrateNames(s) => print(&open()?.migrate_names(s.workspace.as_deref())?),
     }
     Ok(())
 }
