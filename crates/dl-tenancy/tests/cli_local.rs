@@ -95,8 +95,9 @@ fn local_up_is_idempotent_and_restarts_after_a_crash() {
         libc::kill(bouncer_pid, libc::SIGKILL);
         libc::kill(pg_pid, libc::SIGKILL);
     }
-    // Wait until both are gone (in a container, PID 1 reaps the zombies after a moment).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // Wait until both are gone (in a container, PID 1 reaps the zombies after a moment). The
+    // deadline is only a safety net.
+    let deadline = std::time::Instant::now() + SAFETY_NET;
     let st = loop {
         let st = cli_in(d, &["local", "status"], &[]).json();
         if st["postgres"]["running"] == false && st["pooler"]["running"] == false

@@ -11,9 +11,21 @@
 # check is on: no 5xx, statuses/headers/bodies as documented, auth enforced, 405 for
 # undocumented methods, invalid input rejected, valid input accepted.
 #
-# schemathesis is installed from PyPI into a venv under ~/.cache/dl-tenancy (once). Exits 0
-# with a SKIP message when python3 or the install is unavailable; 1 when a check fails.
+# schemathesis is installed from PyPI into a venv under ~/.cache/dl-tenancy (once). When
+# python3 or the install is unavailable: under CI (CI=true) exits 1, elsewhere exits 0 after a
+# loud "SKIP fuzz-http: ..." line on stderr. Exits 1 when a check fails.
 set -euo pipefail
+
+# Cannot run: a failure under CI, a loud skip elsewhere.
+cannot_run() {
+    if [ "${CI:-}" = "true" ]; then
+        echo "FAIL fuzz-http: $1 (CI=true: a missing tool or dependency is a failure)" >&2
+        exit 1
+    fi
+    echo "SKIP fuzz-http: $1" >&2
+    echo "fuzz-http: schemathesis did NOT run; with CI=true this fails instead." >&2
+    exit 0
+}
 
 : "${DL_TENANCY_FUZZ_URL:?set DL_TENANCY_FUZZ_URL to the server, e.g. http://127.0.0.1:8080}"
 : "${DL_TENANCY_FUZZ_TOKEN:?set DL_TENANCY_FUZZ_TOKEN to a token (dl-tenancy tokens create)}"
@@ -24,8 +36,7 @@ TIME_LIMIT="${DL_TENANCY_FUZZ_TIME_LIMIT:-300}"
 VENV="${DL_TENANCY_FUZZ_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dl-tenancy/schemathesis-$SCHEMATHESIS_VERSION}"
 
 if ! command -v python3 >/dev/null 2>&1; then
-    echo "SKIP fuzz-http: python3 is not installed (apt-get install python3 python3-venv)" >&2
-    exit 0
+    cannot_run "python3 is not installed (apt-get install python3 python3-venv)"
 fi
 st="$VENV/bin/schemathesis"
 if ! "$st" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
@@ -36,8 +47,7 @@ if ! "$st" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
         || ! "$VENV/bin/pip" install --quiet --disable-pip-version-check \
             "schemathesis==$SCHEMATHESIS_VERSION" >&2; then
         rm -rf "$VENV"
-        echo "SKIP fuzz-http: cannot install schemathesis from PyPI (python3-venv missing or offline)" >&2
-        exit 0
+        cannot_run "cannot install schemathesis $SCHEMATHESIS_VERSION from PyPI (python3-venv missing or offline)"
     fi
 fi
 

@@ -33,7 +33,8 @@ fn call(api: &Api, method: &str, path: &str, body: Body<'_>) -> Resp {
 
 fn connect(uri: &str) -> Result<postgres::Client, postgres::Error> {
     let mut cfg: postgres::Config = uri.parse().expect("a connection URI");
-    cfg.connect_timeout(Duration::from_secs(10));
+    // A safety net against a hang, not a speed limit.
+    cfg.connect_timeout(SAFETY_NET);
     cfg.connect(postgres::NoTls)
 }
 
@@ -219,7 +220,7 @@ fn quick_start_end_to_end() {
     connect(&override_uri).expect("previous override login within its grace period");
 
     // The log: the requests are there, with the workspace; no token, URI or password.
-    s.wait_log(Duration::from_secs(5), |v| {
+    s.wait_log("the rotate request of quickstart", |v| {
         v["span"]["workspace"] == "quickstart" && v["span"]["path"] == ROTATE
     });
     let log = s.log_text();
@@ -700,10 +701,11 @@ fn graceful_shutdown_finishes_in_flight_requests() {
         let api = api.clone();
         std::thread::spawn(move || api.send("POST", PROVISION, Body::None))
     };
-    server.wait_log(Duration::from_secs(10), |v| {
+    // SIGTERM only once the provision request is seen in flight.
+    server.wait_log("the provision request started", |v| {
         v["fields"]["message"] == "request started" && v["span"]["path"] == PROVISION
     });
-    let status = server.terminate(Duration::from_secs(40));
+    let status = server.terminate();
     let r = inflight.join().unwrap();
     check("POST", PROVISION, &r);
     assert_eq!(r.status, 200, "{}", r.text);
@@ -789,12 +791,12 @@ fn load_1000_requests_20_clients() {
 
 /// schemathesis against the running server and its document (tests/fuzz-http.sh): bounded,
 /// deterministic, all checks (no 5xx, conformance, auth, 405s, negative data rejected).
-/// Skipped (with a message) when python3 or PyPI is unavailable, or with
-/// DL_TENANCY_SKIP_FUZZ=1.
+/// Under CI (`CI=true`) a missing python3, a failed install of schemathesis or
+/// DL_TENANCY_SKIP_FUZZ fails the test; elsewhere they skip it, loudly.
 #[test]
 fn schemathesis_fuzz() {
     if std::env::var_os("DL_TENANCY_SKIP_FUZZ").is_some() {
-        eprintln!("SKIP schemathesis_fuzz: DL_TENANCY_SKIP_FUZZ is set");
+        skip_or_fail("schemathesis_fuzz", "DL_TENANCY_SKIP_FUZZ is set");
         return;
     }
     let c = cluster();
@@ -816,8 +818,13 @@ fn schemathesis_fuzz() {
     eprintln!("{stderr}\n{stdout}");
     assert!(
         out.status.success(),
-        "schemathesis found problems:\n{stdout}\n{stderr}"
+        "fuzz-http.sh failed (schemathesis found problems, or, with CI=true, it could not run):\n{stdout}\n{stderr}"
     );
+    // The script exits 0 without running schemathesis only outside CI, after a SKIP line.
+    if let Some(line) = stderr.lines().find(|l| l.starts_with("SKIP fuzz-http:")) {
+        skip_or_fail("schemathesis_fuzz", line);
+        return;
+    }
     assert!(!stdout.contains(&token) && !stderr.contains(&token));
     let log = server.log_text();
     assert!(!log.contains("\"status\":500"), "a 500 in the server log");
@@ -825,18 +832,28 @@ fn schemathesis_fuzz() {
 }
 
 /// The README's curl quick start, run as written (in an empty directory with its own
-/// `local up`; only the port is changed to a free one). Skipped without curl, jq or psql.
+/// `local up`; only the port is changed to a free one). Without curl, jq or psql: a failure
+/// under CI (`CI=true`), a loud skip elsewhere.
 #[test]
 fn readme_http_quick_start_runs_as_written() {
-    for tool in ["curl", "jq", "psql"] {
-        let found = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            eprintln!("SKIP readme_http_quick_start_runs_as_written: {tool} is not installed");
-            return;
-        }
+    let missing: Vec<&str> = ["curl", "jq", "psql"]
+        .into_iter()
+        .filter(|tool| {
+            !std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        skip_or_fail(
+            "readme_http_quick_start_runs_as_written",
+            &format!(
+                "not installed: {} (scripts/setup installs them)",
+                missing.join(", ")
+            ),
+        );
+        return;
     }
     let md = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
@@ -873,14 +890,18 @@ fn readme_http_quick_start_runs_as_written() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // A safety net against a hang (the script runs a `local up`, a server and psql).
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        if t0.elapsed() > Duration::from_secs(180) {
+        if t0.elapsed() > 2 * SAFETY_NET {
             let _ = child.kill();
-            panic!("the quick start did not finish in 180 s");
+            panic!(
+                "the quick start had not finished after {:?}",
+                2 * SAFETY_NET
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -907,15 +928,28 @@ fn readme_http_quick_start_runs_as_written() {
 /// Library calls have a time limit: a workspace whose lock is held elsewhere answers 503
 /// `timeout` (rotate) or 409 `provisioning_in_progress` (provision, which goes on), instead of
 /// hanging; the server stays responsive meanwhile.
+///
+/// The held lock, not the machine's speed, decides which calls run out of time: the workspace
+/// is provisioned beforehand through the CLI (no time limit), and the server's limit is one
+/// that an unblocked call meets with room to spare on a busy machine.
 #[test]
 fn library_calls_time_out() {
     /// The library's advisory lock class of a workspace (`control::LOCK_WORKSPACE`).
     const LOCK_WORKSPACE: i32 = 0x646c_0002;
     let c = cluster();
-    let server = Server::start(&["--timeout-seconds", "1"]);
     let (token, _) = c.token("slow");
+    let v = c.cli(&["provision", "--workspace", "slow"]);
+    assert_eq!(v["status"], "active", "{v}");
+    // No rate limit: the reveals polled at the end are not what this test is about.
+    let server = Server::start(&["--timeout-seconds", "5", "--rate-limit-per-minute", "0"]);
     let api = Api::new(&server.base, Some(&token));
-    provisioned(&api);
+    let r = call(&api, "GET", STATUS, Body::None);
+    assert_eq!(
+        (r.status, &r.json["status"]),
+        (200, &json!("active")),
+        "{}",
+        r.text
+    );
     let mut holder = c.admin("dl_control");
     holder
         .execute(
@@ -923,7 +957,7 @@ fn library_calls_time_out() {
             &[&LOCK_WORKSPACE, &"slow"],
         )
         .unwrap();
-    let t0 = Instant::now();
+    // Both wait for the held lock until their time limit ends.
     let r = call(&api, "POST", ROTATE, Body::Json(json!({"kind": "read"})));
     assert_eq!((r.status, r.code()), (503, "timeout"), "{}", r.text);
     let r = call(&api, "POST", PROVISION, Body::None);
@@ -933,7 +967,6 @@ fn library_calls_time_out() {
         "{}",
         r.text
     );
-    assert!(t0.elapsed() < Duration::from_secs(10));
     // other calls still work
     assert_eq!(call(&api, "GET", STATUS, Body::None).status, 200);
     assert_eq!(call(&api, "GET", HEALTHZ, Body::None).status, 200);
@@ -946,7 +979,7 @@ fn library_calls_time_out() {
     drop(holder);
     // The abandoned calls finish in the background (the rotation takes effect); then the
     // workspace is consistent: the revealed URI works. (A reveal racing the late rotation may
-    // still get the previous URI: retry.)
+    // still get the previous URI: retry.) The deadline is only a safety net.
     let t1 = Instant::now();
     loop {
         let r = api.post(REVEAL, json!({"kind": "read"}));
@@ -958,8 +991,8 @@ fn library_calls_time_out() {
             break;
         }
         assert!(
-            t1.elapsed() < Duration::from_secs(30),
-            "{} {}",
+            t1.elapsed() < SAFETY_NET,
+            "waited {SAFETY_NET:?} for the abandoned rotation to take effect: {} {}",
             r.text,
             meta.text
         );
@@ -999,7 +1032,7 @@ fn rate_limit_is_per_token_and_shared() {
     let r = call(&b, "POST", REVEAL, Body::Json(read));
     assert_eq!(r.status, 200);
     let password = password_of(r.json["uri"].as_str().unwrap());
-    server.wait_log(Duration::from_secs(5), |v| {
+    server.wait_log("a request span with a token_id", |v| {
         v["span"]["token_id"].is_string()
     });
     let log = server.log_text();

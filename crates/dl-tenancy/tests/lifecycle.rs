@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use dl_tenancy_ctl::Kind;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[test]
 fn provision_status_metadata_schema_list_deprovision() {
@@ -17,8 +17,8 @@ fn provision_status_metadata_schema_list_deprovision() {
     let started = Instant::now();
     let st = t.provision("acme").unwrap();
     let took = started.elapsed();
+    // Printed only: speed belongs to the benchmark, not to a test on a shared machine.
     eprintln!("provision of a new workspace took {took:?}");
-    assert!(took < Duration::from_secs(3), "provision took {took:?}");
     assert_eq!(st.status, "active");
     assert_eq!(st.database.as_deref(), Some("ws_acme"));
     assert_eq!(st.extension_version, env.status.extension_version);

@@ -9,6 +9,10 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The longest a test waits for a state it expects to observe. Only a safety net against a
+/// hang: order is established by the observed state, never by how long something takes.
+pub const SAFETY_NET: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub struct Env {
     pub dir: PathBuf,
     pub status: local::LocalStatus,
