@@ -253,6 +253,11 @@ SELECT line FROM (
     SELECT format('schema %s owner %s acl %s', n.nspname, n.nspowner::regrole, n.nspacl)
       FROM pg_namespace n JOIN members m ON m.classid = 'pg_namespace'::regclass AND m.objid = n.oid
     UNION ALL
+    -- Built-in functions whose ACL the extension changed in this database (0.4.0 revokes the
+    -- shared-state ones from PUBLIC); the rest keep PostgreSQL's defaults, equal everywhere.
+    SELECT format('builtin %s acl %s', p.oid::regprocedure, p.proacl) FROM pg_proc p
+     WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proacl IS NOT NULL
+    UNION ALL
     SELECT format('dump %s %s', x.rel::regclass, x.cond) FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS x(rel, cond)
      WHERE e.extname = 'dl_tenancy'
 ) s ORDER BY line"#;

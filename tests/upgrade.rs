@@ -9,8 +9,8 @@ use std::thread;
 
 const OLDEST: &str = "CREATE EXTENSION dl_tenancy VERSION '0.1.0'";
 /// Every released version (sql/released/), oldest first, and the version this tree builds.
-const RELEASED: [&str; 2] = ["0.1.0", "0.2.0"];
-const CURRENT: &str = "0.3.0";
+const RELEASED: [&str; 3] = ["0.1.0", "0.2.0", "0.3.0"];
+const CURRENT: &str = "0.4.0";
 
 #[test]
 fn upgrade_from_every_release_keeps_every_row_and_equals_a_fresh_install() {
@@ -34,6 +34,19 @@ fn upgrade_from_every_release_keeps_every_row_and_equals_a_fresh_install() {
         old.batch_execute("ALTER EXTENSION dl_tenancy UPDATE")
             .unwrap();
         let after = tenant_rows(&mut old);
+        // 0.4.0's hardening reached the upgraded database: no tenant role may run a built-in
+        // that writes state shared by the whole server.
+        let shared_state: i64 = old
+            .query_one(
+                "SELECT count(*) FROM pg_proc p, unnest(ARRAY['dl_tenant_read', 'dl_tenant_override']) r
+                  WHERE p.pronamespace = 'pg_catalog'::regnamespace
+                    AND (p.proname ~ '^pg_(try_)?advisory_' OR p.proname ~ '^lo_' OR p.proname IN ('loread', 'lowrite', 'pg_notify'))
+                    AND has_function_privilege(r, p.oid, 'EXECUTE')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(shared_state, 0, "from {from}");
         for ((name, was), (_, is)) in before.iter().zip(&after) {
             assert_eq!(was, is, "{name} changed in the upgrade from {from}");
         }

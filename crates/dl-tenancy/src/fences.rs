@@ -34,7 +34,8 @@ pub const SESSION_PRELOAD: (&str, &str) = ("session_preload_libraries", "dl_tena
 /// slots without credentials takes a sustained flood, and `max_client_conn` leaves room for
 /// many idle application pools. `query_wait_timeout` bounds how long a client waits for a
 /// server connection that cannot be had (its pool at the cap, or its login revoked) before
-/// it gets an error, instead of the default two minutes.
+/// it gets an error, instead of the default two minutes; after a failed server login (a
+/// revoked login's pool), `server_login_retry` is how long the pool refuses that login.
 pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("max_client_conn", "2000"),
     ("default_pool_size", "10"),
@@ -42,4 +43,5 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("max_user_connections", "10"),
     ("client_login_timeout", "10"),
     ("query_wait_timeout", "30"),
+    ("server_login_retry", "2"),
 ];

@@ -304,6 +304,41 @@ fn connection_caps_fence_a_workspace_in() {
     arena.assert_nobody_harmed();
 }
 
+/// 600 bare TCP sockets to the pooler, no credentials sent (0.3.0's pooler took 500 clients
+/// in all, so this locked every workspace out): pooled logins of the neighbour still work,
+/// and the pooler drops the silent sockets itself (client_login_timeout).
+#[test]
+fn a_socket_flood_does_not_lock_others_out_of_the_pooler() {
+    let mut arena = Arena::new();
+    let pooler = ("127.0.0.1", arena.env.status.pooler.port);
+    let mut silent: Vec<std::net::TcpStream> = (0..600)
+        .map(|i| std::net::TcpStream::connect(pooler).unwrap_or_else(|e| panic!("socket {i}: {e}")))
+        .collect();
+    for kind in Kind::ALL {
+        connect(&arena.env.uri(NEIGHBOUR, kind, true))
+            .unwrap()
+            .batch_execute(READ_QUERY)
+            .unwrap();
+    }
+    // The pooler closes a socket that never logs in, at most with an ErrorResponse ('E'):
+    // reading it ends (EOF or reset).
+    let first = &mut silent[0];
+    first.set_read_timeout(Some(SAFETY_NET)).unwrap();
+    let mut answer = vec![];
+    match std::io::Read::read_to_end(first, &mut answer) {
+        Ok(_) => assert!(
+            answer.is_empty() || answer[0] == b'E',
+            "the pooler sent a silent client {answer:?}"
+        ),
+        Err(e) => assert!(
+            matches!(e.kind(), std::io::ErrorKind::ConnectionReset),
+            "the pooler did not close a silent socket: {e}"
+        ),
+    }
+    drop(silent);
+    arena.assert_nobody_harmed();
+}
+
 /// A login dropped by hand: status says `error` (not `active`), provision repairs it, and the
 /// revealed URI works again. Status never shows the stored provisioning error's internals.
 #[test]

@@ -81,7 +81,11 @@ fn quick_start_end_to_end() {
     let r = call(&api, "POST", PROVISION, Body::None);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["status"], "active");
-    assert_eq!(r.json["database"], "ws_quickstart");
+    let database = r.json["database"].as_str().unwrap().to_string();
+    assert!(
+        database.starts_with("dlw_") && !database.contains("quickstart"),
+        "{database}"
+    );
     let again = call(&api, "POST", PROVISION, Body::Json(json!({})));
     assert_eq!(again.json, r.json, "provision is idempotent");
     let r = call(&api, "GET", STATUS, Body::None);
@@ -91,7 +95,7 @@ fn quick_start_end_to_end() {
     // metadata and the schema contract
     let r = call(&api, "GET", METADATA, Body::None);
     assert_eq!(r.status, 200);
-    assert_eq!(r.json["database"], "ws_quickstart");
+    assert_eq!(r.json["database"], database.as_str());
     assert_eq!(r.json["roles"]["read"]["group_role"], "dl_tenant_read");
     assert!(!r.text.contains("postgresql://"), "metadata holds no URI");
     let r = call(&api, "GET", SQL_SCHEMA, Body::None);
@@ -127,7 +131,7 @@ fn quick_start_end_to_end() {
         .unwrap()
         .pooler_port;
     assert!(
-        read_uri.ends_with(&format!(":{pooler_port}/ws_quickstart")),
+        read_uri.ends_with(&format!(":{pooler_port}/{database}")),
         "pooled URI goes to PgBouncer"
     );
 
@@ -458,12 +462,18 @@ fn tokens_are_confined_to_their_workspace() {
     let b_read = call(&b, "POST", REVEAL, Body::Json(json!({"kind": "read"})));
     let b_override = call(&b, "POST", REVEAL, Body::Json(json!({"kind": "override"})));
     let b_meta = call(&b, "GET", METADATA, Body::None);
+    let a_database = call(&a, "GET", METADATA, Body::None).json["database"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b_database = b_meta.json["database"].as_str().unwrap().to_string();
+    let b_db_query = format!("?database={b_database}");
 
     // query strings and headers naming B are ignored
     for q in [
         "?workspace=iso-b",
         "?workspace_id=iso-b&ws=iso-b",
-        "?database=ws_iso-b",
+        b_db_query.as_str(),
     ] {
         for p in [STATUS, METADATA, SQL_SCHEMA] {
             let r = a.send_with(
@@ -475,6 +485,7 @@ fn tokens_are_confined_to_their_workspace() {
             check("GET", p, &r);
             assert_eq!(r.status, 200);
             assert!(!r.text.contains("iso-b"), "{p}{q}: {}", r.text);
+            assert!(!r.text.contains(&b_database), "{p}{q}: {}", r.text);
         }
         let r = a.send(
             "POST",
@@ -482,13 +493,13 @@ fn tokens_are_confined_to_their_workspace() {
             Body::Json(json!({"kind": "read"})),
         );
         assert_eq!(r.json["workspace"], "iso-a");
-        assert_eq!(r.json["database"], "ws_iso-a");
+        assert_eq!(r.json["database"], a_database.as_str());
     }
     // bodies naming B are refused
     for body in [
         json!({"kind": "read", "workspace": "iso-b"}),
         json!({"kind": "read", "workspace_id": "iso-b"}),
-        json!({"kind": "read", "database": "ws_iso-b"}),
+        json!({"kind": "read", "database": b_database}),
     ] {
         for p in [REVEAL, ROTATE] {
             let r = call(&a, "POST", p, Body::Json(body.clone()));
@@ -535,7 +546,7 @@ fn tokens_are_confined_to_their_workspace() {
         );
         let uri = r.json["uri"].as_str().unwrap();
         connect(uri).expect("A's own database");
-        let into_b = uri.replace("/ws_iso-a", "/ws_iso-b");
+        let into_b = uri.replace(&format!("/{a_database}"), &format!("/{b_database}"));
         assert!(connect(&into_b).is_err(), "A's login got into B's database");
     }
 
@@ -912,10 +923,10 @@ fn readme_http_quick_start_runs_as_written() {
     assert!(status.success(), "quick start failed:\n{stdout}\n{stderr}");
     for want in [
         r#"{"workspace":"acme","status":"not_provisioned","database":null,"extension_version":null,"server_id":null}"#,
-        r#"{"workspace":"acme","status":"active","database":"ws_acme","#,
+        r#"{"workspace":"acme","status":"active","database":"dlw_"#,
         "active\n", // status | jq -r .status
         " person:ada   | Ada Lovelace",
-        r#""previous_login":"ws_acme_read_a","previous_valid_until":null,"grace_seconds":0}"#,
+        r#"_read_a","previous_valid_until":null,"grace_seconds":0}"#,
         "old URI refused\n1\n",
     ] {
         assert!(
@@ -950,6 +961,9 @@ fn library_calls_time_out() {
         "{}",
         r.text
     );
+    // The login the held-up rotation will switch to.
+    let standby = api.get(METADATA).json["roles"]["read"]["standby_login"].clone();
+    assert!(standby.is_string(), "{standby}");
     let mut holder = c.admin("dl_control");
     holder
         .execute(
@@ -985,7 +999,7 @@ fn library_calls_time_out() {
         let r = api.post(REVEAL, json!({"kind": "read"}));
         let meta = api.get(METADATA);
         if r.status == 200
-            && meta.json["roles"]["read"]["login"] == "ws_slow_read_b"
+            && meta.json["roles"]["read"]["login"] == standby
             && connect(r.json["uri"].as_str().unwrap()).is_ok()
         {
             break;

@@ -20,7 +20,11 @@ fn provision_status_metadata_schema_list_deprovision() {
     // Printed only: speed belongs to the benchmark, not to a test on a shared machine.
     eprintln!("provision of a new workspace took {took:?}");
     assert_eq!(st.status, "active");
-    assert_eq!(st.database.as_deref(), Some("ws_acme"));
+    // An opaque name that says nothing of the customer.
+    let db = st.database.clone().unwrap();
+    assert!(db.starts_with("dlw_") && db.len() == 20, "{db}");
+    assert!(db[4..].bytes().all(|b| b.is_ascii_hexdigit()), "{db}");
+    let read_login = format!("{db}_read_a");
     assert_eq!(st.extension_version, env.status.extension_version);
     assert!(st.extension_version.is_some());
     assert_eq!(t.status("acme").unwrap().status, "active");
@@ -30,10 +34,10 @@ fn provision_status_metadata_schema_list_deprovision() {
     let row = admin
         .query_one(
             "SELECT pg_get_userbyid(datdba), has_database_privilege('public', oid, 'CONNECT'),
-                    has_database_privilege('ws_acme_read_a', oid, 'CONNECT'),
-                    has_database_privilege('ws_acme_read_a', oid, 'TEMP')
-               FROM pg_database WHERE datname = 'ws_acme'",
-            &[],
+                    has_database_privilege($1, oid, 'CONNECT'),
+                    has_database_privilege($1, oid, 'TEMP')
+               FROM pg_database WHERE datname = $2",
+            &[&read_login, &db],
         )
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "postgres");
@@ -46,25 +50,21 @@ fn provision_status_metadata_schema_list_deprovision() {
             "SELECT rolname, rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls, rolcanlogin,
                     coalesce((SELECT string_agg(x, ';') FROM pg_db_role_setting s, unnest(s.setconfig) x
                                WHERE s.setrole = r.oid), '')
-               FROM pg_roles r WHERE rolname LIKE 'ws\\_acme%' ORDER BY 1",
-            &[],
+               FROM pg_roles r WHERE starts_with(rolname, $1) ORDER BY 1",
+            &[&db],
         )
         .unwrap();
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(
         names,
-        [
-            "ws_acme",
-            "ws_acme_override_a",
-            "ws_acme_override_b",
-            "ws_acme_read_a",
-            "ws_acme_read_b"
-        ]
+        ["", "_override_a", "_override_b", "_read_a", "_read_b"].map(|s| format!("{db}{s}"))
     );
     for r in &rows {
         assert!(!r.get::<_, bool>(1));
         let name: String = r.get(0);
-        assert_eq!(r.get::<_, bool>(2), name != "ws_acme");
+        // Only the logins holding a live credential may log in; the standby ones wait NOLOGIN.
+        assert_eq!(r.get::<_, bool>(2), name.ends_with("_a"), "{name}");
+        assert!(!name.contains("acme"), "{name}");
     }
     let settings: String = rows[3].get(3);
     assert!(settings.contains("role=dl_tenant_read"), "{settings}");
@@ -75,9 +75,9 @@ fn provision_status_metadata_schema_list_deprovision() {
 
     // Metadata: no secrets.
     let md = t.metadata("acme").unwrap();
-    assert_eq!(md.database, "ws_acme");
+    assert_eq!(md.database, db);
     assert_eq!(md.server_id, "local");
-    assert_eq!(md.roles["read"].login, "ws_acme_read_a");
+    assert_eq!(md.roles["read"].login, read_login);
     assert_eq!(md.roles["override"].group_role, "dl_tenant_override");
     assert_eq!(md.direct.port, env.status.postgres.port);
     assert_eq!(md.pooled.as_ref().unwrap().port, env.status.pooler.port);
@@ -100,7 +100,7 @@ fn provision_status_metadata_schema_list_deprovision() {
     let e = t.deprovision("acme", "other").unwrap_err();
     assert_eq!(e.code(), "confirmation_required");
     assert_eq!(e.exit_code(), 2);
-    assert!(databases(&mut admin).contains(&"ws_acme".to_string()));
+    assert!(databases(&mut admin).contains(&db));
     let out = env.cli(&["deprovision", "--workspace", "acme"]);
     assert_eq!(out.error_code(), "confirmation_required");
     assert_eq!(out.code, 2);
@@ -116,9 +116,9 @@ fn provision_status_metadata_schema_list_deprovision() {
     assert_eq!(d["dropped_database"], true);
     assert_eq!(d["dropped_roles"].as_array().unwrap().len(), 5);
     assert!(session.simple_query("SELECT 1").is_err());
-    assert!(!databases(&mut admin).contains(&"ws_acme".to_string()));
-    assert!(!role_exists(&mut admin, "ws_acme_read_a"));
-    assert!(!role_exists(&mut admin, "ws_acme"));
+    assert!(!databases(&mut admin).contains(&db));
+    assert!(!role_exists(&mut admin, &read_login));
+    assert!(!role_exists(&mut admin, &db));
     assert_eq!(t.status("acme").unwrap().status, "not_provisioned");
     assert!(t.list().unwrap().workspaces.is_empty());
     assert_eq!(
@@ -128,8 +128,10 @@ fn provision_status_metadata_schema_list_deprovision() {
     // Deprovision again: a no-op.
     assert!(!t.deprovision("acme", "acme").unwrap().dropped_database);
 
-    // And it can come back, with new credentials.
-    assert_eq!(t.provision("acme").unwrap().status, "active");
+    // And it can come back, with new names and credentials.
+    let back = t.provision("acme").unwrap();
+    assert_eq!(back.status, "active");
+    assert_ne!(back.database.as_deref(), Some(db.as_str()));
     let mut c = connect(&env.uri("acme", Kind::Read, true)).unwrap();
     c.simple_query(READ_QUERY).unwrap();
 }
@@ -179,11 +181,13 @@ fn provision_is_idempotent_concurrent_and_repairs() {
         assert_eq!(v["status"], "active");
     }
     let dbs = databases(&mut admin);
-    assert_eq!(
-        dbs.iter().filter(|d| d.starts_with("ws_race")).count(),
-        2,
-        "{dbs:?}"
-    );
+    for ws in ["race", "race2"] {
+        let db = env.database(ws);
+        assert_eq!(dbs.iter().filter(|d| **d == db).count(), 1, "{dbs:?}");
+    }
+    // One database per workspace, none left over by the racing calls.
+    let ours = dbs.iter().filter(|d| d.starts_with("dlw_")).count();
+    assert_eq!(ours, 3, "{dbs:?}"); // twice, race, race2
     for ws in ["race", "race2"] {
         let mut c = connect(&env.uri(ws, Kind::Read, false)).unwrap();
         c.simple_query(READ_QUERY).unwrap();
@@ -192,8 +196,9 @@ fn provision_is_idempotent_concurrent_and_repairs() {
     // The database dropped by hand: status says so (no stale active); provision repairs it and
     // the revealed URI keeps working.
     let before = env.uri("twice", Kind::Read, true);
+    let twice = env.database("twice");
     admin
-        .batch_execute("DROP DATABASE ws_twice WITH (FORCE)")
+        .batch_execute(&format!("DROP DATABASE \"{twice}\" WITH (FORCE)"))
         .unwrap();
     let st = t.status("twice").unwrap();
     assert_eq!(st.status, "not_provisioned");
@@ -206,7 +211,9 @@ fn provision_is_idempotent_concurrent_and_repairs() {
 
     // Roles dropped by hand, credentials gone: provision recreates them with new passwords.
     admin
-        .batch_execute("DROP ROLE ws_twice_read_a; DROP ROLE ws_twice_read_b")
+        .batch_execute(&format!(
+            "DROP ROLE \"{twice}_read_a\"; DROP ROLE \"{twice}_read_b\""
+        ))
         .unwrap();
     let mut ctl = env.admin("dl_control");
     ctl.execute(
@@ -216,10 +223,11 @@ fn provision_is_idempotent_concurrent_and_repairs() {
     .unwrap();
     assert_eq!(t.provision("twice").unwrap().status, "active");
     let fresh = env.uri("twice", Kind::Read, false);
-    assert_ne!(fresh, with_db(&before, "ws_twice"));
+    assert_ne!(fresh, with_db(&before, &twice));
     connect(&fresh).unwrap().simple_query(READ_QUERY).unwrap();
 
-    // A row left in `provisioning` (a crash before anything was created).
+    // A row left in `provisioning` (a crash before anything was created), by a tool before
+    // 0.4.0 (legacy names, which provision keeps).
     ctl.execute(
         "INSERT INTO workspaces (id, server_id, database_name, state) VALUES ('halfway', 'local', 'ws_halfway', 'provisioning')",
         &[],
@@ -262,7 +270,7 @@ fn crash_half_way_then_provision_finishes() {
         assert_eq!(c.query(READ_QUERY, &[]).unwrap().len(), 1);
     }
     let dbs = databases(&mut admin);
-    assert_eq!(dbs.iter().filter(|d| d.starts_with("ws_crash")).count(), 3);
+    assert_eq!(dbs.iter().filter(|d| d.starts_with("dlw_")).count(), 3);
 }
 
 #[test]

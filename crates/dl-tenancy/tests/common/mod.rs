@@ -66,6 +66,20 @@ impl Env {
         std::fs::read_to_string(&self.status.postgres.log).unwrap_or_default()
     }
 
+    /// The workspace's database (an opaque name: `dlw_<handle>`).
+    pub fn database(&self, ws: &str) -> String {
+        self.t
+            .status(ws)
+            .unwrap()
+            .database
+            .expect("a provisioned workspace")
+    }
+
+    /// A superuser connection to the workspace's database.
+    pub fn admin_ws(&self, ws: &str) -> Client {
+        self.admin(&self.database(ws))
+    }
+
     pub fn uri(&self, ws: &str, kind: Kind, pooled: bool) -> String {
         self.t.reveal(ws, kind, pooled).unwrap().uri
     }
