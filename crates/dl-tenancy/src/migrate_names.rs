@@ -156,10 +156,7 @@ fn rename_database(admin: &mut Client, from: &str, to: &str) -> Result<()> {
                 format!("both {from} and {to} exist; refusing to choose"),
             ));
         }
-        admin.batch_execute(&format!(
-            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
-            quote_ident(from)
-        ))?;
+        allow_connections(admin, from, false)?;
         // Ended sessions leave at their own pace; the rename waits for the last one.
         for attempt in 0.. {
             admin.execute(
@@ -187,9 +184,13 @@ fn rename_database(admin: &mut Client, from: &str, to: &str) -> Result<()> {
             format!("neither {from} nor {to} exists on the server; run provision"),
         ));
     }
+    allow_connections(admin, to, true)
+}
+
+fn allow_connections(admin: &mut Client, database: &str, allow: bool) -> Result<()> {
     admin.batch_execute(&format!(
-        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
-        quote_ident(to)
+        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}",
+        quote_ident(database)
     ))?;
     Ok(())
 }

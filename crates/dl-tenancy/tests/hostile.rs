@@ -262,37 +262,13 @@ fn a_rotated_login_is_revoked_for_good() {
 #[test]
 fn connection_caps_fence_a_workspace_in() {
     let mut arena = Arena::new();
-    let read = arena.env.uri(ATTACKER, Kind::Read, false);
     let mut held = vec![];
-    loop {
-        match connect(&read) {
-            Ok(c) => held.push(c),
-            Err(e) => {
-                assert_eq!(sqlstate(&e), "53300", "{e}");
-                break;
-            }
-        }
-        assert!(
-            held.len() <= LOGIN_CONNECTION_LIMIT as usize,
-            "no login cap"
-        );
-    }
+    // The read login alone: stopped by its own cap.
+    connect_until_refused(&arena.env.uri(ATTACKER, Kind::Read, false), &mut held);
     assert_eq!(held.len(), LOGIN_CONNECTION_LIMIT as usize);
-    let override_uri = arena.env.uri(ATTACKER, Kind::Override, false);
-    loop {
-        match connect(&override_uri) {
-            Ok(c) => held.push(c),
-            Err(e) => {
-                assert_eq!(sqlstate(&e), "53300", "{e}");
-                break;
-            }
-        }
-        assert!(
-            held.len() <= DATABASE_CONNECTION_LIMIT as usize,
-            "no database cap"
-        );
-    }
-    assert!(held.len() <= DATABASE_CONNECTION_LIMIT as usize);
+    // Then the override login: stopped by the database's cap (superusers do not count).
+    connect_until_refused(&arena.env.uri(ATTACKER, Kind::Override, false), &mut held);
+    assert_eq!(held.len(), DATABASE_CONNECTION_LIMIT as usize);
     // The neighbour connects, direct and pooled.
     for pooled in [false, true] {
         connect(&arena.env.uri(NEIGHBOUR, Kind::Read, pooled))
@@ -538,6 +514,25 @@ fn legacy_names_are_migrated_and_the_data_stays() {
     assert_eq!(env.t.status(ATTACKER).unwrap().status, "active");
     let again = env.cli(&["migrate-names", "--all"]).json();
     assert_eq!(again["migrated"].as_u64(), Some(0));
+}
+
+/// Open sessions with `uri` into `held` until the server refuses one, which must be for a
+/// connection limit (53300); fails if no cap stops it within the database's limit.
+fn connect_until_refused(uri: &str, held: &mut Vec<Client>) {
+    loop {
+        match connect(uri) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                assert_eq!(sqlstate(&e), "53300", "{e}");
+                return;
+            }
+        }
+        assert!(
+            held.len() <= DATABASE_CONNECTION_LIMIT as usize,
+            "no connection cap stopped {} sessions",
+            held.len()
+        );
+    }
 }
 
 fn password_of(uri: &str) -> String {
