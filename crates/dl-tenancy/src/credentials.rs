@@ -1,15 +1,22 @@
-//! A workspace's logins on its server: creating them, giving one a password, and revoking
-//! one so that it cannot come back.
+//! A workspace's credentials: its logins on the server (created, given a password, revoked so
+//! that they cannot come back), and the operations on them: reveal, rotate, and the end of a
+//! rotation's grace period.
 //!
 //! A login is `LOGIN` only while it holds a live credential (the active one, or the previous
 //! one during a rotation's grace). Everything else about it is re-asserted by every
 //! `provision`: membership, the group role it acts as, its connection cap and session
 //! defaults ([`crate::fences`]); whatever a tenant changed is put back.
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::control::connect;
+use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::fences::{LOGIN_CONNECTION_LIMIT, LOGIN_SETTINGS};
-use crate::names::{quote_ident, quote_literal, Kind, Slot, WorkspaceNames};
-use crate::secret::scram_verifier;
+use crate::names::{
+    percent_encode, quote_ident, quote_literal, validate_workspace_id, Kind, Slot, WorkspaceNames,
+};
+use crate::secret::{random_password, scram_verifier};
+use crate::types::{Endpoint, Reveal, Rotation};
+use crate::workspaces::{lock_workspace, not_provisioned, unlock_workspace};
+use crate::Tenancy;
 use postgres::Client;
 
 /// Create or reset one login: member of the workspace role and the kind's group role, acts as
@@ -97,4 +104,266 @@ pub(crate) fn revoke_login(admin: &mut Client, login: &str) -> Result<()> {
         &[&login],
     )?;
     Ok(())
+}
+
+/// How often `serve` ends grace periods that are over ([`Tenancy::expire_grace_periods`]).
+pub const GRACE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn credential_aad(ws: &str, kind: Kind, slot: Slot) -> String {
+    format!(
+        "dl_tenancy credential {ws}/{}/{}",
+        kind.as_str(),
+        slot.as_str()
+    )
+}
+
+fn format_host(h: &str) -> String {
+    if h.contains(':') && !h.starts_with('[') {
+        format!("[{h}]")
+    } else {
+        h.to_string()
+    }
+}
+
+impl Tenancy {
+    pub(crate) fn ensure_credential(
+        &self,
+        ctl: &mut Client,
+        admin: &mut Client,
+        names: &WorkspaceNames,
+        kind: Kind,
+    ) -> Result<()> {
+        let ws = names.workspace.as_str();
+        let rows = ctl.query(
+            "SELECT slot, active, nonce, ciphertext, coalesce(valid_until > now(), false)
+               FROM credentials WHERE workspace_id = $1 AND kind = $2",
+            &[&ws, &kind.as_str()],
+        )?;
+        let active = rows.iter().find(|r| r.get::<_, bool>(1));
+        match active {
+            Some(r) => {
+                let slot = Slot::parse(r.get(0)).unwrap_or(Slot::A);
+                let pw =
+                    self.key
+                        .decrypt_string(r.get(2), r.get(3), &credential_aad(ws, kind, slot))?;
+                set_password(admin, &names.login(kind, slot), &pw)?;
+                let other = slot.other();
+                let in_grace = rows
+                    .iter()
+                    .any(|r| r.get::<_, &str>(0) == other.as_str() && r.get::<_, bool>(4));
+                if !in_grace {
+                    revoke_login(admin, &names.login(kind, other))?;
+                }
+            }
+            None => {
+                let pw = random_password();
+                let (nonce, ct) = self
+                    .key
+                    .encrypt(pw.as_bytes(), &credential_aad(ws, kind, Slot::A));
+                let mut tx = ctl.transaction()?;
+                tx.execute(
+                    "DELETE FROM credentials WHERE workspace_id = $1 AND kind = $2",
+                    &[&ws, &kind.as_str()],
+                )?;
+                tx.execute(
+                    "INSERT INTO credentials (workspace_id, kind, slot, login_name, active, nonce, ciphertext)
+                     VALUES ($1, $2, 'a', $3, true, $4, $5)",
+                    &[&ws, &kind.as_str(), &names.login(kind, Slot::A), &nonce, &ct],
+                )?;
+                tx.commit()?;
+                set_password(admin, &names.login(kind, Slot::A), &pw)?;
+                revoke_login(admin, &names.login(kind, Slot::B))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn active_slot(&self, ctl: &mut Client, ws: &str, kind: Kind) -> Result<Slot> {
+        let row = ctl.query_opt(
+            "SELECT slot FROM credentials WHERE workspace_id = $1 AND kind = $2 AND active",
+            &[&ws, &kind.as_str()],
+        )?;
+        row.and_then(|r| Slot::parse(r.get(0)))
+            .ok_or_else(|| not_provisioned(ws))
+    }
+
+    /// `connection-uris reveal`: the URI of the active login of `kind`, direct or through the
+    /// server's PgBouncer. The same URI until the next rotation.
+    pub fn reveal(&self, workspace: &str, kind: Kind, pooled: bool) -> Result<Reveal> {
+        let mut ctl = self.control()?;
+        let (names, server_id) = self.active_workspace(&mut ctl, workspace)?;
+        let server = self.load_server(&mut ctl, &server_id)?;
+        let row = ctl
+            .query_opt(
+                "SELECT slot, nonce, ciphertext FROM credentials
+                  WHERE workspace_id = $1 AND kind = $2 AND active",
+                &[&workspace, &kind.as_str()],
+            )?
+            .ok_or_else(|| not_provisioned(workspace))?;
+        let slot = Slot::parse(row.get(0)).ok_or_else(|| not_provisioned(workspace))?;
+        let pw = self.key.decrypt_string(
+            row.get(1),
+            row.get(2),
+            &credential_aad(workspace, kind, slot),
+        )?;
+        let ep = if pooled {
+            server.pooler.clone().ok_or_else(|| {
+                Error::new(
+                    ErrorCode::PoolerNotConfigured,
+                    format!("server {} has no pooler registered", server.id),
+                )
+            })?
+        } else {
+            Endpoint {
+                host: server.host.clone(),
+                port: server.port,
+            }
+        };
+        let login = names.login(kind, slot);
+        let uri = format!(
+            "postgresql://{}:{}@{}:{}/{}",
+            percent_encode(&login),
+            percent_encode(&pw),
+            format_host(&ep.host),
+            ep.port,
+            percent_encode(&names.database())
+        );
+        Ok(Reveal {
+            workspace: workspace.into(),
+            kind,
+            pooled,
+            uri,
+            login,
+            database: names.database(),
+        })
+    }
+
+    /// `connection-uris rotate`: a new password on the standby login of `kind`, which becomes
+    /// the active one. The previous login keeps working for `grace_seconds` (VALID UNTIL), or
+    /// with 0 loses its password at once (new logins fail, direct and pooled).
+    pub fn rotate(&self, workspace: &str, kind: Kind, grace_seconds: u64) -> Result<Rotation> {
+        validate_workspace_id(workspace)?;
+        if grace_seconds > 366 * 86400 {
+            return Err(invalid("grace period longer than a year"));
+        }
+        let mut ctl = self.control()?;
+        lock_workspace(&mut ctl, workspace)?;
+        let res = self.rotate_locked(&mut ctl, workspace, kind, grace_seconds);
+        unlock_workspace(&mut ctl, workspace);
+        res
+    }
+
+    /// End the grace periods that are over: each previous login whose `VALID UNTIL` has passed
+    /// is revoked ([`revoke_login`]: NOLOGIN, no password, its sessions ended). `serve` runs
+    /// this every [`GRACE_SWEEP_INTERVAL`], `rotate` for its workspace. Returns the logins it
+    /// revoked.
+    pub fn expire_grace_periods(&self) -> Result<Vec<String>> {
+        let mut ctl = self.control()?;
+        let due: Vec<String> = ctl
+            .query(
+                "SELECT DISTINCT workspace_id FROM credentials
+                  WHERE NOT active AND valid_until <= now() ORDER BY 1",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut revoked = vec![];
+        for ws in due {
+            lock_workspace(&mut ctl, &ws)?;
+            let res = self.expire_grace_locked(&mut ctl, &ws);
+            unlock_workspace(&mut ctl, &ws);
+            revoked.extend(res?);
+        }
+        Ok(revoked)
+    }
+
+    fn expire_grace_locked(&self, ctl: &mut Client, ws: &str) -> Result<Vec<String>> {
+        let rows = ctl.query(
+            "SELECT c.login_name, w.server_id FROM credentials AS c JOIN workspaces AS w ON w.id = c.workspace_id
+              WHERE c.workspace_id = $1 AND NOT c.active AND c.valid_until <= now()",
+            &[&ws],
+        )?;
+        let mut revoked = vec![];
+        for row in rows {
+            let login: String = row.get(0);
+            let server = self.load_server(ctl, row.get(1))?;
+            revoke_login(&mut connect(&server.admin_conn, None)?, &login)?;
+            ctl.execute(
+                "UPDATE credentials SET valid_until = NULL
+                  WHERE workspace_id = $1 AND login_name = $2 AND NOT active",
+                &[&ws, &login],
+            )?;
+            revoked.push(login);
+        }
+        Ok(revoked)
+    }
+
+    fn rotate_locked(
+        &self,
+        ctl: &mut Client,
+        ws: &str,
+        kind: Kind,
+        grace: u64,
+    ) -> Result<Rotation> {
+        self.expire_grace_locked(ctl, ws)?;
+        let (names, server_id) = self.active_workspace(ctl, ws)?;
+        let names = &names;
+        let server = self.load_server(ctl, &server_id)?;
+        let old = self.active_slot(ctl, ws, kind)?;
+        let new = old.other();
+        let new_login = names.login(kind, new);
+        let old_login = names.login(kind, old);
+        let mut admin = connect(&server.admin_conn, None)?;
+        ensure_login(&mut admin, names, kind, new)?;
+        let pw = random_password();
+        let (nonce, ct) = self
+            .key
+            .encrypt(pw.as_bytes(), &credential_aad(ws, kind, new));
+        set_password(&mut admin, &new_login, &pw)?;
+        // The server's clock decides VALID UNTIL.
+        let until: Option<String> = if grace > 0 {
+            Some(
+                admin
+                    .query_one(
+                        "SELECT (pg_catalog.now() + pg_catalog.make_interval(secs => $1::float8))::text",
+                        &[&(grace as f64)],
+                    )?
+                    .get(0),
+            )
+        } else {
+            None
+        };
+        let mut tx = ctl.transaction()?;
+        tx.execute(
+            "UPDATE credentials SET active = false, valid_until = $3::text::timestamptz, rotated_at = now()
+              WHERE workspace_id = $1 AND kind = $2",
+            &[&ws, &kind.as_str(), &until],
+        )?;
+        tx.execute(
+            "INSERT INTO credentials (workspace_id, kind, slot, login_name, active, nonce, ciphertext)
+             VALUES ($1, $2, $3, $4, true, $5, $6)
+             ON CONFLICT (workspace_id, kind, slot) DO UPDATE
+                SET active = true, nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext,
+                    valid_until = NULL, rotated_at = now()",
+            &[&ws, &kind.as_str(), &new.as_str(), &new_login, &nonce, &ct],
+        )?;
+        tx.commit()?;
+        match &until {
+            Some(ts) => admin.batch_execute(&format!(
+                "ALTER ROLE {} VALID UNTIL {}",
+                quote_ident(&old_login),
+                quote_literal(ts)
+            ))?,
+            None => revoke_login(&mut admin, &old_login)?,
+        }
+        Ok(Rotation {
+            workspace: ws.into(),
+            kind,
+            login: new_login,
+            previous_login: old_login,
+            previous_valid_until: until,
+            grace_seconds: grace,
+        })
+    }
 }

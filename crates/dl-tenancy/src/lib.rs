@@ -19,20 +19,25 @@ pub mod http;
 pub mod local;
 mod migrate_names;
 pub mod names;
-mod ops;
 pub mod secret;
+mod servers;
 pub mod tokens;
+mod types;
 mod upgrade;
+mod workspaces;
 
+pub use credentials::GRACE_SWEEP_INTERVAL;
 pub use error::{Error, ErrorCode, Result};
 pub use migrate_names::{NameMigration, NameMigrationReport};
 pub use names::{validate_workspace_id, Kind, WorkspaceNames, WORKSPACE_ID_PATTERN};
-pub use ops::*;
 pub use secret::SecretKey;
+pub use servers::{EXTENSION, TEMPLATE_DB};
+pub use types::*;
 pub use upgrade::{
     UpgradeEvent, UpgradeOptions, UpgradeReport, WorkspaceUpgrade, DEFAULT_LOCK_ATTEMPTS,
     DEFAULT_LOCK_TIMEOUT_MS,
 };
+pub use workspaces::FAULT_ENV;
 
 use std::path::PathBuf;
 

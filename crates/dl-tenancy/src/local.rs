@@ -10,8 +10,9 @@
 use crate::control::{self, connect};
 use crate::error::{Error, ErrorCode, Result};
 use crate::names::quote_ident;
-use crate::ops::{ServerSpec, EXTENSION};
 use crate::secret::SecretKey;
+use crate::servers::EXTENSION;
+use crate::types::ServerSpec;
 use crate::Tenancy;
 use pg_harness::{ClusterSpec, PgBouncerIni, PgBouncerSpec};
 use serde::{Deserialize, Serialize};

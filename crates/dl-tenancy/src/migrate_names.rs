@@ -14,7 +14,7 @@ use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{
     new_handle, quote_ident, validate_workspace_id, WorkspaceNames, LEGACY_PREFIX, OPAQUE_PREFIX,
 };
-use crate::ops::{fence_workspace, lock_workspace, not_provisioned, unlock_workspace};
+use crate::workspaces::{fence_workspace, lock_workspace, not_provisioned, unlock_workspace};
 use crate::Tenancy;
 use postgres::Client;
 use serde::Serialize;

@@ -7,7 +7,8 @@
 
 use crate::control::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
-use crate::ops::{Server, EXTENSION};
+use crate::servers::EXTENSION;
+use crate::types::Server;
 use crate::Tenancy;
 use postgres::Client;
 use serde::Serialize;
@@ -236,7 +237,7 @@ impl Tenancy {
             // workspaces provisioned before).
             let names =
                 crate::names::WorkspaceNames::recorded(&target.workspace, &target.database)?;
-            crate::ops::fence_workspace(&mut connect(&server.admin_conn, None)?, &names)?;
+            crate::workspaces::fence_workspace(&mut connect(&server.admin_conn, None)?, &names)?;
             Ok(
                 if from_version.as_deref() == Some(target.version.as_str()) {
                     "already_current"
