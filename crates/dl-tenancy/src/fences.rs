@@ -44,4 +44,7 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("client_login_timeout", "10"),
     ("query_wait_timeout", "30"),
     ("server_login_retry", "2"),
+    // Protocol-level prepared statements in transaction mode (PgBouncer 1.21+): drivers that
+    // prepare by default work through the pooled URI.
+    ("max_prepared_statements", "200"),
 ];

@@ -249,6 +249,28 @@ fn pick_port(wanted: Option<u16>, default: u16, avoid: u16) -> u16 {
 
 /// `local up`: create (first time) and start the cluster, the control database, the template,
 /// the pooler's auth role and PgBouncer. Idempotent; restarts what is down.
+/// The oldest PgBouncer the local pooler runs: 1.21 brought `max_prepared_statements`, which
+/// keeps protocol-level prepared statements (the default of psycopg 3, asyncpg, node-postgres
+/// with named statements, rust-postgres) working in transaction mode.
+pub const MIN_POOLER_VERSION: (u32, u32) = (1, 21);
+
+fn check_pooler_version() -> Result<()> {
+    let bin = pg_harness::pgbouncer_bin();
+    let (major, minor) = pg_harness::pgbouncer_version(&bin)?;
+    let (need_major, need_minor) = MIN_POOLER_VERSION;
+    if (major, minor) < MIN_POOLER_VERSION {
+        return Err(Error::new(
+            ErrorCode::LocalServer,
+            format!(
+                "{} is PgBouncer {major}.{minor}; the local pooler needs {need_major}.{need_minor} or later \
+                 (prepared statements in transaction mode): run scripts/setup, or point PGBOUNCER at one",
+                bin.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     let layout = Layout::new(&opts.data_dir)?;
     let dir = &layout.dir;
@@ -259,6 +281,7 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
         fs::set_permissions(dir, fs::Permissions::from_mode((mode & 0o7777) | 0o711))?;
     }
     check_reachable(dir)?;
+    check_pooler_version()?;
     SecretKey::load(dir, true)?;
 
     let mut state = match LocalState::read(dir) {

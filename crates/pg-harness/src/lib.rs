@@ -123,16 +123,40 @@ pub fn pg_bin_dir() -> PathBuf {
     PathBuf::from("/usr/lib/postgresql/15/bin")
 }
 
-/// The pgbouncer executable.
+/// The pgbouncer executable: `$PGBOUNCER`, else the one scripts/setup builds
+/// (/usr/local/bin, 1.21+), else Debian's, else whatever `pgbouncer` is on the PATH.
 pub fn pgbouncer_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PGBOUNCER") {
         return PathBuf::from(p);
     }
-    let default = PathBuf::from("/usr/sbin/pgbouncer");
-    if default.exists() {
-        default
-    } else {
-        PathBuf::from("pgbouncer")
+    ["/usr/local/bin/pgbouncer", "/usr/sbin/pgbouncer"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("pgbouncer"))
+}
+
+/// `(major, minor)` of a pgbouncer executable (`pgbouncer --version`: "PgBouncer 1.24.1").
+pub fn pgbouncer_version(bin: &Path) -> Result<(u32, u32)> {
+    let out = run(
+        {
+            let mut c = Command::new(bin);
+            c.arg("--version");
+            c
+        },
+        "pgbouncer --version",
+    )?;
+    let version = out
+        .lines()
+        .find_map(|l| l.strip_prefix("PgBouncer "))
+        .ok_or_else(|| Error(format!("{}: no version in {out:?}", bin.display())))?;
+    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => Ok((major, minor)),
+        _ => Err(Error(format!(
+            "{}: unreadable version {version:?}",
+            bin.display()
+        ))),
     }
 }
 

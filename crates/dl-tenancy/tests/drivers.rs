@@ -1,0 +1,95 @@
+//! Pooled URIs with a driver's defaults: rust-postgres prepares every statement under a name
+//! (`s0`, `s1`, ...) with the extended protocol, as psycopg 3, asyncpg and node-postgres with
+//! named statements do. Through PgBouncer 1.18 in transaction mode a statement prepared on one
+//! server connection was missing on the next ("prepared statement ... does not exist"), or a
+//! name met another client's statement. The local pooler (PgBouncer 1.21+,
+//! max_prepared_statements) keeps each client's statements its own on every server connection.
+
+mod common;
+
+use common::*;
+use dl_tenancy_ctl::Kind;
+
+#[test]
+fn named_prepared_statements_of_two_clients_stay_apart_through_the_pooler() {
+    let env = Env::new();
+    env.t.provision("prep").unwrap();
+    let mut writer = connect(&env.uri("prep", Kind::Override, true)).unwrap();
+    let keys: Vec<String> = (0..40).map(|i| format!("person:{i}")).collect();
+    for key in &keys {
+        upsert(&mut writer, key, "verified").unwrap();
+    }
+    let uri = env.uri("prep", Kind::Read, true);
+    let mut a = connect(&uri).unwrap();
+    let mut b = connect(&uri).unwrap();
+    // Two clients, statements of different text and result shape, interleaved.
+    let by_key = a
+        .prepare("SELECT identity_key FROM dl_resolved.people WHERE identity_key = $1")
+        .unwrap();
+    let status_of = b
+        .prepare(
+            "SELECT status, length(identity_key) FROM dl_resolved.people WHERE identity_key = $1",
+        )
+        .unwrap();
+    let mut checked = 0;
+    for round in 0..5 {
+        for key in &keys {
+            let rows = a.query(&by_key, &[key]).unwrap();
+            assert_eq!(rows.len(), 1, "round {round}: {key}");
+            assert_eq!(
+                rows[0].get::<_, String>(0),
+                *key,
+                "round {round}: client a got another row"
+            );
+            let rows = b.query(&status_of, &[key]).unwrap();
+            assert_eq!(rows.len(), 1, "round {round}: {key}");
+            assert_eq!(rows[0].get::<_, String>(0), "verified");
+            assert_eq!(rows[0].get::<_, i32>(1), key.len() as i32);
+            checked += 2;
+        }
+        // A statement prepared again, and one prepared inside a transaction, keep working.
+        let again = a
+            .prepare("SELECT count(*) FROM dl_resolved.people WHERE identity_key = ANY($1)")
+            .unwrap();
+        assert_eq!(a.query_one(&again, &[&keys]).unwrap().get::<_, i64>(0), 40);
+        let mut tx = b.transaction().unwrap();
+        let inside = tx
+            .prepare("SELECT identity_key FROM dl_resolved.people ORDER BY identity_key LIMIT 1")
+            .unwrap();
+        assert_eq!(
+            tx.query_one(&inside, &[]).unwrap().get::<_, String>(0),
+            "person:0"
+        );
+        tx.commit().unwrap();
+    }
+    assert_eq!(checked, 5 * 40 * 2);
+}
+
+/// A statement prepared on one server connection, executed when the pooler has to hand the
+/// client another one (a third client holds the first in a transaction): the pooler prepares
+/// it there too. Without max_prepared_statements this fails with 26000 ("prepared statement
+/// ... does not exist").
+#[test]
+fn a_prepared_statement_follows_its_client_to_another_server_connection() {
+    let env = Env::new();
+    env.t.provision("moves").unwrap();
+    let mut writer = connect(&env.uri("moves", Kind::Override, true)).unwrap();
+    upsert(&mut writer, "person:1", "verified").unwrap();
+    drop(writer);
+    let uri = env.uri("moves", Kind::Read, true);
+    let mut app = connect(&uri).unwrap();
+    let mut other = connect(&uri).unwrap();
+    let stmt = app
+        .prepare("SELECT status FROM dl_resolved.people WHERE identity_key = $1")
+        .unwrap();
+    for _ in 0..3 {
+        // The other client's open transaction keeps the server connection the statement was
+        // prepared on (the pool's only idle one) busy: the app's next execute gets a new one.
+        other.batch_execute("BEGIN; SELECT 1").unwrap();
+        let rows = app
+            .query(&stmt, &[&"person:1"])
+            .unwrap_or_else(|e| panic!("{e} ({:?})", e.code()));
+        assert_eq!(rows[0].get::<_, String>(0), "verified");
+        other.batch_execute("COMMIT").unwrap();
+    }
+}
