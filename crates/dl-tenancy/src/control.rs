@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, SERVERS_WORKSPACES_CREDENTIALS),
     (2, crate::tokens::TOKENS_SCHEMA),
     (3, OPAQUE_NAMES),
+    (4, WORKSPACE_LIMITS),
 ];
 
 const SERVERS_WORKSPACES_CREDENTIALS: &str = r#"
@@ -166,6 +167,15 @@ pub(crate) fn ensure_control_db(admin_conn: &str) -> Result<()> {
     let mut ctl = connect(admin_conn, Some(CONTROL_DB))?;
     apply_schema(&mut ctl)
 }
+
+/// 0.4.0: limits an operator chose for a workspace (`dl-tenancy limits`); none: the defaults.
+const WORKSPACE_LIMITS: &str = r#"
+CREATE TABLE workspace_limits (
+    workspace_id text PRIMARY KEY REFERENCES workspaces (id) ON DELETE CASCADE,
+    limits       jsonb NOT NULL CHECK (jsonb_typeof(limits) = 'object'),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+"#;
 
 /// Bring the control database's schema to the newest migration this tool knows.
 pub(crate) fn apply_schema(ctl: &mut Client) -> Result<()> {

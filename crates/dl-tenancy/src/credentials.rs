@@ -9,7 +9,7 @@
 
 use crate::control::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
-use crate::fences::{LOGIN_CONNECTION_LIMIT, LOGIN_SETTINGS};
+use crate::fences::Limits;
 use crate::names::{
     percent_encode, quote_ident, quote_literal, validate_workspace_id, Kind, Slot, WorkspaceNames,
 };
@@ -27,11 +27,13 @@ pub(crate) fn ensure_login(
     names: &WorkspaceNames,
     kind: Kind,
     slot: Slot,
+    limits: &Limits,
 ) -> Result<()> {
     let login = names.login(kind, slot);
     let q = quote_ident(&login);
     let attrs = format!(
-        "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT {LOGIN_CONNECTION_LIMIT}"
+        "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT {}",
+        limits.login_connections
     );
     match admin.query_opt(
         "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = $1",
@@ -56,10 +58,10 @@ pub(crate) fn ensure_login(
         quote_literal(kind.group_role()),
         kind.search_path()
     );
-    for (name, value) in LOGIN_SETTINGS {
+    for (name, value) in limits.login_settings() {
         statements.push_str(&format!(
             "ALTER ROLE {q} SET {name} = {};",
-            quote_literal(value)
+            quote_literal(&value)
         ));
     }
     // Settings a login made for itself in its workspace database (before 0.4.0 refused it).
@@ -315,7 +317,13 @@ impl Tenancy {
         let new_login = names.login(kind, new);
         let old_login = names.login(kind, old);
         let mut admin = connect(&server.admin_conn, None)?;
-        ensure_login(&mut admin, names, kind, new)?;
+        ensure_login(
+            &mut admin,
+            names,
+            kind,
+            new,
+            &crate::fences::workspace_limits(ctl, ws)?,
+        )?;
         let pw = random_password();
         let (nonce, ct) = self
             .key

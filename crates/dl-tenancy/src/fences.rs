@@ -2,26 +2,219 @@
 //! workspace's database and logins, and the pooler's client limits. Every limit is defined
 //! here, once; README.md ("Security model") explains the sizes.
 
-/// Connections to one workspace database (direct and pooled together), of the local cluster's
-/// `max_connections` (200, of which 3 are reserved for superusers): one workspace at its cap
-/// leaves 177 for the others.
-pub const DATABASE_CONNECTION_LIMIT: i32 = 20;
+use crate::control::connect;
+use crate::error::{invalid, Error, ErrorCode, Result};
+use crate::names::validate_workspace_id;
+use crate::workspaces::{fence_workspace, lock_workspace, not_provisioned, unlock_workspace};
+use crate::Tenancy;
+use postgres::Client;
+use serde::{Deserialize, Serialize};
 
-/// Connections of one login. Lower than the database's, so that one leaked credential cannot
-/// take all of its workspace's connections.
-pub const LOGIN_CONNECTION_LIMIT: i32 = 12;
+/// A workspace's connection caps and the session defaults of its logins. [`DEFAULT_LIMITS`]
+/// unless an operator chose others for it (`dl-tenancy limits`, recorded in the control
+/// database); `provision` and `upgrade` re-assert them, so what a tenant changed is put back.
+///
+/// `temp_file_limit` is a superuser setting: it holds. The other defaults a tenant can still
+/// change within its own session (PostgreSQL has no per-role ceiling for them), but not
+/// persist: the extension refuses `ALTER ROLE ... SET` to workspace logins. The caps hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections to the workspace database, direct and pooled together.
+    pub database_connections: i32,
+    /// Connections of one login.
+    pub login_connections: i32,
+    pub statement_timeout_seconds: i32,
+    pub idle_in_transaction_timeout_seconds: i32,
+    pub lock_timeout_seconds: i32,
+    pub work_mem_mb: i32,
+    /// Temporary file space per session (0: none).
+    pub temp_file_limit_mb: i32,
+}
 
-/// Session defaults of every workspace login, re-asserted by each `provision` (and `upgrade`).
-/// `temp_file_limit` is a superuser setting: it holds. The others a tenant can still lower or
-/// raise within its own session (PostgreSQL has no per-role ceiling for them), but not
-/// persist: the extension refuses `ALTER ROLE ... SET` to workspace logins.
-pub const LOGIN_SETTINGS: &[(&str, &str)] = &[
-    ("statement_timeout", "60s"),
-    ("idle_in_transaction_session_timeout", "60s"),
-    ("lock_timeout", "30s"),
-    ("temp_file_limit", "1GB"),
-    ("work_mem", "16MB"),
+/// The defaults. Connections: of the local cluster's `max_connections` (200, 3 of them kept for
+/// superusers), one workspace at its cap leaves 177 for the others; a login's cap is lower
+/// than its database's, so one leaked credential cannot take all of its workspace's.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    database_connections: 20,
+    login_connections: 12,
+    statement_timeout_seconds: 60,
+    idle_in_transaction_timeout_seconds: 60,
+    lock_timeout_seconds: 30,
+    work_mem_mb: 16,
+    temp_file_limit_mb: 1024,
+};
+
+/// What an operator may choose, per field: (name, lowest, highest).
+const BOUNDS: [(&str, i32, i32); 7] = [
+    ("database_connections", 1, 100),
+    ("login_connections", 1, 100),
+    ("statement_timeout_seconds", 1, 86_400),
+    ("idle_in_transaction_timeout_seconds", 1, 86_400),
+    ("lock_timeout_seconds", 1, 86_400),
+    ("work_mem_mb", 1, 2_048),
+    ("temp_file_limit_mb", 0, 1_048_576),
 ];
+
+impl Default for Limits {
+    fn default() -> Self {
+        DEFAULT_LIMITS
+    }
+}
+
+impl Limits {
+    fn values(&self) -> [i32; 7] {
+        [
+            self.database_connections,
+            self.login_connections,
+            self.statement_timeout_seconds,
+            self.idle_in_transaction_timeout_seconds,
+            self.lock_timeout_seconds,
+            self.work_mem_mb,
+            self.temp_file_limit_mb,
+        ]
+    }
+
+    /// Each value within its bounds, and a login's cap within its database's.
+    pub fn validate(&self) -> Result<()> {
+        for ((name, low, high), value) in BOUNDS.iter().zip(self.values()) {
+            if !(*low..=*high).contains(&value) {
+                return Err(invalid(format!(
+                    "{name} must be between {low} and {high}, not {value}"
+                )));
+            }
+        }
+        if self.login_connections > self.database_connections {
+            return Err(invalid(
+                "login_connections must not be larger than database_connections",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Session defaults of every login of the workspace, as `ALTER ROLE ... SET` takes them.
+    pub fn login_settings(&self) -> [(&'static str, String); 5] {
+        [
+            (
+                "statement_timeout",
+                format!("{}s", self.statement_timeout_seconds),
+            ),
+            (
+                "idle_in_transaction_session_timeout",
+                format!("{}s", self.idle_in_transaction_timeout_seconds),
+            ),
+            ("lock_timeout", format!("{}s", self.lock_timeout_seconds)),
+            ("temp_file_limit", format!("{}MB", self.temp_file_limit_mb)),
+            ("work_mem", format!("{}MB", self.work_mem_mb)),
+        ]
+    }
+}
+
+/// A change of some of a workspace's limits (`dl-tenancy limits --workspace W --... N`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsChange {
+    pub database_connections: Option<i32>,
+    pub login_connections: Option<i32>,
+    pub statement_timeout_seconds: Option<i32>,
+    pub idle_in_transaction_timeout_seconds: Option<i32>,
+    pub lock_timeout_seconds: Option<i32>,
+    pub work_mem_mb: Option<i32>,
+    pub temp_file_limit_mb: Option<i32>,
+}
+
+impl LimitsChange {
+    fn apply(&self, to: Limits) -> Limits {
+        Limits {
+            database_connections: self.database_connections.unwrap_or(to.database_connections),
+            login_connections: self.login_connections.unwrap_or(to.login_connections),
+            statement_timeout_seconds: self
+                .statement_timeout_seconds
+                .unwrap_or(to.statement_timeout_seconds),
+            idle_in_transaction_timeout_seconds: self
+                .idle_in_transaction_timeout_seconds
+                .unwrap_or(to.idle_in_transaction_timeout_seconds),
+            lock_timeout_seconds: self.lock_timeout_seconds.unwrap_or(to.lock_timeout_seconds),
+            work_mem_mb: self.work_mem_mb.unwrap_or(to.work_mem_mb),
+            temp_file_limit_mb: self.temp_file_limit_mb.unwrap_or(to.temp_file_limit_mb),
+        }
+    }
+}
+
+/// What `dl-tenancy limits` prints.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WorkspaceLimits {
+    pub workspace: String,
+    pub limits: Limits,
+    /// The values differ from [`DEFAULT_LIMITS`].
+    pub customized: bool,
+}
+
+/// The limits recorded for a workspace, or the defaults.
+pub(crate) fn workspace_limits(ctl: &mut Client, ws: &str) -> Result<Limits> {
+    let row = ctl.query_opt(
+        "SELECT limits FROM workspace_limits WHERE workspace_id = $1",
+        &[&ws],
+    )?;
+    match row {
+        None => Ok(DEFAULT_LIMITS),
+        Some(r) => serde_json::from_value(r.get(0)).map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("the recorded limits of {ws} are unreadable: {e}"),
+            )
+        }),
+    }
+}
+
+impl Tenancy {
+    /// A workspace's limits (provisioned or not: limits may be set before provisioning).
+    pub fn limits(&self, workspace: &str) -> Result<WorkspaceLimits> {
+        validate_workspace_id(workspace)?;
+        let limits = workspace_limits(&mut self.control()?, workspace)?;
+        Ok(WorkspaceLimits {
+            workspace: workspace.into(),
+            limits,
+            customized: limits != DEFAULT_LIMITS,
+        })
+    }
+
+    /// Change some of a workspace's limits, record them, and apply them to its database and
+    /// logins at once when it is active.
+    pub fn set_limits(&self, workspace: &str, change: &LimitsChange) -> Result<WorkspaceLimits> {
+        validate_workspace_id(workspace)?;
+        let mut ctl = self.control()?;
+        lock_workspace(&mut ctl, workspace)?;
+        let res = (|| {
+            let limits = change.apply(workspace_limits(&mut ctl, workspace)?);
+            limits.validate()?;
+            let recorded: i64 = ctl
+                .query_one(
+                    "SELECT count(*) FROM workspaces WHERE id = $1 AND state <> 'deleted'",
+                    &[&workspace],
+                )?
+                .get(0);
+            if recorded == 0 {
+                return Err(not_provisioned(workspace));
+            }
+            ctl.execute(
+                "INSERT INTO workspace_limits (workspace_id, limits) VALUES ($1, $2)
+                 ON CONFLICT (workspace_id) DO UPDATE SET limits = EXCLUDED.limits, updated_at = now()",
+                &[&workspace, &serde_json::to_value(limits).expect("limits serialize")],
+            )?;
+            if let Ok((names, server_id)) = self.active_workspace(&mut ctl, workspace) {
+                let server = self.load_server(&mut ctl, &server_id)?;
+                fence_workspace(&mut connect(&server.admin_conn, None)?, &names, &limits)?;
+            }
+            Ok(WorkspaceLimits {
+                workspace: workspace.into(),
+                limits,
+                customized: limits != DEFAULT_LIMITS,
+            })
+        })();
+        unlock_workspace(&mut ctl, workspace);
+        res
+    }
+}
 
 /// Loaded into every session of a workspace database, so that the extension's guard
 /// (src/tenant_guard.rs: no LISTEN/NOTIFY, no ALTER ROLE for workspace logins) is in force

@@ -128,7 +128,7 @@ impl Tenancy {
             &[&ws, &new.database(), &old.database()],
         )?;
         tx.commit()?;
-        fence_workspace(&mut admin, &new)?;
+        fence_workspace(&mut admin, &new, &crate::fences::workspace_limits(ctl, ws)?)?;
         Ok(NameMigration {
             workspace: ws.into(),
             from_database: old.database(),

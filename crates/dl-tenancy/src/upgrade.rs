@@ -237,7 +237,12 @@ impl Tenancy {
             // workspaces provisioned before).
             let names =
                 crate::names::WorkspaceNames::recorded(&target.workspace, &target.database)?;
-            crate::workspaces::fence_workspace(&mut connect(&server.admin_conn, None)?, &names)?;
+            let limits = crate::fences::workspace_limits(&mut self.control()?, &target.workspace)?;
+            crate::workspaces::fence_workspace(
+                &mut connect(&server.admin_conn, None)?,
+                &names,
+                &limits,
+            )?;
             Ok(
                 if from_version.as_deref() == Some(target.version.as_str()) {
                     "already_current"

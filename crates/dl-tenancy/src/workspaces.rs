@@ -4,7 +4,7 @@
 use crate::control::{connect, LOCK_WORKSPACE};
 use crate::credentials::ensure_login;
 use crate::error::{Error, ErrorCode, Result};
-use crate::fences::{DATABASE_CONNECTION_LIMIT, SESSION_PRELOAD};
+use crate::fences::{workspace_limits, Limits, SESSION_PRELOAD};
 use crate::names::{
     new_handle, quote_ident, quote_literal, validate_workspace_id, Kind, Slot, WorkspaceNames,
     OPAQUE_PREFIX,
@@ -185,7 +185,8 @@ impl Tenancy {
         let server = self.load_server(ctl, &server_id)?;
         if state.as_deref() == Some("active") {
             if let Some(version) = self.verify_complete(ctl, &server, names)? {
-                fence_workspace(&mut connect(&server.admin_conn, None)?, names)?;
+                let limits = workspace_limits(ctl, ws)?;
+                fence_workspace(&mut connect(&server.admin_conn, None)?, names, &limits)?;
                 return Ok(WorkspaceStatus {
                     workspace: ws.into(),
                     status: "active".into(),
@@ -333,7 +334,7 @@ impl Tenancy {
             }
         };
 
-        fence_workspace(&mut admin, names)?;
+        fence_workspace(&mut admin, names, &workspace_limits(ctl, &names.workspace)?)?;
         fault_point("after_roles");
         for kind in Kind::ALL {
             self.ensure_credential(ctl, &mut admin, names, kind)?;
@@ -534,17 +535,22 @@ impl Tenancy {
 
 /// The workspace's fences ([`crate::fences`]), put back as they should be: the database's
 /// connection cap and preloaded guard, and every login's attributes, cap and defaults.
-pub(crate) fn fence_workspace(admin: &mut Client, names: &WorkspaceNames) -> Result<()> {
+pub(crate) fn fence_workspace(
+    admin: &mut Client,
+    names: &WorkspaceNames,
+    limits: &Limits,
+) -> Result<()> {
     let (preload, library) = SESSION_PRELOAD;
     admin.batch_execute(&format!(
-        "ALTER DATABASE {qdb} CONNECTION LIMIT {DATABASE_CONNECTION_LIMIT};
+        "ALTER DATABASE {qdb} CONNECTION LIMIT {};
          ALTER DATABASE {qdb} SET {preload} = {}",
+        limits.database_connections,
         quote_literal(library),
         qdb = quote_ident(&names.database()),
     ))?;
     for kind in Kind::ALL {
         for slot in [Slot::A, Slot::B] {
-            ensure_login(admin, names, kind, slot)?;
+            ensure_login(admin, names, kind, slot, limits)?;
         }
     }
     Ok(())

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use dl_tenancy_ctl::fences::{DATABASE_CONNECTION_LIMIT, LOGIN_CONNECTION_LIMIT};
+use dl_tenancy_ctl::fences::DEFAULT_LIMITS;
 use dl_tenancy_ctl::{tokens, Kind};
 use postgres::Client;
 
@@ -265,10 +265,10 @@ fn connection_caps_fence_a_workspace_in() {
     let mut held = vec![];
     // The read login alone: stopped by its own cap.
     connect_until_refused(&arena.env.uri(ATTACKER, Kind::Read, false), &mut held);
-    assert_eq!(held.len(), LOGIN_CONNECTION_LIMIT as usize);
+    assert_eq!(held.len(), DEFAULT_LIMITS.login_connections as usize);
     // Then the override login: stopped by the database's cap (superusers do not count).
     connect_until_refused(&arena.env.uri(ATTACKER, Kind::Override, false), &mut held);
-    assert_eq!(held.len(), DATABASE_CONNECTION_LIMIT as usize);
+    assert_eq!(held.len(), DEFAULT_LIMITS.database_connections as usize);
     // The neighbour connects, direct and pooled.
     for pooled in [false, true] {
         connect(&arena.env.uri(NEIGHBOUR, Kind::Read, pooled))
@@ -277,6 +277,74 @@ fn connection_caps_fence_a_workspace_in() {
             .unwrap();
     }
     drop(held);
+    arena.assert_nobody_harmed();
+}
+
+/// Limits are per workspace: an operator tightens one workspace's (CLI), they apply at once
+/// and survive a provision, the neighbour keeps the defaults, and values outside their bounds
+/// are refused without changing anything.
+#[test]
+fn limits_are_per_workspace_and_applied_at_once() {
+    let mut arena = Arena::new();
+    let out = arena
+        .env
+        .cli(&[
+            "limits",
+            "--workspace",
+            ATTACKER,
+            "--login-connections",
+            "3",
+            "--statement-timeout",
+            "5s",
+            "--work-mem-mb",
+            "4",
+        ])
+        .json();
+    assert_eq!(out["customized"], true);
+    assert_eq!(out["limits"]["login_connections"], 3);
+    assert_eq!(
+        out["limits"]["database_connections"],
+        DEFAULT_LIMITS.database_connections
+    );
+    arena.env.t.provision(ATTACKER).unwrap(); // re-asserts them, does not reset them
+    let mut held = vec![];
+    connect_until_refused(&arena.env.uri(ATTACKER, Kind::Read, false), &mut held);
+    assert_eq!(held.len(), 3);
+    let shown = |c: &mut Client, setting: &str| -> String {
+        c.simple_query(&format!("SHOW {setting}"))
+            .unwrap()
+            .iter()
+            .find_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(shown(&mut held[0], "statement_timeout"), "5s");
+    assert_eq!(shown(&mut held[0], "work_mem"), "4MB");
+    // The statement timeout ends a long statement (57014), the session goes on.
+    let e = held[0].batch_execute("SELECT pg_sleep(30)").unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{e}");
+    drop(held);
+    // The neighbour keeps the defaults.
+    let defaults = arena.env.cli(&["limits", "--workspace", NEIGHBOUR]).json();
+    assert_eq!(defaults["customized"], false);
+    assert_eq!(shown(&mut arena.neighbour, "statement_timeout"), "1min");
+    // Out of bounds: refused (exit 2), nothing changed.
+    for bad in [
+        ["--database-connections", "0"],
+        ["--login-connections", "500"],
+        ["--work-mem-mb", "-1"],
+        ["--statement-timeout", "forever"],
+    ] {
+        let out = arena
+            .env
+            .cli(&["limits", "--workspace", ATTACKER, bad[0], bad[1]]);
+        assert_eq!(out.error_code(), "invalid_argument", "{bad:?}");
+        assert_eq!(out.code, 2);
+    }
+    let still = arena.env.cli(&["limits", "--workspace", ATTACKER]).json();
+    assert_eq!(still["limits"], out["limits"]);
     arena.assert_nobody_harmed();
 }
 
@@ -528,7 +596,7 @@ fn connect_until_refused(uri: &str, held: &mut Vec<Client>) {
             }
         }
         assert!(
-            held.len() <= DATABASE_CONNECTION_LIMIT as usize,
+            held.len() <= DEFAULT_LIMITS.database_connections as usize,
             "no connection cap stopped {} sessions",
             held.len()
         );
