@@ -9,6 +9,9 @@ mod common;
 
 use common::*;
 use dl_tenancy_ctl::Kind;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
 
 #[test]
 fn named_prepared_statements_of_two_clients_stay_apart_through_the_pooler() {
@@ -92,4 +95,86 @@ fn a_prepared_statement_follows_its_client_to_another_server_connection() {
         assert_eq!(rows[0].get::<_, String>(0), "verified");
         other.batch_execute("COMMIT").unwrap();
     }
+}
+
+/// People in the driver tests' workspace: `person:0` .. `person:39`, display name `Name {i}`.
+const PEOPLE: usize = 40;
+
+/// Python (psycopg 3, asyncpg, SQLAlchemy 2 on both) and Node.js (node-postgres with unnamed
+/// and named statements, postgres.js) with their defaults, four concurrent connections each,
+/// through the pooled and the direct URI: every point read of key k returns k's row, with no
+/// error (tests/drivers/*: one JSON line per driver).
+#[test]
+fn popular_drivers_with_their_defaults_get_the_right_rows() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers");
+    let install = Command::new("bash")
+        .arg(dir.join("install.sh"))
+        .output()
+        .unwrap();
+    if !install.status.success() {
+        let why = String::from_utf8_lossy(&install.stderr).to_string();
+        return skip_or_fail(
+            "popular_drivers_with_their_defaults_get_the_right_rows",
+            &why,
+        );
+    }
+    let cache = String::from_utf8_lossy(&install.stdout).trim().to_string();
+    let env = Env::new();
+    env.t.provision("drivers").unwrap();
+    connect(&env.uri("drivers", Kind::Override, false))
+        .unwrap()
+        .batch_execute(&format!(
+            "INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch)
+             SELECT 'person:' || i, jsonb_build_object('display_name', 'Name ' || i)
+               FROM generate_series(0, {}) i",
+            PEOPLE - 1
+        ))
+        .unwrap();
+    let mut seen = vec![];
+    for pooled in [true, false] {
+        let read = env.uri("drivers", Kind::Read, pooled);
+        let write = env.uri("drivers", Kind::Override, pooled);
+        for (program, args) in [
+            (
+                format!("{cache}/venv/bin/python"),
+                dir.join("python_drivers.py"),
+            ),
+            ("node".to_string(), dir.join("node_drivers.mjs")),
+        ] {
+            let out = Command::new(&program)
+                .arg(&args)
+                .env("DL_URI", &read)
+                .env("DL_OVERRIDE_URI", &write)
+                .env("DL_KEYS", PEOPLE.to_string())
+                .env("DL_NODE_MODULES", format!("{cache}/node/node_modules"))
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "{program} {args:?} (pooled={pooled}):\n{stdout}\n{stderr}"
+            );
+            for line in stdout.lines() {
+                let r: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                let driver = format!("{} (pooled={pooled})", r["driver"].as_str().unwrap());
+                assert!(r["queries"].as_u64().unwrap() >= 400, "{driver}: {line}");
+                assert_eq!(r["errors"], 0, "{driver}: {line}");
+                assert_eq!(r["wrong"], 0, "{driver}: wrong rows: {line}");
+                seen.push(driver);
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(seen.len(), 2 * 7, "{seen:?}");
+    // psycopg's Jsonb patch landed.
+    let mut admin = env.admin_ws("drivers");
+    let name: String = admin
+        .query_one(
+            "SELECT display_name FROM dl_resolved.people WHERE identity_key = 'person:psycopg'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "Written by psycopg");
 }

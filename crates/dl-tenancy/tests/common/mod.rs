@@ -13,6 +13,24 @@ use std::process::{Command, Output};
 /// hang: order is established by the observed state, never by how long something takes.
 pub const SAFETY_NET: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Whether this run is CI (`CI=true`): there, a missing tool or dependency fails the test
+/// instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A test that cannot run here: under CI a failure, elsewhere a loud skip (the test passes).
+pub fn skip_or_fail(test: &str, why: &str) {
+    assert!(
+        !in_ci(),
+        "{test} cannot run: {why} (CI=true: a missing tool or dependency is a failure)"
+    );
+    eprintln!(
+        "\n{bar}\nSKIPPED {test}: {why}\nThis test did NOT run; with CI=true it fails instead.\n{bar}\n",
+        bar = "!".repeat(78)
+    );
+}
+
 pub struct Env {
     pub dir: PathBuf,
     pub status: local::LocalStatus,

@@ -17,28 +17,10 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dl-tenancy");
 
-/// The longest a test waits for a state it expects to observe (a log line, an exit, a
-/// background call taking effect). Only a safety net against a hang: order is established by
-/// the observed state, never by how long something takes.
-pub const SAFETY_NET: Duration = Duration::from_secs(120);
-
-/// Whether this run is CI (`CI=true`): there, a missing tool or dependency fails the test
-/// instead of skipping it.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// A test that cannot run here: under CI a failure, elsewhere a loud skip (the test passes).
-pub fn skip_or_fail(test: &str, why: &str) {
-    assert!(
-        !in_ci(),
-        "{test} cannot run: {why} (CI=true: a missing tool or dependency is a failure)"
-    );
-    eprintln!(
-        "\n{bar}\nSKIPPED {test}: {why}\nThis test did NOT run; with CI=true it fails instead.\n{bar}\n",
-        bar = "!".repeat(78)
-    );
-}
+// What every test binary of this crate shares (the safety net, CI rules, connections).
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{in_ci, skip_or_fail, SAFETY_NET};
 
 /// The shared local cluster of this test process.
 pub struct Cluster {

@@ -1,0 +1,163 @@
+"""Popular Python drivers with their default settings against one revealed URI.
+
+    DL_URI=postgresql://... DL_OVERRIDE_URI=postgresql://... DL_KEYS=40 python python_drivers.py
+
+The workspace holds people `person:0` .. `person:{DL_KEYS-1}` whose display name is `Name {i}`.
+Each driver runs point reads of random keys (fixed seed) over several concurrent connections and
+counts, per driver, the queries run, the errors, and the wrong rows (a read of key k that did
+not return k's row). psycopg also writes an override with the seed's upsert and a Jsonb patch.
+One JSON line per driver on stdout; the Rust test (tests/drivers.rs) asserts on them.
+"""
+
+import asyncio
+import json
+import os
+import random
+import threading
+
+import asyncpg
+import psycopg
+import sqlalchemy
+from psycopg.types.json import Jsonb
+from sqlalchemy.ext.asyncio import create_async_engine
+
+URI = os.environ["DL_URI"]
+OVERRIDE_URI = os.environ["DL_OVERRIDE_URI"]
+KEYS = int(os.environ["DL_KEYS"])
+POINT_READ = "SELECT identity_key, display_name FROM dl_resolved.people WHERE identity_key = "
+CLIENTS = 4
+READS = 120
+
+
+def keys_for(client):
+    rng = random.Random(client)
+    return [rng.randrange(KEYS) for _ in range(READS)]
+
+
+class Tally:
+    def __init__(self, driver):
+        self.driver, self.queries, self.errors, self.wrong, self.first_error = driver, 0, 0, 0, None
+        self.lock = threading.Lock()
+
+    def read(self, i, row):
+        with self.lock:
+            self.queries += 1
+            if row is None or tuple(row) != (f"person:{i}", f"Name {i}"):
+                self.wrong += 1
+
+    def error(self, e):
+        with self.lock:
+            self.queries += 1
+            self.errors += 1
+            self.first_error = self.first_error or f"{type(e).__name__}: {e}"[:300]
+
+    def report(self):
+        print(json.dumps({"driver": self.driver, "queries": self.queries, "errors": self.errors,
+                          "wrong": self.wrong, "first_error": self.first_error}), flush=True)
+
+
+def threads(target):
+    ts = [threading.Thread(target=target, args=(c,)) for c in range(CLIENTS)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def psycopg3():
+    # Defaults: server-side prepared statements after 5 executions of the same query.
+    tally = Tally("psycopg3")
+
+    def client(c):
+        with psycopg.connect(URI) as conn:
+            for i in keys_for(c):
+                try:
+                    tally.read(i, conn.execute(POINT_READ + "%s", (f"person:{i}",)).fetchone())
+                except psycopg.Error as e:
+                    tally.error(e)
+                    conn.rollback()
+
+    threads(client)
+    # A write as an app makes it: the seed's upsert, the patch as Jsonb.
+    with psycopg.connect(OVERRIDE_URI) as conn:
+        conn.execute(
+            """INSERT INTO dl_override.person_overrides
+                   (identity_key, status, identity_payload_patch, raw_payload_patch, tombstoned, updated_at)
+               VALUES (%s, %s, %s, %s, false, now())
+               ON CONFLICT (identity_key) DO UPDATE
+               SET status = EXCLUDED.status, identity_payload_patch = EXCLUDED.identity_payload_patch,
+                   raw_payload_patch = EXCLUDED.raw_payload_patch, tombstoned = false, updated_at = now()""",
+            ("person:psycopg", "verified", Jsonb({"display_name": "Written by psycopg"}), Jsonb({})),
+        )
+    with psycopg.connect(URI) as conn:
+        row = conn.execute(POINT_READ + "%s", ("person:psycopg",)).fetchone()
+        tally.queries += 1
+        if row is None or row[1] != "Written by psycopg":
+            tally.wrong += 1
+    tally.report()
+
+
+async def asyncpg_reads():
+    # Defaults: every query is a named prepared statement, cached per connection.
+    tally = Tally("asyncpg")
+
+    async def client(c):
+        conn = await asyncpg.connect(URI)
+        try:
+            for i in keys_for(c):
+                try:
+                    tally.read(i, await conn.fetchrow(POINT_READ + "$1", f"person:{i}"))
+                except asyncpg.PostgresError as e:
+                    tally.error(e)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(client(c) for c in range(CLIENTS)))
+    tally.report()
+
+
+def sqlalchemy_psycopg():
+    tally = Tally("sqlalchemy+psycopg")
+    engine = sqlalchemy.create_engine(URI.replace("postgresql://", "postgresql+psycopg://", 1))
+    query = sqlalchemy.text(POINT_READ + ":k")
+
+    def client(c):
+        reads = keys_for(c)
+        # Short sessions, as a web request makes them: ten reads each, from the pool.
+        for start in range(0, len(reads), 10):
+            try:
+                with engine.connect() as conn:
+                    for i in reads[start:start + 10]:
+                        tally.read(i, conn.execute(query, {"k": f"person:{i}"}).fetchone())
+            except sqlalchemy.exc.DBAPIError as e:
+                tally.error(e)
+
+    threads(client)
+    engine.dispose()
+    tally.report()
+
+
+async def sqlalchemy_asyncpg():
+    tally = Tally("sqlalchemy+asyncpg")
+    engine = create_async_engine(URI.replace("postgresql://", "postgresql+asyncpg://", 1))
+    query = sqlalchemy.text(POINT_READ + ":k")
+
+    async def client(c):
+        reads = keys_for(c)
+        for start in range(0, len(reads), 10):
+            try:
+                async with engine.connect() as conn:
+                    for i in reads[start:start + 10]:
+                        tally.read(i, (await conn.execute(query, {"k": f"person:{i}"})).fetchone())
+            except sqlalchemy.exc.DBAPIError as e:
+                tally.error(e)
+
+    await asyncio.gather(*(client(c) for c in range(CLIENTS)))
+    await engine.dispose()
+    tally.report()
+
+
+psycopg3()
+asyncio.run(asyncpg_reads())
+sqlalchemy_psycopg()
+asyncio.run(sqlalchemy_asyncpg())
