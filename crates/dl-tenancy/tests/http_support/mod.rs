@@ -20,7 +20,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_dl-tenancy");
 // What every test binary of this crate shares (the safety net, CI rules, connections).
 #[path = "../common/mod.rs"]
 mod common;
-pub use common::{in_ci, skip_or_fail, SAFETY_NET};
+pub use common::{skip_or_fail, SAFETY_NET};
 
 /// The shared local cluster of this test process.
 pub struct Cluster {
