@@ -108,6 +108,9 @@ pub(crate) fn revoke_login(admin: &mut Client, login: &str) -> Result<()> {
     Ok(())
 }
 
+/// Longest grace period of a rotation: 366 days (CLI and HTTP API alike).
+pub const MAX_GRACE_SECONDS: u64 = 366 * 86400;
+
 /// How often `serve` ends grace periods that are over ([`Tenancy::expire_grace_periods`]).
 pub const GRACE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -245,8 +248,10 @@ impl Tenancy {
     /// with 0 loses its password at once (new logins fail, direct and pooled).
     pub fn rotate(&self, workspace: &str, kind: Kind, grace_seconds: u64) -> Result<Rotation> {
         validate_workspace_id(workspace)?;
-        if grace_seconds > 366 * 86400 {
-            return Err(invalid("grace period longer than a year"));
+        if grace_seconds > MAX_GRACE_SECONDS {
+            return Err(invalid(format!(
+                "grace period longer than a year ({MAX_GRACE_SECONDS} s)"
+            )));
         }
         let mut ctl = self.control()?;
         lock_workspace(&mut ctl, workspace)?;

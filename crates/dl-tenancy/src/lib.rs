@@ -26,7 +26,7 @@ mod types;
 mod upgrade;
 mod workspaces;
 
-pub use credentials::GRACE_SWEEP_INTERVAL;
+pub use credentials::{GRACE_SWEEP_INTERVAL, MAX_GRACE_SECONDS};
 pub use error::{Error, ErrorCode, Result};
 pub use migrate_names::{NameMigration, NameMigrationReport};
 pub use names::{validate_workspace_id, Kind, WorkspaceNames, WORKSPACE_ID_PATTERN};

@@ -354,6 +354,19 @@ fn bad_workspace_ids_change_nothing() {
         "soon",
     ]);
     assert_eq!(out.error_code(), "invalid_argument");
+    // Longer than the library's one limit (MAX_GRACE_SECONDS, a year): refused before anything.
+    let out = env.cli(&[
+        "connection-uris",
+        "rotate",
+        "--workspace",
+        "x",
+        "--kind",
+        "read",
+        "--grace",
+        "367d",
+    ]);
+    assert_eq!(out.error_code(), "invalid_argument");
+    assert_eq!(out.code, 2);
     let out = env.cli(&[
         "connection-uris",
         "reveal",

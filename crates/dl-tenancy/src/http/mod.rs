@@ -48,8 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v2/tenants/sql-schema"),
 ];
 
-/// Longest `grace_seconds` of a rotation (366 days, as the library allows).
-pub const MAX_GRACE_SECONDS: u64 = 366 * 86400;
+pub use crate::MAX_GRACE_SECONDS;
 
 /// Options of `dl-tenancy serve`.
 #[derive(Debug, Clone)]
