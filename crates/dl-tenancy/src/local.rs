@@ -28,8 +28,17 @@ pub const DEFAULT_POOLER_PORT: u16 = 56432;
 pub const POOLER_AUTH_USER: &str = "dl_pgbouncer";
 /// Server id of the local cluster in `dl_control`.
 pub const LOCAL_SERVER_ID: &str = "local";
-/// PgBouncer's auth_query.
-pub const AUTH_QUERY: &str = "SELECT usename, passwd FROM dl_internal.pooler_user_lookup($1)";
+/// PgBouncer's auth_query. A login the lookup does not answer for (unknown, refused,
+/// expired, another workspace's) gets a decoy verifier, of a random password nobody keeps,
+/// instead of no row: the client then fails the SCRAM exchange like one with a wrong password
+/// ("SASL authentication failed"), so the pooler's answer says nothing about which logins
+/// exist (it said "no such user" before).
+pub fn auth_query(decoy_verifier: &str) -> String {
+    format!(
+        "SELECT $1::name, coalesce((SELECT passwd FROM dl_internal.pooler_user_lookup($1)), {})",
+        crate::names::quote_literal(decoy_verifier)
+    )
+}
 
 /// `local.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -139,6 +148,8 @@ impl Layout {
     }
     fn pgbouncer(&self, state: &LocalState) -> PgBouncerSpec {
         let dir = self.dir.join("pgbouncer");
+        let decoy = crate::secret::scram_verifier(&crate::secret::random_password());
+        let auth_query = auth_query(&decoy);
         let ini = pg_harness::pgbouncer_ini(&PgBouncerIni {
             dir: &dir,
             listen_port: state.pooler_port,
@@ -146,7 +157,7 @@ impl Layout {
             server_port: state.pg_port,
             auth_type: "scram-sha-256",
             auth_user: Some(POOLER_AUTH_USER),
-            auth_query: Some(AUTH_QUERY),
+            auth_query: Some(&auth_query),
             pool_mode: "transaction",
             extra: crate::fences::POOLER_SETTINGS,
         });

@@ -348,6 +348,56 @@ fn limits_are_per_workspace_and_applied_at_once() {
     arena.assert_nobody_harmed();
 }
 
+/// Failed logins through the pooler all get the same answer, so probing it tells nothing about
+/// which logins exist: a wrong password, an unknown login, another workspace's login with its
+/// own right password, and a standby login (0.3.0's pooler said "no such user" for some).
+#[test]
+fn pooled_login_failures_do_not_tell_which_logins_exist() {
+    let arena = Arena::new();
+    let env = &arena.env;
+    let ours = env.uri(ATTACKER, Kind::Read, true);
+    let theirs = env.uri(NEIGHBOUR, Kind::Read, true);
+    let standby = env.t.metadata(ATTACKER).unwrap().roles["read"]
+        .standby_login
+        .clone();
+    let attempts = [
+        (
+            "wrong password",
+            ours.replacen(&password_of(&ours), "wrong", 1),
+        ),
+        (
+            "unknown login",
+            ours.replacen(&login_of(&ours), "nosuchlogin", 1),
+        ),
+        (
+            "a neighbour's login",
+            with_db(&theirs, &env.database(ATTACKER)),
+        ),
+        (
+            "a standby login",
+            ours.replacen(&login_of(&ours), &standby, 1),
+        ),
+    ];
+    let mut answers = std::collections::BTreeSet::new();
+    for (what, uri) in &attempts {
+        let e = connect(uri).map(|_| ()).expect_err(what);
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{what}: {e}"));
+        answers.insert((db.code().code().to_string(), db.message().to_string()));
+    }
+    assert_eq!(
+        answers.len(),
+        1,
+        "the pooler told the cases apart: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|(_, m)| m == "SASL authentication failed"),
+        "{answers:?}"
+    );
+    connect(&ours).unwrap().batch_execute(READ_QUERY).unwrap();
+}
+
 /// 600 bare TCP sockets to the pooler, no credentials sent (0.3.0's pooler took 500 clients
 /// in all, so this locked every workspace out): pooled logins of the neighbour still work,
 /// and the pooler drops the silent sockets itself (client_login_timeout).

@@ -4,12 +4,14 @@
 mod common;
 
 use common::*;
-use dl_tenancy_ctl::local::{AUTH_QUERY, POOLER_AUTH_USER};
+use dl_tenancy_ctl::local::{auth_query, POOLER_AUTH_USER};
 use dl_tenancy_ctl::Kind;
 use pg_harness::{pgbouncer_ini, PgBouncer, PgBouncerIni, PgCluster};
 
 fn bouncer_for(c: &PgCluster) -> PgBouncer {
     PgBouncer::start(|port, dir| {
+        let decoy = postgres_protocol::password::scram_sha_256(b"decoy-random-password-0123456789");
+        let auth_query = auth_query(&decoy);
         let ini = pgbouncer_ini(&PgBouncerIni {
             dir,
             listen_port: port,
@@ -17,7 +19,7 @@ fn bouncer_for(c: &PgCluster) -> PgBouncer {
             server_port: c.port(),
             auth_type: "scram-sha-256",
             auth_user: Some(POOLER_AUTH_USER),
-            auth_query: Some(AUTH_QUERY),
+            auth_query: Some(&auth_query),
             pool_mode: "transaction",
             extra: &[],
         });
