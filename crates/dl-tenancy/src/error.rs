@@ -43,6 +43,17 @@ pub enum ErrorCode {
     LocalServer,
     /// Anything else (I/O, ...).
     Internal,
+    // Answers of the HTTP front only (about the request itself, not a library call).
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    PayloadTooLarge,
+    InvalidJson,
+    InvalidBody,
+    InvalidRequest,
+    RateLimited,
+    Timeout,
 }
 
 impl ErrorCode {
@@ -66,6 +77,16 @@ impl ErrorCode {
             ErrorCode::DatabaseError => "database_error",
             ErrorCode::LocalServer => "local_server",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Timeout => "timeout",
         }
     }
 
@@ -75,14 +96,23 @@ impl ErrorCode {
             ErrorCode::InvalidWorkspaceId
             | ErrorCode::InvalidServerName
             | ErrorCode::InvalidArgument
-            | ErrorCode::ConfirmationRequired => 400,
-            ErrorCode::NotProvisioned | ErrorCode::ServerNotFound => 404,
+            | ErrorCode::ConfirmationRequired
+            | ErrorCode::InvalidJson
+            | ErrorCode::InvalidBody => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::NotProvisioned | ErrorCode::ServerNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::InvalidRequest => 422,
+            ErrorCode::RateLimited => 429,
             ErrorCode::ProvisioningInProgress
             | ErrorCode::PoolerNotConfigured
             | ErrorCode::Conflict => 409,
-            ErrorCode::NoServer | ErrorCode::ServerUnreachable | ErrorCode::LocalNotInitialized => {
-                503
-            }
+            ErrorCode::NoServer
+            | ErrorCode::ServerUnreachable
+            | ErrorCode::LocalNotInitialized
+            | ErrorCode::Timeout => 503,
             ErrorCode::ProvisioningFailed
             | ErrorCode::ExtensionUnavailable
             | ErrorCode::SecretKey

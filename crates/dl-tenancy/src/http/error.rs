@@ -1,16 +1,16 @@
 //! The HTTP error type: `{"error":{"code":"...","message":"..."}}` with a status and, where
 //! it applies, `WWW-Authenticate` or `Retry-After`.
 
+use crate::ErrorCode;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::borrow::Cow;
 
 /// An error response.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: Cow<'static, str>,
+    pub code: ErrorCode,
     pub message: String,
     /// Seconds for `Retry-After` (429).
     pub retry_after: Option<u64>,
@@ -19,10 +19,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An answer with `code`'s status (the one list of codes, `crate::ErrorCode`).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
-            code: Cow::Borrowed(code),
+            status: StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
             message: message.into(),
             retry_after: None,
             www_authenticate: None,
@@ -34,8 +36,7 @@ impl ApiError {
         ApiError {
             www_authenticate: Some("Bearer realm=\"dl-tenancy\""),
             ..ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "an `Authorization: Bearer <token>` header is required",
             )
         }
@@ -46,21 +47,19 @@ impl ApiError {
         ApiError {
             www_authenticate: Some("Bearer realm=\"dl-tenancy\", error=\"invalid_token\""),
             ..ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "the bearer token is invalid or revoked",
             )
         }
     }
 
     pub fn not_found() -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        ApiError::new(ErrorCode::NotFound, "no such endpoint")
     }
 
     pub fn method_not_allowed() -> Self {
         ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "this endpoint does not support this method (see the Allow header)",
         )
     }
@@ -69,8 +68,7 @@ impl ApiError {
         ApiError {
             retry_after: Some(retry_after.max(1)),
             ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 "too many reveal/rotate requests for this token; retry later",
             )
         }
@@ -78,8 +76,7 @@ impl ApiError {
 
     pub fn timeout() -> Self {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
+            ErrorCode::Timeout,
             "the operation did not finish in time; retry later",
         )
     }
@@ -88,8 +85,7 @@ impl ApiError {
     pub fn internal(cause: &str) -> Self {
         tracing::error!(cause, "internal error");
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error; the server log has the details",
         )
     }
@@ -100,9 +96,9 @@ impl ApiError {
     pub fn from_lib(e: crate::Error) -> Self {
         let status =
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let code = Cow::Borrowed(e.code());
+        let code = e.code;
         if status.is_server_error() {
-            tracing::error!(code = e.code(), cause = %e.message, "operation failed");
+            tracing::error!(code = code.as_str(), cause = %e.message, "operation failed");
             let message = if status == StatusCode::SERVICE_UNAVAILABLE {
                 "a database server is unavailable; retry later"
             } else {
@@ -126,7 +122,7 @@ impl ApiError {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+        serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}})
     }
 }
 
@@ -155,7 +151,10 @@ mod tests {
             ErrorCode::NotProvisioned,
             "workspace acme is not provisioned; run provision",
         ));
-        assert_eq!((e.status.as_u16(), &*e.code), (404, "not_provisioned"));
+        assert_eq!(
+            (e.status.as_u16(), e.code.as_str()),
+            (404, "not_provisioned")
+        );
         assert!(e.message.contains("acme"));
         for (code, status) in [
             (ErrorCode::DatabaseError, 500),
@@ -167,7 +166,7 @@ mod tests {
                 "cannot connect to /srv/run:5432/dl_control as admin password=hunter2",
             ));
             assert_eq!(e.status.as_u16(), status);
-            assert_eq!(e.code, code.as_str());
+            assert_eq!(e.code, code);
             assert!(!e.message.contains("hunter2") && !e.message.contains("/srv/run"));
         }
         let body = ApiError::rate_limited(0).body();

@@ -3,6 +3,7 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::tokens::{self, Principal};
+use crate::ErrorCode;
 use axum::body::{Body, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
@@ -98,8 +99,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let too_large = || {
             ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("request bodies are limited to {BODY_LIMIT} bytes"),
             )
         };
@@ -115,16 +115,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
             Err(_) => {
                 return Err(ApiError::new(
-                    axum::http::StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
+                    ErrorCode::RequestTimeout,
                     "the request body did not arrive in time",
                 ))
             }
             Ok(Err(BodyError::TooLarge)) => return Err(too_large()),
             Ok(Err(BodyError::Broken)) => {
                 return Err(ApiError::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "invalid_body",
+                    ErrorCode::InvalidBody,
                     "the request body could not be read",
                 ))
             }
@@ -135,19 +133,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         } else {
             serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "invalid_json",
+                    ErrorCode::InvalidJson,
                     format!("the request body is not valid JSON: {e}"),
                 )
             })?
         };
-        let unprocessable = |msg: String| {
-            ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                msg,
-            )
-        };
+        let unprocessable = |msg: String| ApiError::new(ErrorCode::InvalidRequest, msg);
         // Only an object (serde would also take a struct from an array).
         if !value.is_object() {
             return Err(unprocessable(

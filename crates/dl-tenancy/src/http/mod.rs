@@ -13,9 +13,9 @@ pub mod limit;
 
 use crate::names::Kind;
 use crate::tokens::TokenStore;
-use crate::{Config, Tenancy};
+use crate::{Config, ErrorCode, Tenancy};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
@@ -181,9 +181,8 @@ async fn provision(
     match st.call(move |t| t.provision(&ws)).await {
         Ok(v) => Ok(Json(v).into_response()),
         // The library call goes on (and finishes or records an error); status says which.
-        Err(e) if e.code == "timeout" => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "provisioning_in_progress",
+        Err(e) if e.code == ErrorCode::Timeout => Err(ApiError::new(
+            ErrorCode::ProvisioningInProgress,
             "provisioning is still running; poll GET /api/v2/tenants/status",
         )),
         Err(e) => Err(e),
@@ -240,8 +239,7 @@ async fn rotate(
 ) -> Api<Response> {
     if body.grace_seconds > MAX_GRACE_SECONDS {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("grace_seconds must be between 0 and {MAX_GRACE_SECONDS}"),
         ));
     }
