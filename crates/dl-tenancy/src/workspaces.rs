@@ -187,14 +187,7 @@ impl Tenancy {
             if let Some(version) = self.verify_complete(ctl, &server, names)? {
                 let limits = workspace_limits(ctl, ws)?;
                 fence_workspace(&mut connect(&server.admin_conn, None)?, names, &limits)?;
-                return Ok(WorkspaceStatus {
-                    workspace: ws.into(),
-                    status: "active".into(),
-                    database: Some(names.database()),
-                    extension_version: Some(version),
-                    server_id: Some(server_id),
-                    message: None,
-                });
+                return Ok(active_status(names, version, server_id));
             }
         }
         let handle = names
@@ -206,7 +199,8 @@ impl Tenancy {
              VALUES ($1, $2, $3, $4, 'provisioning')
              ON CONFLICT (id) DO UPDATE
                 SET server_id = EXCLUDED.server_id, database_name = EXCLUDED.database_name,
-                    handle = EXCLUDED.handle, state = 'provisioning', error_message = NULL,
+                    handle = coalesce(EXCLUDED.handle, workspaces.handle),
+                    state = 'provisioning', error_message = NULL,
                     updated_at = now()",
             &[&ws, &server_id, &names.database(), &handle],
         )?;
@@ -223,14 +217,7 @@ impl Tenancy {
                     updated_at = now() WHERE id = $1",
             &[&ws, &version],
         )?;
-        Ok(WorkspaceStatus {
-            workspace: ws.into(),
-            status: "active".into(),
-            database: Some(names.database()),
-            extension_version: Some(version),
-            server_id: Some(server_id),
-            message: None,
-        })
+        Ok(active_status(names, version, server_id))
     }
 
     /// Everything an active workspace needs is there: database + extension, roles, credentials.
@@ -530,6 +517,18 @@ impl Tenancy {
         })();
         unlock_workspace(&mut ctl, workspace);
         res
+    }
+}
+
+/// What `provision` answers for a workspace it left active.
+fn active_status(names: &WorkspaceNames, version: String, server_id: String) -> WorkspaceStatus {
+    WorkspaceStatus {
+        workspace: names.workspace.clone(),
+        status: "active".into(),
+        database: Some(names.database()),
+        extension_version: Some(version),
+        server_id: Some(server_id),
+        message: None,
     }
 }
 

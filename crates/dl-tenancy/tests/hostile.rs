@@ -183,12 +183,7 @@ fn a_login_cannot_change_its_role() {
         ] {
             assert_eq!(state_of(&mut client, attack), "42501", "{who}: {attack}");
         }
-        let timeout = client.simple_query("SHOW statement_timeout").unwrap();
-        let shown = timeout.iter().find_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        });
-        assert_eq!(shown.as_deref(), Some("1min"), "{who}");
+        assert_eq!(show(&mut client, "statement_timeout"), "1min", "{who}");
     }
     let mut admin = arena.env.admin("postgres");
     let work_mem: i64 = admin
@@ -310,18 +305,8 @@ fn limits_are_per_workspace_and_applied_at_once() {
     let mut held = vec![];
     connect_until_refused(&arena.env.uri(ATTACKER, Kind::Read, false), &mut held);
     assert_eq!(held.len(), 3);
-    let shown = |c: &mut Client, setting: &str| -> String {
-        c.simple_query(&format!("SHOW {setting}"))
-            .unwrap()
-            .iter()
-            .find_map(|m| match m {
-                postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .unwrap()
-    };
-    assert_eq!(shown(&mut held[0], "statement_timeout"), "5s");
-    assert_eq!(shown(&mut held[0], "work_mem"), "4MB");
+    assert_eq!(show(&mut held[0], "statement_timeout"), "5s");
+    assert_eq!(show(&mut held[0], "work_mem"), "4MB");
     // The statement timeout ends a long statement (57014), the session goes on.
     let e = held[0].batch_execute("SELECT pg_sleep(30)").unwrap_err();
     assert_eq!(sqlstate(&e), "57014", "{e}");
@@ -329,7 +314,7 @@ fn limits_are_per_workspace_and_applied_at_once() {
     // The neighbour keeps the defaults.
     let defaults = arena.env.cli(&["limits", "--workspace", NEIGHBOUR]).json();
     assert_eq!(defaults["customized"], false);
-    assert_eq!(shown(&mut arena.neighbour, "statement_timeout"), "1min");
+    assert_eq!(show(&mut arena.neighbour, "statement_timeout"), "1min");
     // Out of bounds: refused (exit 2), nothing changed.
     for bad in [
         ["--database-connections", "0"],
@@ -651,6 +636,19 @@ fn connect_until_refused(uri: &str, held: &mut Vec<Client>) {
             held.len()
         );
     }
+}
+
+/// What `SHOW setting` says in a session (simple protocol: works through the pooler too).
+fn show(client: &mut Client, setting: &str) -> String {
+    client
+        .simple_query(&format!("SHOW {setting}"))
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("SHOW {setting} returned no row"))
 }
 
 fn password_of(uri: &str) -> String {
