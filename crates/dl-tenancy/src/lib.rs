@@ -77,34 +77,48 @@ pub struct Tenancy {
 }
 
 impl Tenancy {
-    /// Open the control plane described by `config`.
+    /// Open the control plane described by `config`. No side effects: nothing is created,
+    /// written or migrated (the control database is bootstrapped by [`Tenancy::init`], or by
+    /// `local up` for the local cluster).
     ///
-    /// Local mode reads `<data_dir>/local.json` (written by `local up`). With `admin_url` the
-    /// control database is created on that server when missing, and the server is registered
-    /// as `primary` if no server is registered yet.
+    /// Local mode reads `<data_dir>/local.json` (written by `local up`); with `admin_url` the
+    /// control database lives on that server.
     pub fn open(config: &Config) -> Result<Tenancy> {
         match &config.admin_url {
             None => {
                 let state = local::LocalState::read(&config.data_dir)?;
-                let key = SecretKey::load(&config.data_dir, false)?;
                 Ok(Tenancy {
                     control_conn: state.admin_conn_string(&config.data_dir, "postgres"),
-                    key,
+                    key: SecretKey::load(&config.data_dir, false)?,
                     local: true,
                 })
             }
-            Some(url) => {
-                let key = SecretKey::load(&config.data_dir, true)?;
-                control::ensure_control_db(url)?;
-                let t = Tenancy {
-                    control_conn: url.clone(),
-                    key,
-                    local: false,
-                };
-                t.register_primary_if_empty(url)?;
-                Ok(t)
-            }
+            Some(url) => Ok(Tenancy {
+                control_conn: url.clone(),
+                key: SecretKey::load(&config.data_dir, false)?,
+                local: false,
+            }),
         }
+    }
+
+    /// `dl-tenancy init --admin-url URL`: bootstrap the control plane on an existing server,
+    /// once (re-running is harmless): the secret key (unless `DL_TENANCY_SECRET_KEY` gives
+    /// one), the control database with every migration, and that server registered as
+    /// `primary` when no server is registered yet. Local clusters get all of it from
+    /// `local up`.
+    pub fn init(config: &Config) -> Result<Tenancy> {
+        let url = config.admin_url.as_deref().ok_or_else(|| {
+            error::invalid("init needs --admin-url (a local cluster is set up by `local up`)")
+        })?;
+        let key = SecretKey::load(&config.data_dir, true)?;
+        control::ensure_control_db(url)?;
+        let t = Tenancy {
+            control_conn: url.to_string(),
+            key,
+            local: false,
+        };
+        t.register_primary_if_empty(url)?;
+        Ok(t)
     }
 
     /// A handle from parts (for an HTTP front that manages its own configuration):
@@ -120,7 +134,13 @@ impl Tenancy {
 
     pub(crate) fn control(&self) -> Result<postgres::Client> {
         control::connect(&self.control_conn, Some(control::CONTROL_DB)).map_err(|mut e| {
-            if self.local && e.code == ErrorCode::ServerUnreachable {
+            if e.sqlstate() == Some("3D000") {
+                e.message.push_str(if self.local {
+                    " (the local cluster has no control database: `dl-tenancy local up`)"
+                } else {
+                    " (no control database on this server yet: `dl-tenancy init`)"
+                });
+            } else if self.local && e.code == ErrorCode::ServerUnreachable {
                 e.message
                     .push_str(" (is the local cluster running? `dl-tenancy local up`)");
             }

@@ -162,6 +162,32 @@ fn admin_url_mode_on_an_existing_server() {
         ("DL_TENANCY_ADMIN_URL", admin_url.as_str()),
         ("DL_TENANCY_SECRET_KEY", key.as_str()),
     ];
+    // Opening the control plane changes nothing: before `init`, commands say what to run.
+    let before = cli_in(&dir, &["status", "--workspace", "remote"], &env_vars);
+    assert_eq!(before.error_code(), "server_unreachable");
+    assert!(
+        before.stderr.contains("dl-tenancy init"),
+        "{}",
+        before.stderr
+    );
+    let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+    let control_dbs: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = 'dl_control'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        control_dbs, 0,
+        "a command before init created the control database"
+    );
+    // init, twice: the second changes nothing.
+    for _ in 0..2 {
+        let servers = cli_in(&dir, &["init"], &env_vars).json();
+        assert_eq!(servers["servers"][0]["id"], "primary", "{servers}");
+        assert_eq!(servers["servers"].as_array().unwrap().len(), 1);
+    }
     let st = cli_in(&dir, &["provision", "--workspace", "remote"], &env_vars).json();
     assert_eq!(st["status"], "active");
     assert_eq!(st["server_id"], "primary");

@@ -38,6 +38,9 @@ enum Command {
     /// The local PostgreSQL cluster and PgBouncer.
     #[command(subcommand)]
     Local(LocalCmd),
+    /// With --admin-url: bootstrap the control plane on that server once (secret key, control
+    /// database, the server registered as `primary`). Harmless to repeat.
+    Init,
     /// Status of a workspace database (verified against the server when active).
     Status(Ws),
     /// Create the workspace's database and logins (idempotent).
@@ -272,6 +275,10 @@ fn run(cli: Cli) -> Result<(), Error> {
     };
     let open = || Tenancy::open(&config);
     match cli.command {
+        Command::Init => {
+            Tenancy::init(&config)?;
+            print(&Tenancy::open(&config)?.server_list()?)
+        }
         Command::Local(cmd) => {
             if config.admin_url.is_some() {
                 return Err(Error::new(
