@@ -37,15 +37,18 @@ fn placement_across_two_servers() {
     let env = Env::new();
     let second = PgCluster::start().unwrap();
     let bouncer = bouncer_for(&second);
+    // The server's admin URL from a file (a URL with a password must not be an argument).
     let admin_url = second.conn_string("postgres", "postgres");
+    let url_file = env.dir.join("second.url");
+    std::fs::write(&url_file, &admin_url).unwrap();
     let out = env
         .cli(&[
             "server",
             "add",
             "--name",
             "second",
-            "--admin-url",
-            &admin_url,
+            "--admin-url-file",
+            url_file.to_str().unwrap(),
             "--pooler-port",
             &bouncer.port().to_string(),
         ])
@@ -251,5 +254,39 @@ fn admin_url_mode_on_an_existing_server() {
     assert_eq!(out.error_code(), "secret_key");
     let list = cli_in(&dir, &["list"], &env_vars).json();
     assert_eq!(list["workspaces"][0]["workspace"], "remote");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Passwords never ride on the command line, where every user of the machine reads them: a
+/// connection string with one, given as an argument, is refused before anything is done.
+#[test]
+fn admin_urls_with_passwords_stay_off_the_command_line() {
+    let dir = pg_harness::temp_dir("dl-tenancy-argv").unwrap();
+    let with_password = "postgresql://admin:hunter2@127.0.0.1:1/postgres";
+    for args in [
+        vec!["--admin-url", with_password, "status", "--workspace", "a"],
+        vec![
+            "server",
+            "add",
+            "--name",
+            "db2",
+            "--admin-url",
+            with_password,
+        ],
+        vec![
+            "server",
+            "add",
+            "--name",
+            "db2",
+            "--admin-url",
+            "host=127.0.0.1 user=admin password=hunter2",
+        ],
+    ] {
+        let out = cli_in(&dir, &args, &[]);
+        assert_eq!(out.error_code(), "invalid_argument", "{args:?}");
+        assert_eq!(out.code, 2);
+        assert!(out.stderr.contains("process list"), "{}", out.stderr);
+        assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

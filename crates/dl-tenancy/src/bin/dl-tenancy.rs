@@ -216,10 +216,21 @@ enum ServerCmd {
     Add {
         #[arg(long)]
         name: String,
-        /// Superuser connection string of the server to add (stored encrypted). The control
-        /// server is still chosen by the top-level --admin-url / DL_TENANCY_ADMIN_URL.
-        #[arg(long = "admin-url", alias = "server-url")]
-        server_url: String,
+        /// Superuser connection string of the server to add (stored encrypted), or from
+        /// DL_TENANCY_SERVER_ADMIN_URL. One with a password is refused here: the command line
+        /// is visible to every user of the machine (use the variable or --admin-url-file). The
+        /// control server is still chosen by the top-level --admin-url / DL_TENANCY_ADMIN_URL.
+        #[arg(
+            long = "admin-url",
+            alias = "server-url",
+            env = "DL_TENANCY_SERVER_ADMIN_URL",
+            hide_env_values = true,
+            required_unless_present = "admin_url_file"
+        )]
+        server_url: Option<String>,
+        /// A file holding the connection string of the server to add.
+        #[arg(long, conflicts_with = "server_url")]
+        admin_url_file: Option<PathBuf>,
         /// Host/port tenants connect to directly (default: from --server-url).
         #[arg(long)]
         host: Option<String>,
@@ -340,15 +351,29 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Server(ServerCmd::Add {
             name,
             server_url,
+            admin_url_file,
             host,
             port,
             pooler_host,
             pooler_port,
         }) => {
             names::validate_server_name(&name)?;
+            let admin_url = match (server_url, admin_url_file) {
+                (Some(url), _) => url,
+                (None, Some(file)) => std::fs::read_to_string(&file)
+                    .map_err(|e| {
+                        Error::new(
+                            ErrorCode::InvalidArgument,
+                            format!("cannot read {}: {e}", file.display()),
+                        )
+                    })?
+                    .trim()
+                    .to_string(),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
             print(&open()?.server_add(&ServerSpec {
                 name,
-                admin_url: server_url,
+                admin_url,
                 host,
                 port,
                 pooler_host,
@@ -453,9 +478,56 @@ fn upgrade(tenancy: &Tenancy, args: UpgradeArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// A connection string with a password given as an argument is refused: every user of the
+/// machine can read a process's arguments (`ps`). The environment or a file can carry it.
+fn refuse_password_in_arguments(matches: &clap::ArgMatches) -> Result<(), Error> {
+    use clap::parser::ValueSource;
+    let mut checks = vec![(matches, "admin_url", "--admin-url", "DL_TENANCY_ADMIN_URL")];
+    if let Some(("server", server)) = matches.subcommand() {
+        if let Some(("add", add)) = server.subcommand() {
+            checks.push((
+                add,
+                "server_url",
+                "server add --admin-url",
+                "DL_TENANCY_SERVER_ADMIN_URL or --admin-url-file",
+            ));
+        }
+    }
+    for (m, id, flag, instead) in checks {
+        if m.value_source(id) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let Some(value) = m.get_one::<String>(id) else {
+            continue;
+        };
+        let has_password = value
+            .parse::<postgres::Config>()
+            .is_ok_and(|c| c.get_password().is_some());
+        if has_password {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{flag} carries a password, which every user of this machine can read in the process list; pass it in {instead}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn main() {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let cli = match parsed {
+        Ok((c, matches)) => {
+            if let Err(e) = refuse_password_in_arguments(&matches) {
+                eprintln!("{}", e.to_json());
+                std::process::exit(e.exit_code());
+            }
+            c
+        }
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(
