@@ -7,10 +7,11 @@
 //! Needs the extension installed in the system PostgreSQL (`scripts/install-extension`).
 //! `cargo test -p dl-tenancy --test http -- --nocapture` prints the load test's latencies.
 
-mod http_support;
+mod common;
 
+use common::http::*;
+use common::{skip_or_fail, SAFETY_NET};
 use dl_tenancy_ctl::http::ROUTES;
-use http_support::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

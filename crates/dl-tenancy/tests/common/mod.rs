@@ -1,7 +1,10 @@
+//! The one test-support module of this crate's tests (`http` holds the HTTP API's part).
 //! Shared test setup: a local cluster + PgBouncer (via `dl_tenancy_ctl::local::up`, which uses
 //! pg-harness) in a temporary directory on free loopback ports, torn down on drop.
 
 #![allow(dead_code)]
+
+pub mod http;
 
 use dl_tenancy_ctl::{local, Config, Kind, Tenancy};
 use postgres::{Client, NoTls};

@@ -5,8 +5,6 @@
 //! The cluster and the servers are stopped and removed when the test process exits
 //! (`atexit`), whatever the outcome of the tests.
 
-#![allow(dead_code)]
-
 use dl_tenancy_ctl::local;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -17,10 +15,7 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dl-tenancy");
 
-// What every test binary of this crate shares (the safety net, CI rules, connections).
-#[path = "../common/mod.rs"]
-mod common;
-pub use common::{skip_or_fail, SAFETY_NET};
+use super::SAFETY_NET;
 
 /// The shared local cluster of this test process.
 pub struct Cluster {
