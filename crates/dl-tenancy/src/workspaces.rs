@@ -113,19 +113,13 @@ impl Tenancy {
         }
         if state == "active" {
             let server = self.load_server(&mut ctl, &server_id)?;
-            let logins: Vec<String> = ctl
-                .query(
-                    "SELECT login_name FROM credentials WHERE workspace_id = $1 AND active",
-                    &[&workspace],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let logins = active_logins(&mut ctl, workspace)?;
             drop(ctl);
             match live_extension_version(&server, &names)? {
                 Some(v) => {
                     st.extension_version = Some(v);
-                    if !logins_usable(&server, &names, &logins)? {
+                    let mut admin = connect(&server.admin_conn, None)?;
+                    if !logins_usable(&mut admin, &names, &logins)? {
                         st.status = "error".into();
                         st.message = Some(CREDENTIALS_BROKEN.into());
                     }
@@ -227,15 +221,7 @@ impl Tenancy {
         server: &Server,
         names: &WorkspaceNames,
     ) -> Result<Option<String>> {
-        let creds: i64 = ctl
-            .query_one(
-                "SELECT count(*) FROM credentials WHERE workspace_id = $1 AND active",
-                &[&names.workspace],
-            )?
-            .get(0);
-        if creds != 2 {
-            return Ok(None);
-        }
+        let active = active_logins(ctl, &names.workspace)?;
         let mut admin = connect(&server.admin_conn, None)?;
         let wanted = names.all_roles();
         let roles: i64 = admin
@@ -244,21 +230,10 @@ impl Tenancy {
                 &[&wanted],
             )?
             .get(0);
-        if roles != wanted.len() as i64 {
+        if roles != wanted.len() as i64 || !logins_usable(&mut admin, names, &active)? {
             return Ok(None);
         }
         drop(admin);
-        let active: Vec<String> = ctl
-            .query(
-                "SELECT login_name FROM credentials WHERE workspace_id = $1 AND active",
-                &[&names.workspace],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if !logins_usable(server, names, &active)? {
-            return Ok(None);
-        }
         live_extension_version(server, names)
     }
 
@@ -589,12 +564,24 @@ const PROVISIONING_FAILED: &str = "provisioning did not finish; run provision ag
 const CREDENTIALS_BROKEN: &str =
     "the workspace's logins were changed outside dl-tenancy; run provision to repair them";
 
-/// Both active logins exist, may log in, and still belong to the workspace and their group.
-fn logins_usable(server: &Server, names: &WorkspaceNames, logins: &[String]) -> Result<bool> {
+/// The logins holding the workspace's live credentials, as the control database records them.
+fn active_logins(ctl: &mut Client, ws: &str) -> Result<Vec<String>> {
+    Ok(ctl
+        .query(
+            "SELECT login_name FROM credentials WHERE workspace_id = $1 AND active",
+            &[&ws],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// One active login per kind, each existing, able to log in, and still belonging to the
+/// workspace and its group.
+fn logins_usable(admin: &mut Client, names: &WorkspaceNames, logins: &[String]) -> Result<bool> {
     if logins.len() != Kind::ALL.len() {
         return Ok(false);
     }
-    let mut admin = connect(&server.admin_conn, None)?;
     let usable: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_catalog.pg_roles AS r
