@@ -1,7 +1,8 @@
 //! dl_tenancy: `CREATE EXTENSION dl_tenancy` turns an empty database into the customer data
-//! contract (see README.md). The schema lives in plain SQL: the 0.1.0 base under
-//! `sql/install/` and each later version's upgrade script under `sql/`, pulled in below in
-//! order; Rust provides only what pays off in Rust.
+//! contract (see README.md). The schema lives in plain SQL: the current one under
+//! `sql/install/`, one file per concern, pulled in below in order (a fresh install runs only
+//! these), and each version's upgrade script under `sql/`. Rust provides only what pays off
+//! in Rust.
 
 use pgrx::prelude::*;
 
@@ -98,24 +99,14 @@ extension_sql_file!(
     name = "pooler_auth",
     requires = ["contract"]
 );
-// Everything after 0.1.0 arrives as upgrade scripts, and a fresh install runs them too, in
-// order, so that a fresh install and an upgraded database are built by the same statements.
-// (PostgreSQL drops the scripts' `\echo ... \quit` guard lines when it runs them.)
 extension_sql_file!(
-    "../sql/dl_tenancy--0.1.0--0.2.0.sql",
-    name = "update_0_2_0",
+    "../sql/install/08_shared_state.sql",
+    name = "shared_state",
     requires = ["pooler_auth"]
 );
-extension_sql_file!(
-    "../sql/dl_tenancy--0.2.0--0.3.0.sql",
-    name = "update_0_3_0",
-    requires = ["update_0_2_0"]
-);
-extension_sql_file!(
-    "../sql/dl_tenancy--0.3.0--0.4.0.sql",
-    name = "update_0_4_0",
-    requires = ["update_0_3_0"]
-);
+// Upgrade scripts (sql/dl_tenancy--A--B.sql) are not part of a fresh install: they only bring
+// an older database to this schema, and tests/upgrade.rs proves that every supported path ends
+// equal to a fresh install.
 
 // In-database tests: `cargo pgrx test` builds with the pg_test feature.
 #[cfg(feature = "pg_test")]

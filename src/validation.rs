@@ -1,6 +1,6 @@
-//! The input rules behind the tables' named CHECK constraints (`dl_internal.is_valid_*`,
-//! declared in sql/dl_tenancy--0.2.0--0.3.0.sql; the rules themselves are those of
-//! sql/install/02_validation.sql, unchanged).
+//! The input rules, written once: behind the tables' named CHECK constraints
+//! (`dl_internal.is_valid_*`) and the helpers' input checks (`dl_internal.check_*`, which raise
+//! a SQLSTATE, message, detail and hint per bad input). Declared in sql/install/02_validation.sql.
 //!
 //! In Rust because PostgreSQL prepares a table's CHECK expressions again for every statement
 //! that writes it: the SQL-language versions were inlined, i.e. parsed and planned, on every
@@ -138,6 +138,51 @@ unsafe fn check_identity_key(fcinfo: pg_sys::FunctionCallInfo, n: usize) {
     }
 }
 
+/// A jsonb argument that must be a JSON object no larger than 1 MiB: a patch (`nullable`,
+/// SQL NULL meaning "no patch") or an enrichment payload (never NULL).
+unsafe fn check_object_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize, name: &str, nullable: bool) {
+    if pg_arg_is_null(fcinfo, n) {
+        if nullable {
+            return;
+        }
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{name} must not be null"),
+            None,
+            None,
+        );
+    }
+    let value = pg_getarg_datum_raw(fcinfo, n);
+    if !is_object(root(detoast_jsonb(value))) {
+        let json_type =
+            pg_sys::DirectFunctionCall1Coll(Some(builtin_jsonb_typeof), pg_sys::InvalidOid, value);
+        let json_type = pgrx::varlena::text_to_rust_str_unchecked(json_type.cast_mut_ptr());
+        let detail = Some(format!("got a JSON {json_type}"));
+        if nullable {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("{name} must be a JSON object or SQL NULL"),
+                detail,
+                Some("Pass {\"field\": value} to set fields and {\"field\": null} to remove them; pass SQL NULL for no patch."),
+            );
+        }
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{name} must be a JSON object"),
+            detail,
+            None,
+        );
+    }
+    if !valid_payload_size(value) {
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("{name} is larger than 1 MiB"),
+            None,
+            None,
+        );
+    }
+}
+
 /// The arguments of `dl_apply_*_override(identity_key, status, identity_payload_patch,
 /// raw_payload_patch)`.
 pub(crate) unsafe fn check_override_input(fcinfo: pg_sys::FunctionCallInfo) {
@@ -150,34 +195,15 @@ pub(crate) unsafe fn check_override_input(fcinfo: pg_sys::FunctionCallInfo) {
             None,
         );
     }
-    for (n, name) in [(2, "identity_payload_patch"), (3, "raw_payload_patch")] {
-        if pg_arg_is_null(fcinfo, n) {
-            continue;
-        }
-        let patch = pg_getarg_datum_raw(fcinfo, n);
-        if !is_object(root(detoast_jsonb(patch))) {
-            let json_type = pg_sys::DirectFunctionCall1Coll(
-                Some(builtin_jsonb_typeof),
-                pg_sys::InvalidOid,
-                patch,
-            );
-            let json_type = pgrx::varlena::text_to_rust_str_unchecked(json_type.cast_mut_ptr());
-            raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("{name} must be a JSON object or SQL NULL"),
-                Some(format!("got a JSON {json_type}")),
-                Some("Pass {\"field\": value} to set fields and {\"field\": null} to remove them; pass SQL NULL for no patch."),
-            );
-        }
-        if !valid_payload_size(patch) {
-            raise(
-                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-                format!("{name} is larger than 1 MiB"),
-                None,
-                None,
-            );
-        }
-    }
+    check_object_arg(fcinfo, 2, "identity_payload_patch", true);
+    check_object_arg(fcinfo, 3, "raw_payload_patch", true);
+}
+
+/// The arguments of `dl_upsert_*_enrichment(identity_key, identity_payload, raw_payload, ...)`.
+unsafe fn check_enrichment_input(fcinfo: pg_sys::FunctionCallInfo) {
+    check_identity_key(fcinfo, 0);
+    check_object_arg(fcinfo, 1, "identity_payload", false);
+    check_object_arg(fcinfo, 2, "raw_payload", false);
 }
 
 /// `dl_internal.check_identity_key(identity_key text) returns void`
@@ -197,9 +223,21 @@ pub unsafe extern "C-unwind" fn dl_check_override_input(fcinfo: pg_sys::Function
     pgrx::fcinfo::pg_return_void()
 }
 
+/// `dl_internal.check_enrichment_input(identity_key text, identity_payload jsonb, raw_payload
+/// jsonb) returns void` (0.5.0; the same messages as the PL/pgSQL function it replaces)
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn dl_check_enrichment_input(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Datum {
+    check_enrichment_input(fcinfo);
+    pgrx::fcinfo::pg_return_void()
+}
+
 crate::v1_call_info!(
     pg_finfo_dl_check_identity_key,
     pg_finfo_dl_check_override_input,
+    pg_finfo_dl_check_enrichment_input,
     pg_finfo_dl_is_valid_identity_key,
     pg_finfo_dl_is_valid_status,
     pg_finfo_dl_is_valid_patch,

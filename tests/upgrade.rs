@@ -9,8 +9,8 @@ use std::thread;
 
 const OLDEST: &str = "CREATE EXTENSION dl_tenancy VERSION '0.1.0'";
 /// Every released version (sql/released/), oldest first, and the version this tree builds.
-const RELEASED: [&str; 3] = ["0.1.0", "0.2.0", "0.3.0"];
-const CURRENT: &str = "0.4.0";
+const RELEASED: [&str; 4] = ["0.1.0", "0.2.0", "0.3.0", "0.4.0"];
+const CURRENT: &str = "0.5.0";
 
 #[test]
 fn upgrade_from_every_release_keeps_every_row_and_equals_a_fresh_install() {
@@ -338,4 +338,127 @@ fn dump_and_restore_keep_everything() {
         .unwrap()
         .get(0);
     assert!(migrations >= 1);
+}
+
+/// One object `sql/install/` creates: its kind and its qualified name (for a trigger, the
+/// trigger's name and its table).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct Created {
+    kind: &'static str,
+    name: String,
+}
+
+/// Every `CREATE SCHEMA | TABLE | VIEW | INDEX | FUNCTION | TRIGGER` statement in
+/// `sql/install/*.sql`, read from the files themselves.
+fn created_by_install_scripts() -> Vec<Created> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/install");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "sql/install/ has the schema: {files:?}");
+    let mut created = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let name = |n: usize| words[n].split('(').next().unwrap().to_string();
+            match words.as_slice() {
+                ["CREATE", "SCHEMA", ..] => created.push(Created {
+                    kind: "schema",
+                    name: name(2).trim_end_matches(';').into(),
+                }),
+                ["CREATE", "TABLE", ..] => created.push(Created {
+                    kind: "table",
+                    name: name(2),
+                }),
+                ["CREATE", "VIEW", ..] => created.push(Created {
+                    kind: "view",
+                    name: name(2),
+                }),
+                ["CREATE", "FUNCTION", ..] => created.push(Created {
+                    kind: "function",
+                    name: name(2),
+                }),
+                // CREATE INDEX name ON schema.table (...): the index lives in the table's schema.
+                ["CREATE", "INDEX", index, "ON", table, ..] => {
+                    let schema = table.split('.').next().unwrap();
+                    created.push(Created {
+                        kind: "index",
+                        name: format!("{schema}.{index}"),
+                    });
+                }
+                // CREATE TRIGGER name {AFTER|BEFORE} event ON schema.table
+                ["CREATE", "TRIGGER", trigger, _, _, "ON", table, ..] => created.push(Created {
+                    kind: "trigger",
+                    name: format!("{trigger} ON {table}"),
+                }),
+                ["CREATE", ..] => panic!(
+                    "{}: a CREATE this test does not know: {line}",
+                    file.display()
+                ),
+                _ => {}
+            }
+        }
+    }
+    created.sort();
+    created
+}
+
+/// `sql/install/` is the schema: a fresh install has every object it creates, and nothing it
+/// does not (no object of the extension comes only from an upgrade script).
+#[test]
+fn a_fresh_install_is_exactly_what_sql_install_creates() {
+    let expected = created_by_install_scripts();
+    assert!(
+        expected.iter().any(|c| c.kind == "trigger") && expected.iter().any(|c| c.kind == "index")
+    );
+    let tc = TenantCluster::start();
+    let mut db = tc.create_db_with("fresh", "CREATE EXTENSION dl_tenancy");
+    // The same kinds and names, read from the catalog: members of the extension, plus the
+    // indexes and triggers of its tables (which belong to their table, not the extension).
+    let rows = db
+        .query(
+            "WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'dl_tenancy'),
+             members AS (SELECT d.classid, d.objid FROM pg_depend d, ext
+                          WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'),
+             rels AS (SELECT c.oid, c.relkind FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid)
+             SELECT 'schema', n.nspname::text FROM pg_namespace n JOIN members m ON m.classid = 'pg_namespace'::regclass AND m.objid = n.oid
+             UNION ALL
+             SELECT CASE r.relkind WHEN 'v' THEN 'view' ELSE 'table' END, r.oid::regclass::text FROM rels r WHERE r.relkind IN ('r', 'v')
+             UNION ALL
+             SELECT 'function', p.pronamespace::regnamespace || '.' || p.proname
+               FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
+             UNION ALL
+             SELECT 'index', i.indexrelid::regclass::text FROM pg_index i JOIN rels r ON r.oid = i.indrelid
+              WHERE NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+             UNION ALL
+             SELECT 'trigger', t.tgname || ' ON ' || t.tgrelid::regclass FROM pg_trigger t JOIN rels r ON r.oid = t.tgrelid
+              WHERE NOT t.tgisinternal",
+            &[],
+        )
+        .unwrap();
+    let mut installed: Vec<Created> = rows
+        .iter()
+        .map(|r| {
+            let kind: String = r.get(0);
+            let kind = ["schema", "table", "view", "function", "index", "trigger"]
+                .into_iter()
+                .find(|k| *k == kind)
+                .unwrap();
+            Created {
+                kind,
+                name: r.get(1),
+            }
+        })
+        .collect();
+    installed.sort();
+    let missing: Vec<_> = expected.iter().filter(|c| !installed.contains(c)).collect();
+    let unexplained: Vec<_> = installed.iter().filter(|c| !expected.contains(c)).collect();
+    assert!(
+        missing.is_empty() && unexplained.is_empty(),
+        "created by sql/install/ but not installed: {missing:#?}\ninstalled but not created by sql/install/: {unexplained:#?}"
+    );
 }

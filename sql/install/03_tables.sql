@@ -87,6 +87,51 @@ CREATE TABLE dl_override.company_overrides (
                AND dl_internal.is_valid_payload_size(raw_payload_patch))
 );
 
+-- Override history: one row per change of an override, written only by the layers' trigger
+-- (part 4), never by a client. 'import' marks the rows that the 0.2.0 update made for the
+-- overrides that existed before it. History ids are random, not from a sequence: a restore
+-- that replays overrides (recording them again) and then loads the dumped history can never
+-- collide.
+CREATE TABLE dl_override.person_override_history (
+    history_id                 uuid        NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    identity_key               text        NOT NULL,
+    operation                  text        NOT NULL,
+    old_status                 text,
+    new_status                 text,
+    old_identity_payload_patch jsonb,
+    new_identity_payload_patch jsonb,
+    old_raw_payload_patch      jsonb,
+    new_raw_payload_patch      jsonb,
+    old_tombstoned             boolean,
+    new_tombstoned             boolean,
+    changed_by                 name        NOT NULL DEFAULT SESSION_USER,
+    changed_at                 timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    CONSTRAINT person_override_history_pkey PRIMARY KEY (history_id),
+    CONSTRAINT person_override_history_operation_valid
+        CHECK (operation OPERATOR(pg_catalog.=) ANY (ARRAY['insert', 'update', 'delete', 'import']::text[]))
+);
+CREATE INDEX person_override_history_identity_key_idx ON dl_override.person_override_history (identity_key, changed_at);
+
+CREATE TABLE dl_override.company_override_history (
+    history_id                 uuid        NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    identity_key               text        NOT NULL,
+    operation                  text        NOT NULL,
+    old_status                 text,
+    new_status                 text,
+    old_identity_payload_patch jsonb,
+    new_identity_payload_patch jsonb,
+    old_raw_payload_patch      jsonb,
+    new_raw_payload_patch      jsonb,
+    old_tombstoned             boolean,
+    new_tombstoned             boolean,
+    changed_by                 name        NOT NULL DEFAULT SESSION_USER,
+    changed_at                 timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    CONSTRAINT company_override_history_pkey PRIMARY KEY (history_id),
+    CONSTRAINT company_override_history_operation_valid
+        CHECK (operation OPERATOR(pg_catalog.=) ANY (ARRAY['insert', 'update', 'delete', 'import']::text[]))
+);
+CREATE INDEX company_override_history_identity_key_idx ON dl_override.company_override_history (identity_key, changed_at);
+
 -- One row per version this database has been installed at or updated to.
 CREATE TABLE dl_meta.schema_migrations (
     version    text        NOT NULL,
@@ -116,6 +161,8 @@ SELECT pg_catalog.pg_extension_config_dump('dl_cache.person_enrichments', '');
 SELECT pg_catalog.pg_extension_config_dump('dl_cache.company_enrichments', '');
 SELECT pg_catalog.pg_extension_config_dump('dl_override.person_overrides', '');
 SELECT pg_catalog.pg_extension_config_dump('dl_override.company_overrides', '');
+SELECT pg_catalog.pg_extension_config_dump('dl_override.person_override_history', '');
+SELECT pg_catalog.pg_extension_config_dump('dl_override.company_override_history', '');
 SELECT pg_catalog.pg_extension_config_dump('dl_meta.tenant_settings', '');
 -- The restoring CREATE EXTENSION records its own version; dump only the history before it.
 SELECT pg_catalog.pg_extension_config_dump('dl_meta.schema_migrations',
@@ -125,3 +172,5 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON dl_cache.person_enrichments, dl_cache.co
 GRANT SELECT, INSERT, UPDATE, DELETE ON dl_meta.schema_migrations, dl_meta.tenant_settings TO dl_platform_runtime;
 GRANT SELECT, INSERT, UPDATE, DELETE ON dl_override.person_overrides, dl_override.company_overrides TO dl_tenant_override;
 GRANT SELECT ON dl_override.person_overrides, dl_override.company_overrides TO dl_platform_runtime;
+GRANT SELECT ON dl_override.person_override_history, dl_override.company_override_history
+    TO dl_tenant_override, dl_platform_runtime;

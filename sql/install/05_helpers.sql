@@ -3,55 +3,25 @@
 -- They live in public, the schema on every login's default search_path, so
 -- `SELECT dl_apply_person_override(...)` works as written. They run with the caller's rights
 -- (SECURITY INVOKER): a helper can do nothing the caller could not do with raw SQL.
--- Bodies are SQL-standard (BEGIN ATOMIC): parsed once, here, and bound to the objects they
--- name, so no caller's search_path is ever consulted. Parameters are referred to as
+-- SQL bodies are SQL-standard (BEGIN ATOMIC): parsed once, here, and bound to the objects
+-- they name, so no caller's search_path is ever consulted. Parameters are referred to as
 -- function_name.parameter to keep them apart from columns.
 
 -- The seed's upsert as one call: the new patches replace the stored ones, the tombstone is
 -- cleared. Returns the resolved row as jsonb (NULL when tombstoned): jsonb, not the view's row
 -- type, so that a later version adding a view column never changes the helper's result type
--- under a client's prepared statement.
+-- under a client's prepared statement. In C (src/helpers.rs) with its statements prepared once
+-- per backend: as a SQL function, its three statements were planned on every call.
 CREATE FUNCTION public.dl_apply_person_override(identity_key text, status text DEFAULT NULL,
         identity_payload_patch jsonb DEFAULT NULL, raw_payload_patch jsonb DEFAULT NULL)
     RETURNS jsonb
-    LANGUAGE sql VOLATILE
-BEGIN ATOMIC
-    SELECT dl_internal.check_override_input(dl_apply_person_override.identity_key, dl_apply_person_override.status,
-        dl_apply_person_override.identity_payload_patch, dl_apply_person_override.raw_payload_patch);
-    INSERT INTO dl_override.person_overrides AS o
-           (identity_key, status, identity_payload_patch, raw_payload_patch, tombstoned, updated_at)
-    VALUES (dl_apply_person_override.identity_key, dl_apply_person_override.status,
-            dl_apply_person_override.identity_payload_patch, dl_apply_person_override.raw_payload_patch, false, pg_catalog.now())
-    ON CONFLICT (identity_key) DO UPDATE
-       SET status = excluded.status,
-           identity_payload_patch = excluded.identity_payload_patch,
-           raw_payload_patch = excluded.raw_payload_patch,
-           tombstoned = false,
-           updated_at = pg_catalog.now();
-    SELECT pg_catalog.to_jsonb(r) FROM dl_resolved.people AS r
-     WHERE r.identity_key OPERATOR(pg_catalog.=) dl_apply_person_override.identity_key;
-END;
-
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'dl_apply_person_override';
 CREATE FUNCTION public.dl_apply_company_override(identity_key text, status text DEFAULT NULL,
         identity_payload_patch jsonb DEFAULT NULL, raw_payload_patch jsonb DEFAULT NULL)
     RETURNS jsonb
-    LANGUAGE sql VOLATILE
-BEGIN ATOMIC
-    SELECT dl_internal.check_override_input(dl_apply_company_override.identity_key, dl_apply_company_override.status,
-        dl_apply_company_override.identity_payload_patch, dl_apply_company_override.raw_payload_patch);
-    INSERT INTO dl_override.company_overrides AS o
-           (identity_key, status, identity_payload_patch, raw_payload_patch, tombstoned, updated_at)
-    VALUES (dl_apply_company_override.identity_key, dl_apply_company_override.status,
-            dl_apply_company_override.identity_payload_patch, dl_apply_company_override.raw_payload_patch, false, pg_catalog.now())
-    ON CONFLICT (identity_key) DO UPDATE
-       SET status = excluded.status,
-           identity_payload_patch = excluded.identity_payload_patch,
-           raw_payload_patch = excluded.raw_payload_patch,
-           tombstoned = false,
-           updated_at = pg_catalog.now();
-    SELECT pg_catalog.to_jsonb(r) FROM dl_resolved.companies AS r
-     WHERE r.identity_key OPERATOR(pg_catalog.=) dl_apply_company_override.identity_key;
-END;
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'dl_apply_company_override';
 
 -- Hide a record from the resolved view. The base record and the patches stay, so that
 -- clearing the override shows the base again. Works for records with no base too.

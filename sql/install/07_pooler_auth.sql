@@ -4,9 +4,11 @@
 -- member of dl_pooler_auth, on every login (no cache), so a password rotation reaches the
 -- pooler at once. It answers only for tenant logins that may connect to *this* database and
 -- whose password has not expired; for anyone else (superusers, the platform, another
--- workspace's logins) it returns no verifier, and PgBouncer refuses the login itself.
-CREATE FUNCTION dl_internal.pooler_user_lookup(username text, OUT usename name, OUT passwd text)
-    RETURNS record
+-- workspace's logins) it returns no row, and PgBouncer refuses the login itself (as a failed
+-- login: one all-NULL row, what a non-set-returning function gives, reads as a configuration
+-- error to PgBouncer).
+CREATE FUNCTION dl_internal.pooler_user_lookup(username text)
+    RETURNS TABLE (usename name, passwd text)
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC

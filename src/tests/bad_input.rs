@@ -141,4 +141,37 @@ mod tests {
         let hint = text("SELECT hint FROM errors").expect("a hint");
         assert!(hint.contains("SQL NULL for no patch"), "{hint}");
     }
+
+    /// The platform's enrichment check says the same things as before 0.5.0 moved it into
+    /// the library (the PL/pgSQL version's messages and details, word for word).
+    #[pg_test]
+    fn enrichment_messages_are_unchanged() {
+        run("CREATE TEMP TABLE errors (n int, state text, message text, detail text, hint text)");
+        for (n, call) in [
+            (1, "dl_upsert_person_enrichment('k', NULL, '{}')"),
+            (2, "dl_upsert_person_enrichment('k', '{}', '[1]')"),
+            (3, "dl_upsert_company_enrichment('k', '\"x\"', '{}')"),
+            (4, "dl_upsert_company_enrichment('  ', '{}', '{}')"),
+        ] {
+            run(&format!(
+                "DO $$
+                 DECLARE s text; m text; d text; h text;
+                 BEGIN
+                     PERFORM {call};
+                 EXCEPTION WHEN OTHERS THEN
+                     GET STACKED DIAGNOSTICS s = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL, h = PG_EXCEPTION_HINT;
+                     INSERT INTO errors VALUES ({n}, s, m, d, h);
+                 END $$;"
+            ));
+        }
+        assert_eq!(
+            json("SELECT jsonb_agg(jsonb_build_array(state, message, detail, hint) ORDER BY n) FROM errors"),
+            serde_json::json!([
+                ["22004", "identity_payload must not be null", "", ""],
+                ["22023", "raw_payload must be a JSON object", "got a JSON array", ""],
+                ["22023", "identity_payload must be a JSON object", "got a JSON string", ""],
+                ["22023", "identity_key must be a non-blank string of at most 512 bytes", "got 2 bytes: '  '", ""],
+            ])
+        );
+    }
 }

@@ -31,7 +31,7 @@ $fn$;
 GRANT USAGE ON SCHEMA tests TO PUBLIC;
 "#,
     name = "test_helpers",
-    requires = ["update_0_4_0"],
+    requires = ["shared_state"],
     finalize
 );
 
