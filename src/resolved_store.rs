@@ -1,6 +1,6 @@
 //! Keeps `dl_internal.resolved_people` / `resolved_companies` equal to "base record merged
 //! with the customer's override" for every identity_key, from statement-level triggers on
-//! both layers (declared in sql/dl_tenancy--0.2.0--0.3.0.sql), and records override history.
+//! both layers (declared in sql/install/04_resolved.sql), and records override history.
 //!
 //! In Rust because every customer correction pays for it: a single-row write costs one
 //! saved-plan statement for the changed keys (and the history rows), two lock acquisitions
