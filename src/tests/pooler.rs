@@ -1,5 +1,6 @@
-//! PgBouncer's auth_query: dl_internal.pooler_user_lookup answers only for tenant logins that
-//! may connect to this database and have not expired, and returns no row for anyone else.
+//! PgBouncer's auth_query: dl_internal.pooler_login_lookup answers only for tenant logins that
+//! may log in now, pooler_user_lookup only for those of them that may connect to this
+//! database; both return no row for anyone else.
 
 #[pgrx::pg_schema]
 mod tests {
@@ -41,12 +42,35 @@ mod tests {
         ] {
             assert_eq!(rows(refused), 0, "{refused}");
         }
+        // The lookup the tool's pooler runs in its lookup database (auth_dbname): any tenant
+        // login that may log in, wherever it may connect; still nobody else.
+        let login_lookup = |login: &str| {
+            count(&format!(
+                "SELECT count(*) FROM dl_internal.pooler_login_lookup('{login}') WHERE passwd LIKE 'SCRAM-SHA-256$%'"
+            ))
+        };
+        for tenant in ["pool_reader", "pool_writer", "pool_elsewhere"] {
+            assert_eq!(login_lookup(tenant), 1, "{tenant}");
+        }
+        for refused in ["pool_expired", "pool_outsider", "postgres", "no_such_login"] {
+            assert_eq!(
+                count(&format!(
+                    "SELECT count(*) FROM dl_internal.pooler_login_lookup('{refused}')"
+                )),
+                0,
+                "{refused}"
+            );
+        }
         run("RESET ROLE");
         run("SET LOCAL ROLE dl_tenant_read");
-        assert_eq!(
-            sqlstate_of("SELECT * FROM dl_internal.pooler_user_lookup('pool_reader')"),
-            "42501"
-        );
+        for lookup in ["pooler_user_lookup", "pooler_login_lookup"] {
+            assert_eq!(
+                sqlstate_of(&format!(
+                    "SELECT * FROM dl_internal.{lookup}('pool_reader')"
+                )),
+                "42501"
+            );
+        }
         run("RESET ROLE");
     }
 }

@@ -47,6 +47,7 @@ mod tests {
         ("DROP VIEW dl_resolved.people", DENIED),
         ("SELECT dl_internal.refresh_people(NULL)", DENIED),
         ("SELECT * FROM dl_internal.pooler_user_lookup('postgres')", DENIED),
+        ("SELECT * FROM dl_internal.pooler_login_lookup('postgres')", DENIED),
         ("TRUNCATE dl_cache.person_enrichments", DENIED),
         ("TRUNCATE dl_override.person_overrides", DENIED),
         ("ALTER TABLE dl_override.person_overrides ADD COLUMN x int", DENIED),

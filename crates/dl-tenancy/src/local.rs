@@ -33,13 +33,20 @@ pub const LOCAL_SERVER_ID: &str = "local";
 /// instead of no row: the client then fails the SCRAM exchange like one with a wrong password
 /// ("SASL authentication failed"), so the pooler's answer says nothing about which logins
 /// exist (it said "no such user" before).
+/// It runs in the server's lookup database ([`AUTH_DBNAME`]).
 pub fn auth_query(decoy_verifier: &str) -> String {
     format!(
-        "SELECT $1::name, coalesce((SELECT passwd FROM dl_internal.pooler_user_lookup($1)), {})",
+        "SELECT $1::name, coalesce((SELECT passwd FROM dl_internal.pooler_login_lookup($1)), {})",
         crate::names::quote_literal(decoy_verifier)
     )
 }
 
+/// The PgBouncer setting that makes it run [`auth_query`] in the server's lookup database,
+/// never in the database the client names: a login into a foreign database, existing or not,
+/// then passes the pooler only with a right password and is refused by the server's pg_hba
+/// (samerole) with the same answer either way. Every PgBouncer in front of a dl_tenancy
+/// server needs it (README, "Scaling out").
+pub const AUTH_DBNAME: (&str, &str) = ("auth_dbname", crate::servers::POOLER_LOOKUP_DB);
 /// `local.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LocalState {
@@ -150,6 +157,11 @@ impl Layout {
         let dir = self.dir.join("pgbouncer");
         let decoy = crate::secret::scram_verifier(&crate::secret::random_password());
         let auth_query = auth_query(&decoy);
+        let settings: Vec<_> = crate::fences::POOLER_SETTINGS
+            .iter()
+            .copied()
+            .chain([AUTH_DBNAME])
+            .collect();
         let ini = pg_harness::pgbouncer_ini(&PgBouncerIni {
             dir: &dir,
             listen_port: state.pooler_port,
@@ -159,7 +171,7 @@ impl Layout {
             auth_user: Some(POOLER_AUTH_USER),
             auth_query: Some(&auth_query),
             pool_mode: "transaction",
-            extra: crate::fences::POOLER_SETTINGS,
+            extra: &settings,
         });
         // The auth user must be in auth_file: left out, PgBouncer would accept it from clients
         // with an empty password. Its entry is the verifier of a random password nobody keeps,
@@ -365,13 +377,12 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     if !exists {
         admin.batch_execute(&format!("CREATE ROLE {q} LOGIN"))?;
     }
-    // The pooler's auth role may connect to the platform databases (where no lookup function
-    // exists): PgBouncer then refuses a tenant login there at once ("bouncer config error")
-    // instead of retrying a failing server login until query_wait_timeout.
+    // The pooler's auth role connects to the lookup database only (AUTH_DBNAME; before 0.5.0
+    // it also had the platform databases).
     admin.batch_execute(&format!(
         "ALTER ROLE {q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD NULL;
          GRANT dl_pooler_auth TO {q};
-         GRANT CONNECT ON DATABASE {} TO dl_pooler_auth",
+         REVOKE CONNECT ON DATABASE {} FROM dl_pooler_auth",
         quote_ident(control::CONTROL_DB)
     ))?;
     drop(admin);

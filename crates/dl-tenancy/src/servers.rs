@@ -13,6 +13,11 @@ use postgres::Client;
 pub const TEMPLATE_DB: &str = "dl_tenancy_template";
 /// Name of the extension.
 pub const EXTENSION: &str = "dl_tenancy";
+/// Each server's database in which its PgBouncer looks up tenant logins (`auth_dbname`): the
+/// extension only, no data, CONNECT for the pooler's auth role alone. Looking logins up in one
+/// place, never in the database a client names, keeps the pooler from telling a client
+/// whether a database exists.
+pub const POOLER_LOOKUP_DB: &str = "dl_pooler_lookup";
 
 fn server_aad(id: &str) -> String {
     format!("dl_tenancy server {id} admin_url")
@@ -213,8 +218,9 @@ impl Tenancy {
     }
 
     /// Get a server ready for workspaces: the template database (creates the extension's
-    /// group roles), and no CONNECT for PUBLIC on `postgres`/`template1` (tenant logins must
-    /// not get in there; superusers and the pooler's auth role keep access).
+    /// group roles), the pooler's lookup database at the newest extension version, and no
+    /// CONNECT for PUBLIC on `postgres`/`template1` (tenant logins must not get in there).
+    /// Safe to run again; `local up`, `server add` and `upgrade` do.
     pub fn prepare_server(&self, server_id: &str) -> Result<String> {
         let version = self.ensure_server_template(server_id)?;
         let mut ctl = self.control()?;
@@ -224,8 +230,9 @@ impl Tenancy {
         admin.batch_execute(
             "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC;
              REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC;
-             GRANT CONNECT ON DATABASE postgres, template1 TO dl_pooler_auth",
+             REVOKE CONNECT ON DATABASE postgres, template1 FROM dl_pooler_auth",
         )?;
+        ensure_pooler_lookup_db(&mut admin, &server)?;
         Ok(version)
     }
 
@@ -305,4 +312,25 @@ impl Tenancy {
         );
         res.map(|()| installed)
     }
+}
+
+/// The server's [`POOLER_LOOKUP_DB`], created when missing, its extension updated.
+fn ensure_pooler_lookup_db(admin: &mut Client, server: &Server) -> Result<()> {
+    let db = quote_ident(POOLER_LOOKUP_DB);
+    if let Err(e) = admin.batch_execute(&format!("CREATE DATABASE {db} TEMPLATE template0")) {
+        // Made by a concurrent call, or before: fine.
+        if e.code() != Some(&postgres::error::SqlState::DUPLICATE_DATABASE) {
+            return Err(e.into());
+        }
+    }
+    admin.batch_execute(&format!(
+        "REVOKE ALL ON DATABASE {db} FROM PUBLIC;
+         GRANT CONNECT ON DATABASE {db} TO dl_pooler_auth"
+    ))?;
+    let mut lookup = connect(&server.admin_conn, Some(POOLER_LOOKUP_DB))?;
+    let ext = quote_ident(EXTENSION);
+    lookup.batch_execute(&format!(
+        "CREATE EXTENSION IF NOT EXISTS {ext}; ALTER EXTENSION {ext} UPDATE"
+    ))?;
+    Ok(())
 }

@@ -197,10 +197,11 @@ impl Tenancy {
             });
         }
 
-        // New workspaces start at the newest version: refresh each server's template.
+        // New workspaces start at the newest version: refresh each server's template (and
+        // its pooler lookup database).
         for server in &servers {
             if options.to.is_none() {
-                self.ensure_server_template(&server.id)?;
+                self.prepare_server(&server.id)?;
             }
         }
 

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::*;
 use dl_tenancy_ctl::fences::DEFAULT_LIMITS;
 use dl_tenancy_ctl::{tokens, Kind};
@@ -333,9 +335,13 @@ fn limits_are_per_workspace_and_applied_at_once() {
     arena.assert_nobody_harmed();
 }
 
-/// Failed logins through the pooler all get the same answer, so probing it tells nothing about
-/// which logins exist: a wrong password, an unknown login, another workspace's login with its
-/// own right password, and a standby login (0.3.0's pooler said "no such user" for some).
+/// Failed logins through the pooler tell nothing about which logins or databases exist.
+/// Without the right password (a wrong one, an unknown login, a standby login, any database):
+/// all "SASL authentication failed" (0.3.0's pooler said "no such user" for some). With its
+/// own right password, into a database that is not its workspace (a neighbour's, one that does
+/// not exist, the server's own): the same refusal for each, at once (0.3.0's pooler held a
+/// login to an unknown database until query_wait_timeout, 120 s, and 0.4.0's said it did not
+/// exist).
 #[test]
 fn pooled_login_failures_do_not_tell_which_logins_exist() {
     let arena = Arena::new();
@@ -345,41 +351,79 @@ fn pooled_login_failures_do_not_tell_which_logins_exist() {
     let standby = env.t.metadata(ATTACKER).unwrap().roles["read"]
         .standby_login
         .clone();
-    let attempts = [
-        (
-            "wrong password",
-            ours.replacen(&password_of(&ours), "wrong", 1),
-        ),
-        (
-            "unknown login",
-            ours.replacen(&login_of(&ours), "nosuchlogin", 1),
-        ),
-        (
-            "a neighbour's login",
-            with_db(&theirs, &env.database(ATTACKER)),
-        ),
+    let no_workspace = "dlw_0000000000000000";
+    let refusal = |what: &str, uri: &str| {
+        let e = connect(uri).map(|_| ()).expect_err(what);
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{what}: {e}"));
+        // The names the client sent itself do not count as something the pooler told.
+        let message = [login_of(uri), database_of(uri)]
+            .iter()
+            .fold(db.message().to_string(), |m, name| {
+                m.replace(name.as_str(), "<name>")
+            });
+        (db.code().code().to_string(), message)
+    };
+    let wrong_password = ours.replacen(&password_of(&ours), "wrong", 1);
+    let unknown_login = ours.replacen(&login_of(&ours), "nosuchlogin", 1);
+    let without_password = [
+        ("wrong password", wrong_password.clone()),
+        ("unknown login", unknown_login.clone()),
         (
             "a standby login",
             ours.replacen(&login_of(&ours), &standby, 1),
         ),
+        (
+            "wrong password, a neighbour's database",
+            with_db(&wrong_password, &env.database(NEIGHBOUR)),
+        ),
+        (
+            "unknown login, a database that is no workspace",
+            with_db(&unknown_login, no_workspace),
+        ),
     ];
-    let mut answers = std::collections::BTreeSet::new();
-    for (what, uri) in &attempts {
-        let e = connect(uri).map(|_| ()).expect_err(what);
-        let db = e.as_db_error().unwrap_or_else(|| panic!("{what}: {e}"));
-        answers.insert((db.code().code().to_string(), db.message().to_string()));
-    }
+    let answers: BTreeSet<_> = without_password
+        .iter()
+        .map(|(what, uri)| refusal(what, uri))
+        .collect();
+    assert_eq!(
+        answers.into_iter().collect::<Vec<_>>(),
+        [(
+            "08P01".to_string(),
+            "SASL authentication failed".to_string()
+        )],
+        "the pooler told the cases apart"
+    );
+    let foreign_database = [
+        (
+            "a neighbour's database",
+            with_db(&ours, &env.database(NEIGHBOUR)),
+        ),
+        (
+            "a database that is no workspace",
+            with_db(&ours, no_workspace),
+        ),
+        ("the server's own database", with_db(&ours, "postgres")),
+        (
+            "a neighbour's login, our database",
+            with_db(&theirs, &env.database(ATTACKER)),
+        ),
+    ];
+    let answers: BTreeSet<_> = foreign_database
+        .iter()
+        .map(|(what, uri)| refusal(what, uri))
+        .collect();
     assert_eq!(
         answers.len(),
         1,
-        "the pooler told the cases apart: {answers:?}"
+        "the pooler told the databases apart: {answers:?}"
     );
+    // The server's refusal, and nothing from inside a database.
+    let (code, message) = answers.into_iter().next().unwrap();
     assert!(
-        answers
-            .iter()
-            .all(|(_, m)| m == "SASL authentication failed"),
-        "{answers:?}"
+        code.starts_with("28") || code == "08P01",
+        "{code} {message}"
     );
+    assert!(!message.contains("does not exist"), "{message}");
     connect(&ours).unwrap().batch_execute(READ_QUERY).unwrap();
 }
 
@@ -667,4 +711,10 @@ fn login_of(uri: &str) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// The database a URI names.
+fn database_of(uri: &str) -> String {
+    let after = &uri[uri.rfind('/').unwrap() + 1..];
+    after.split('?').next().unwrap().to_string()
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use dl_tenancy_ctl::local::{auth_query, POOLER_AUTH_USER};
+use dl_tenancy_ctl::local::{auth_query, AUTH_DBNAME, POOLER_AUTH_USER};
 use dl_tenancy_ctl::Kind;
 use pg_harness::{pgbouncer_ini, PgBouncer, PgBouncerIni, PgCluster};
 
@@ -21,7 +21,7 @@ fn bouncer_for(c: &PgCluster) -> PgBouncer {
             auth_user: Some(POOLER_AUTH_USER),
             auth_query: Some(&auth_query),
             pool_mode: "transaction",
-            extra: &[],
+            extra: &[AUTH_DBNAME],
         });
         let userlist = format!(
             "\"{POOLER_AUTH_USER}\" \"{}\"\n",
