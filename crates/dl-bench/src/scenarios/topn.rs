@@ -1,0 +1,60 @@
+//! Scenario 1: the seed's quick-start read, the newest 20 people, view vs plain table.
+
+use crate::bench::{log, Bench, R};
+use crate::measure::{explain, latency_compare, pgbench_compare};
+use crate::report::{Scenario, Target};
+
+/// The read of the seed's quick start ("Connect from your app").
+pub const TOPN_EXT: &str =
+    "SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at DESC LIMIT 20";
+pub const TOPN_PLAIN: &str =
+    "SELECT identity_key, display_name FROM bench.plain_people ORDER BY updated_at DESC LIMIT 20";
+
+pub fn run(b: &Bench) -> R<Scenario> {
+    log("scenario 1: top-N read");
+    let mut sc = Scenario::new(
+        1,
+        "Top-N read",
+        "`SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at DESC LIMIT 20` \
+         vs the same on a plain table holding the identical resolved rows (PK on identity_key, index on updated_at). \
+         As the tenant read role. Latency: median of each repetition's executions (prepared); throughput: pgbench -M prepared. \
+         Throughput ratio = view tps / plain tps, so the issue's \"ratio <= 2.0\" reads \">= 0.5\" there.",
+    );
+    let l = latency_compare(
+        b,
+        "bench_reader",
+        &[TOPN_PLAIN, TOPN_EXT],
+        &[],
+        b.cfg.lat_iters,
+        b.cfg.lat_warmup,
+    )?;
+    let base = sc.baseline("plain table: latency", "ms", l[0].clone());
+    sc.compared(
+        "dl_resolved.people: latency",
+        "ms",
+        l[1].clone(),
+        base,
+        Some(Target::at_most(2.0)),
+    );
+    let p_plain = b.write_script("topn_plain.sql", &format!("{TOPN_PLAIN};\n"))?;
+    let p_ext = b.write_script("topn_ext.sql", &format!("{TOPN_EXT};\n"))?;
+    for clients in [1u32, 2] {
+        let t = pgbench_compare(b, "bench_reader", &[&p_plain, &p_ext], clients)?;
+        let base = sc.baseline(
+            &format!("plain table: pgbench, {clients} client(s)"),
+            "tps",
+            t[0].clone(),
+        );
+        sc.compared(
+            &format!("dl_resolved.people: pgbench, {clients} client(s)"),
+            "tps",
+            t[1].clone(),
+            base,
+            Some(Target::at_least(0.5)),
+        );
+    }
+    let mut a = b.admin()?;
+    sc.evidence("EXPLAIN plain table", explain(&mut a, TOPN_PLAIN)?);
+    sc.evidence("EXPLAIN dl_resolved.people", explain(&mut a, TOPN_EXT)?);
+    Ok(sc)
+}
