@@ -463,7 +463,7 @@ pub fn render_markdown(
     let _ = writeln!(o, "## Re-running\n");
     let _ = writeln!(
         o,
-        "`scripts/bench` (full size, writes this file and `bench-results/`), `scripts/bench --quick` (tiny data, into `bench-out/`, what CI runs), `scripts/bench --people N` for a scaled run. See `scripts/bench --help`."
+        "`scripts/bench` (full size, writes this file and `bench-results/`), `scripts/bench --quick` (tiny data, into `bench-out/`, what CI runs), `scripts/bench --people N` for a scaled run, `scripts/bench --only pooled` (scenario names or numbers, comma-separated) for a partial run that stays in `bench-out/`. See `scripts/bench --help`."
     );
     o
 }
