@@ -10,7 +10,7 @@ use dl_tenancy_ctl::local::MIN_POOLER_VERSION;
 use dl_tenancy_ctl::secret::{random_password, scram_verifier};
 
 use crate::bench::{fail, log, Bench, Endpoint, QueryMode, R};
-use crate::report::Scenario;
+use crate::report::{median, Scenario};
 use crate::scenarios::point;
 use crate::scenarios::topn::TOPN_EXT;
 
@@ -102,6 +102,7 @@ pub fn run(b: &Bench) -> R<Scenario> {
             }
         }
     }
+    let load_before = load_average();
     // Per repetition every configuration once on each path, the path order alternating, so
     // that the machine's drift hits both alike.
     let mut tps = vec![(Vec::new(), Vec::new()); configs.len()];
@@ -123,13 +124,16 @@ pub fn run(b: &Bench) -> R<Scenario> {
             }
         }
     }
+    let load_after = load_average();
     let mut ratios = Vec::new();
     for ((label, _, mode, c), (d, p)) in configs.iter().zip(tps) {
         let what = format!("{label}, -M {}, {c} client(s)", mode.as_str());
+        // The ratio within each repetition, whose two runs were back to back.
+        let paired: Vec<f64> = p.iter().zip(&d).map(|(p, d)| p / d).collect();
         let base = sc.baseline(&format!("direct: {what}"), "tps", d);
         let row = sc.compared(&format!("pooled: {what}"), "tps", p, base, None);
         if let Some(r) = sc.ratio(row) {
-            ratios.push(format!("{what}: {r:.2}"));
+            ratios.push(format!("{what}: {r:.2} (paired {:.2})", median(&paired)));
         }
     }
     sc.notes.push(format!(
@@ -143,7 +147,8 @@ pub fn run(b: &Bench) -> R<Scenario> {
             .join(", ")
     ));
     sc.notes.push(format!(
-        "Ratios pooled / direct (medians): {}. Expectation, not a target: >= {EXPECTED_RATIO}, since the pooler \
+        "Ratios pooled / direct (of the medians; in brackets the median of each repetition's own ratio): {}. \
+         Load average (1 min) of the machine before and after: {load_before} / {load_after}. Expectation, not a target: >= {EXPECTED_RATIO}, since the pooler \
          adds one loopback hop and a single-threaded proxy to every query and, on a small machine, competes with \
          pgbench and the backends for the same cores; the cheaper the query, the more that hop shows.",
         ratios.join("; ")
@@ -189,4 +194,13 @@ fn check_same_answers(direct: &Endpoint, pooled: &Endpoint) -> R<()> {
         return fail("the seed's read answers differently through the pooler than directly");
     }
     Ok(())
+}
+
+/// The 1-minute load average (other work on the machine shows in both paths, but widens the
+/// spread).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
