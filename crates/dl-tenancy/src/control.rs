@@ -1,9 +1,9 @@
 //! The control database `dl_control`: servers, workspaces, credentials.
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::connection::connect;
+use crate::error::Result;
 use crate::names::quote_ident;
-use postgres::{Client, NoTls};
-use std::time::Duration;
+use postgres::Client;
 
 /// Name of the control database.
 pub const CONTROL_DB: &str = "dl_control";
@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, crate::tokens::TOKENS_SCHEMA),
     (3, OPAQUE_NAMES),
     (4, WORKSPACE_LIMITS),
+    (5, SERVER_CA_FILE),
 ];
 
 const SERVERS_WORKSPACES_CREDENTIALS: &str = r#"
@@ -102,44 +103,6 @@ pub(crate) const LOCK_SCHEMA: i32 = 0x646c_0001;
 pub(crate) const LOCK_WORKSPACE: i32 = 0x646c_0002;
 pub(crate) const LOCK_TEMPLATE: i32 = 0x646c_0003;
 
-/// Connect with a connection string (URL or key/value), overriding the database.
-pub(crate) fn connect(conn: &str, dbname: Option<&str>) -> Result<Client> {
-    let mut cfg: postgres::Config = conn.parse().map_err(|e: postgres::Error| {
-        Error::new(
-            ErrorCode::InvalidArgument,
-            format!("malformed connection string: {e}"),
-        )
-    })?;
-    if let Some(db) = dbname {
-        cfg.dbname(db);
-    }
-    if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(Duration::from_secs(10));
-    }
-    if cfg.get_application_name().is_none() {
-        cfg.application_name("dl-tenancy");
-    }
-    cfg.connect(NoTls).map_err(|e| {
-        let mut err = Error::from(e);
-        if err.code == ErrorCode::DatabaseError {
-            // Authentication and similar failures at connect time.
-            err.code = ErrorCode::ServerUnreachable;
-        }
-        err.with_context(&format!("cannot connect to {}", describe_target(&cfg)))
-    })
-}
-
-/// `host:port/db` of a config, without user or password.
-pub(crate) fn describe_target(cfg: &postgres::Config) -> String {
-    let host = match cfg.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or(""))
-}
-
 /// Create the control database on a server when missing, and apply the schema.
 pub(crate) fn ensure_control_db(admin_conn: &str) -> Result<()> {
     let mut admin = connect(admin_conn, Some("postgres")).or_else(|_| connect(admin_conn, None))?;
@@ -175,6 +138,11 @@ CREATE TABLE workspace_limits (
     limits       jsonb NOT NULL CHECK (jsonb_typeof(limits) = 'object'),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
+"#;
+
+/// TLS: the CA file tenants of a server trust (`sslrootcert` of revealed URIs).
+const SERVER_CA_FILE: &str = r#"
+ALTER TABLE servers ADD COLUMN ca_file text CHECK (ca_file LIKE '/%');
 "#;
 
 /// Bring the control database's schema to the newest migration this tool knows.

@@ -7,7 +7,7 @@
 //! `provision`: membership, the group role it acts as, its connection cap and session
 //! defaults ([`crate::fences`]); whatever a tenant changed is put back.
 
-use crate::control::connect;
+use crate::connection::{connect, tls_query, SslMode};
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::fences::Limits;
 use crate::names::{
@@ -18,6 +18,7 @@ use crate::types::{Endpoint, Reveal, Rotation};
 use crate::workspaces::{lock_workspace, not_provisioned, unlock_workspace};
 use crate::Tenancy;
 use postgres::Client;
+use std::path::Path;
 
 /// Create or reset one login: member of the workspace role and the kind's group role, acts as
 /// the group role (objects it creates belong to the group and survive rotation), no
@@ -225,13 +226,27 @@ impl Tenancy {
             }
         };
         let login = names.login(kind, slot);
+        // TLS always: verified against the server's CA when it is known.
+        let (sslmode, ca_certificate) = match &server.ca_file {
+            Some(file) => (
+                SslMode::VerifyFull,
+                Some(crate::servers::read_ca_pem(file).map_err(|e| {
+                    Error::new(
+                        ErrorCode::Internal,
+                        format!("server {}: {}", server.id, e.message),
+                    )
+                })?),
+            ),
+            None => (SslMode::Require, None),
+        };
         let uri = format!(
-            "postgresql://{}:{}@{}:{}/{}",
+            "postgresql://{}:{}@{}:{}/{}?{}",
             percent_encode(&login),
             percent_encode(&pw),
             format_host(&ep.host),
             ep.port,
-            percent_encode(&names.database())
+            percent_encode(&names.database()),
+            tls_query(sslmode, server.ca_file.as_deref().map(Path::new))
         );
         Ok(Reveal {
             workspace: workspace.into(),
@@ -240,6 +255,8 @@ impl Tenancy {
             uri,
             login,
             database: names.database(),
+            sslmode: sslmode.as_str().into(),
+            ca_certificate,
         })
     }
 

@@ -2,7 +2,7 @@
 //! workspace's database and logins, and the pooler's client limits. Every limit is defined
 //! here, once; README.md ("Security model") explains the sizes.
 
-use crate::control::connect;
+use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::validate_workspace_id;
 use crate::workspaces::{fence_workspace, lock_workspace, not_provisioned, unlock_workspace};

@@ -11,6 +11,8 @@
 //! connections, so a [`Tenancy`] can be shared between threads (`Send + Sync`); call them from
 //! `spawn_blocking` in an async server.
 
+pub mod certs;
+pub mod connection;
 pub mod control;
 mod credentials;
 pub mod error;
@@ -26,6 +28,7 @@ mod types;
 mod upgrade;
 mod workspaces;
 
+pub use connection::{connect, SslMode};
 pub use credentials::{GRACE_SWEEP_INTERVAL, MAX_GRACE_SECONDS};
 pub use error::{Error, ErrorCode, Result};
 pub use migrate_names::{NameMigration, NameMigrationReport};
@@ -133,7 +136,7 @@ impl Tenancy {
     }
 
     pub(crate) fn control(&self) -> Result<postgres::Client> {
-        control::connect(&self.control_conn, Some(control::CONTROL_DB)).map_err(|mut e| {
+        connection::connect(&self.control_conn, Some(control::CONTROL_DB)).map_err(|mut e| {
             if e.sqlstate() == Some("3D000") {
                 e.message.push_str(if self.local {
                     " (the local cluster has no control database: `dl-tenancy local up`)"

@@ -4,10 +4,14 @@
 //! - `pg/`: the cluster (owned by the server OS user, `postgres` when we run as root);
 //! - `run/`: unix sockets; `log/postgresql.log`: the server log;
 //! - `pgbouncer/`: `pgbouncer.ini`, `userlist.txt` (empty), log and pid file;
+//! - `tls/`: the cluster's CA (`ca.crt`, what clients trust) and the server certificate that
+//!   PostgreSQL and PgBouncer present ([`crate::certs`]);
 //! - `secret.key`: 32 random bytes (0600) encrypting stored passwords;
 //! - `local.json`: the ports.
 
-use crate::control::{self, connect};
+use crate::certs::CertFiles;
+use crate::connection::connect;
+use crate::control;
 use crate::error::{Error, ErrorCode, Result};
 use crate::names::quote_ident;
 use crate::secret::SecretKey;
@@ -26,6 +30,9 @@ pub const DEFAULT_PG_PORT: u16 = 55432;
 pub const DEFAULT_POOLER_PORT: u16 = 56432;
 /// The PgBouncer auth user: LOGIN, member of dl_pooler_auth, peer-authenticated on the socket.
 pub const POOLER_AUTH_USER: &str = "dl_pgbouncer";
+/// The names the local server certificate is good for (the first is its CN): what revealed
+/// URIs use (`127.0.0.1`) and what people type.
+pub const CERT_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
 /// Server id of the local cluster in `dl_control`.
 pub const LOCAL_SERVER_ID: &str = "local";
 /// PgBouncer's auth_query. A login the lookup does not answer for (unknown, refused,
@@ -139,7 +146,12 @@ impl Layout {
     fn new(dir: &Path) -> Result<Layout> {
         Ok(Layout { dir: abs(dir)? })
     }
+    fn certs(&self) -> CertFiles {
+        CertFiles::in_dir(&self.dir.join("tls"))
+    }
     fn cluster(&self, state: &LocalState) -> ClusterSpec {
+        let certs = self.certs();
+        let path = |p: &Path| p.display().to_string();
         ClusterSpec {
             data_dir: self.dir.join("pg"),
             socket_dir: self.dir.join("run"),
@@ -148,6 +160,10 @@ impl Layout {
             conf: vec![
                 ("log_connections".into(), "on".into()),
                 ("max_connections".into(), "200".into()),
+                ("ssl".into(), "on".into()),
+                ("ssl_cert_file".into(), path(&certs.server_cert)),
+                ("ssl_key_file".into(), path(&certs.server_key)),
+                ("ssl_min_protocol_version".into(), "TLSv1.2".into()),
             ],
             hba: Some(hba_conf()),
             ident: Some(ident_conf()),
@@ -157,11 +173,22 @@ impl Layout {
         let dir = self.dir.join("pgbouncer");
         let decoy = crate::secret::scram_verifier(&crate::secret::random_password());
         let auth_query = auth_query(&decoy);
-        let settings: Vec<_> = crate::fences::POOLER_SETTINGS
-            .iter()
-            .copied()
-            .chain([AUTH_DBNAME])
-            .collect();
+        let certs = self.certs();
+        let (key, cert, ca) = (
+            certs.server_key.display().to_string(),
+            certs.server_cert.display().to_string(),
+            certs.ca_cert.display().to_string(),
+        );
+        // Clients must speak TLS (PgBouncer refuses others before any login); PgBouncer
+        // reaches PostgreSQL over the unix socket, where TLS has nothing to protect.
+        let mut settings = crate::fences::POOLER_SETTINGS.to_vec();
+        settings.extend([
+            AUTH_DBNAME,
+            ("client_tls_sslmode", "require"),
+            ("client_tls_key_file", key.as_str()),
+            ("client_tls_cert_file", cert.as_str()),
+            ("client_tls_ca_file", ca.as_str()),
+        ]);
         let ini = pg_harness::pgbouncer_ini(&PgBouncerIni {
             dir: &dir,
             listen_port: state.pooler_port,
@@ -191,20 +218,23 @@ impl Layout {
 }
 
 /// pg_hba.conf of the local cluster: tenants only into the database named like their
-/// workspace role (samerole), with SCRAM; everything else for tenants is rejected.
+/// workspace role (samerole), with SCRAM; everything else for tenants is rejected. Over TCP
+/// only TLS: the first TCP rule rejects every login without it, whoever it names, so the
+/// refusal says nothing about which logins exist.
 pub fn hba_conf() -> String {
     let tenants = "+dl_tenant_read,+dl_tenant_override";
     format!(
         "# Written by `dl-tenancy local up` (rewritten at every up).\n\
-         # TYPE  DATABASE  USER  [ADDRESS]  METHOD\n\
-         local   all       postgres                   peer map=admin\n\
-         local   all       {POOLER_AUTH_USER}               peer map=pgbouncer\n\
-         host    all       {POOLER_AUTH_USER}  all          reject\n\
-         local   samerole  {tenants}       scram-sha-256\n\
-         host    samerole  {tenants}  127.0.0.1/32  scram-sha-256\n\
-         local   all       {tenants}       reject\n\
-         host    all       {tenants}  all  reject\n\
-         host    all       all  127.0.0.1/32  scram-sha-256\n"
+         # TYPE    DATABASE  USER  [ADDRESS]  METHOD\n\
+         local     all       postgres                   peer map=admin\n\
+         local     all       {POOLER_AUTH_USER}               peer map=pgbouncer\n\
+         local     samerole  {tenants}       scram-sha-256\n\
+         local     all       {tenants}       reject\n\
+         hostnossl all       all  all  reject\n\
+         hostssl   all       {POOLER_AUTH_USER}  all          reject\n\
+         hostssl   samerole  {tenants}  127.0.0.1/32  scram-sha-256\n\
+         hostssl   all       {tenants}  all  reject\n\
+         hostssl   all       all  127.0.0.1/32  scram-sha-256\n"
     )
 }
 
@@ -334,6 +364,8 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     for sub in ["run", "log"] {
         pg_harness::make_server_dir(&dir.join(sub), 0o755)?;
     }
+    // Kept when valid; a new certificate reaches running servers by the reloads below.
+    crate::certs::ensure(&dir.join("tls"), CERT_NAMES)?;
     let spec = layout.cluster(&state);
     pg_harness::init_cluster(&spec)?;
     if pg_harness::cluster_running(&spec.data_dir) {
@@ -359,6 +391,7 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
                 port: Some(state.pg_port),
                 pooler_host: Some("127.0.0.1".into()),
                 pooler_port: Some(state.pooler_port),
+                ca_file: Some(layout.certs().ca_cert),
             },
             true,
         )?;
@@ -388,7 +421,10 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     drop(admin);
 
     let bouncer = layout.pgbouncer(&state);
-    pg_harness::start_pgbouncer(&bouncer)?;
+    if !pg_harness::start_pgbouncer(&bouncer)? {
+        // Running already: the ini just written (TLS files included) takes effect.
+        pg_harness::reload_pgbouncer(&bouncer)?;
+    }
     status(&opts.data_dir)
 }
 

@@ -9,7 +9,7 @@
 //! URIs change in their user and database names only (`reveal` returns the new ones).
 //! Re-runnable: every step checks what is already done.
 
-use crate::control::connect;
+use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{
     new_handle, quote_ident, validate_workspace_id, WorkspaceNames, LEGACY_PREFIX, OPAQUE_PREFIX,

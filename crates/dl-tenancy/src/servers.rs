@@ -2,7 +2,8 @@
 //! one, and each server's template database (the extension installed once, cloned per
 //! workspace).
 
-use crate::control::{connect, LOCK_TEMPLATE};
+use crate::connection::connect;
+use crate::control::LOCK_TEMPLATE;
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{quote_ident, validate_server_name};
 use crate::types::{Endpoint, Server, ServerInfo, ServerList, ServerSpec};
@@ -33,11 +34,33 @@ fn endpoint(host: Option<String>, port: Option<i32>) -> Option<Endpoint> {
     }
 }
 
+/// A CA file for `server add --ca-file`: an absolute path to PEM certificates.
+fn check_ca_file(path: &std::path::Path) -> Result<String> {
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    read_ca_pem(&path.display().to_string())?;
+    Ok(path.display().to_string())
+}
+
+/// The PEM text of a CA file, checked to hold at least one certificate.
+pub(crate) fn read_ca_pem(path: &str) -> Result<String> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("CA file {path}: cannot read it: {e}")))?;
+    match openssl::x509::X509::stack_from_pem(pem.as_bytes()) {
+        Ok(certs) if !certs.is_empty() => Ok(pem),
+        _ => Err(invalid(format!("CA file {path}: no PEM certificate in it"))),
+    }
+}
+
 impl Tenancy {
     pub(crate) fn load_server(&self, ctl: &mut Client, id: &str) -> Result<Server> {
         let row = ctl
             .query_opt(
-                "SELECT admin_nonce, admin_ciphertext, host, port, pooler_host, pooler_port, template_version
+                "SELECT admin_nonce, admin_ciphertext, host, port, pooler_host, pooler_port, template_version,
+                        ca_file
                    FROM servers WHERE id = $1",
                 &[&id],
             )?
@@ -54,6 +77,7 @@ impl Tenancy {
             port: row.get::<_, i32>(3) as u16,
             pooler: endpoint(row.get(4), row.get(5)),
             template_version: row.get(6),
+            ca_file: row.get(7),
         })
     }
 
@@ -103,10 +127,9 @@ impl Tenancy {
         check: bool,
     ) -> Result<()> {
         validate_server_name(&spec.name)?;
-        let cfg: postgres::Config = spec
-            .admin_url
-            .parse()
-            .map_err(|e: postgres::Error| invalid(format!("malformed admin URL: {e}")))?;
+        let (cfg, _) = crate::connection::parse(&spec.admin_url)
+            .map_err(|e| invalid(format!("malformed admin URL: {}", e.message)))?;
+        let ca_file = spec.ca_file.as_deref().map(check_ca_file).transpose()?;
         let (url_host, url_port) = match (cfg.get_hosts().first(), cfg.get_ports().first()) {
             (Some(postgres::config::Host::Tcp(h)), p) => (Some(h.clone()), p.copied()),
             (_, p) => (None, p.copied()),
@@ -145,12 +168,13 @@ impl Tenancy {
             .key
             .encrypt(spec.admin_url.as_bytes(), &server_aad(&spec.name));
         ctl.execute(
-            "INSERT INTO servers (id, admin_nonce, admin_ciphertext, host, port, pooler_host, pooler_port)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO servers (id, admin_nonce, admin_ciphertext, host, port, pooler_host, pooler_port, ca_file)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (id) DO UPDATE
                 SET admin_nonce = EXCLUDED.admin_nonce, admin_ciphertext = EXCLUDED.admin_ciphertext,
                     host = EXCLUDED.host, port = EXCLUDED.port, pooler_host = EXCLUDED.pooler_host,
-                    pooler_port = EXCLUDED.pooler_port, active = true, updated_at = now()",
+                    pooler_port = EXCLUDED.pooler_port, ca_file = EXCLUDED.ca_file, active = true,
+                    updated_at = now()",
             &[
                 &spec.name,
                 &nonce,
@@ -159,6 +183,7 @@ impl Tenancy {
                 &(port as i32),
                 &pooler_host,
                 &spec.pooler_port.map(|p| p as i32),
+                &ca_file,
             ],
         )?;
         Ok(())

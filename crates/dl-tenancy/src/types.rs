@@ -59,9 +59,16 @@ pub struct Reveal {
     pub workspace: String,
     pub kind: Kind,
     pub pooled: bool,
+    /// Carries `sslmode` (and `sslrootcert`, a path on the machine that revealed it).
     pub uri: String,
     pub login: String,
     pub database: String,
+    /// `verify-full` when the server's CA is known (the local cluster's, or `server add
+    /// --ca-file`), else `require`.
+    pub sslmode: String,
+    /// The CA certificate (PEM) to trust for this server: save it where the app runs and
+    /// point `sslrootcert` at it. `null` when the server was registered without one.
+    pub ca_certificate: Option<String>,
 }
 
 /// `POST connection-uris/rotate`.
@@ -135,6 +142,9 @@ pub struct ServerSpec {
     /// The server's PgBouncer (auth_query through `dl_internal.pooler_user_lookup`).
     pub pooler_host: Option<String>,
     pub pooler_port: Option<u16>,
+    /// The CA certificate file (PEM) that signs the certificates of the server and its
+    /// pooler: revealed URIs then say `sslmode=verify-full` with it as `sslrootcert`.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,4 +155,5 @@ pub(crate) struct Server {
     pub port: u16,
     pub pooler: Option<Endpoint>,
     pub template_version: Option<String>,
+    pub ca_file: Option<String>,
 }

@@ -5,7 +5,7 @@
 //! on; running it again retries what failed and skips what is already at the target. A canary
 //! stage upgrades the first K workspaces one by one and stops the run if one of them fails.
 
-use crate::control::connect;
+use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::servers::EXTENSION;
 use crate::types::Server;

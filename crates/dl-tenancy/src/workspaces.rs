@@ -1,7 +1,8 @@
 //! A workspace's lifecycle: status, provision (idempotent, resumable), metadata, sql-schema,
 //! list and deprovision, each serialized per workspace by the workspace lock.
 
-use crate::control::{connect, LOCK_WORKSPACE};
+use crate::connection::connect;
+use crate::control::LOCK_WORKSPACE;
 use crate::credentials::ensure_login;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fences::{workspace_limits, Limits, SESSION_PRELOAD};

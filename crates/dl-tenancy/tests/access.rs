@@ -27,7 +27,16 @@ fn seed_quick_start_direct_and_pooled() {
             read.starts_with(&format!("postgresql://{read_login}:")),
             "{read}"
         );
-        assert!(read.ends_with(&format!("@127.0.0.1:{port}/{db}")), "{read}");
+        // TLS verified against the local CA, whose file the URI names.
+        let ca = env.dir.join("tls/ca.crt");
+        let tls = format!(
+            "?sslmode=verify-full&sslrootcert={}",
+            dl_tenancy_ctl::names::percent_encode(ca.to_str().unwrap())
+        );
+        assert!(
+            read.ends_with(&format!("@127.0.0.1:{port}/{db}{tls}")),
+            "{read}"
+        );
         // The CLI prints the same.
         let mut args = vec![
             "connection-uris",
@@ -44,6 +53,8 @@ fn seed_quick_start_direct_and_pooled() {
         assert_eq!(v["uri"], read.as_str());
         assert_eq!(v["pooled"], pooled);
         assert_eq!(v["kind"], "read");
+        assert_eq!(v["sslmode"], "verify-full");
+        assert_eq!(v["ca_certificate"], std::fs::read_to_string(&ca).unwrap());
 
         let mut o = connect(&over).unwrap();
         let key = format!("person:{pooled}");

@@ -33,10 +33,10 @@ fn call(api: &Api, method: &str, path: &str, body: Body<'_>) -> Resp {
 }
 
 fn connect(uri: &str) -> Result<postgres::Client, postgres::Error> {
-    let mut cfg: postgres::Config = uri.parse().expect("a connection URI");
+    let (mut cfg, tls) = dl_tenancy_ctl::connection::client_config(uri).expect("a connection URI");
     // A safety net against a hang, not a speed limit.
     cfg.connect_timeout(SAFETY_NET);
-    cfg.connect(postgres::NoTls)
+    cfg.connect(tls)
 }
 
 /// The password part of `postgresql://user:password@host:port/db`.
@@ -132,7 +132,7 @@ fn quick_start_end_to_end() {
         .unwrap()
         .pooler_port;
     assert!(
-        read_uri.ends_with(&format!(":{pooler_port}/{database}")),
+        read_uri.contains(&format!(":{pooler_port}/{database}?sslmode=verify-full&")),
         "pooled URI goes to PgBouncer"
     );
 

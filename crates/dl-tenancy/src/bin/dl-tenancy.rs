@@ -241,6 +241,10 @@ enum ServerCmd {
         pooler_host: Option<String>,
         #[arg(long)]
         pooler_port: Option<u16>,
+        /// The CA certificate (PEM) that signs the server's and its pooler's TLS certificates:
+        /// revealed URIs then verify them (`sslmode=verify-full`); without it, `require`.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Registered servers and their workspace counts.
     List,
@@ -356,6 +360,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             port,
             pooler_host,
             pooler_port,
+            ca_file,
         }) => {
             names::validate_server_name(&name)?;
             let admin_url = match (server_url, admin_url_file) {
@@ -378,6 +383,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 port,
                 pooler_host,
                 pooler_port,
+                ca_file,
             })?)
         }
         Command::Server(ServerCmd::List) => print(&open()?.server_list()?),

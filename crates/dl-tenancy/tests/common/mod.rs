@@ -177,9 +177,11 @@ pub fn cli_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOut {
     }
 }
 
-/// Connect with a revealed URI.
+/// Connect with a revealed URI, with TLS as its `sslmode`/`sslrootcert` say (the library's
+/// connector; the `postgres` crate's error is kept for its SQLSTATE).
 pub fn connect(uri: &str) -> Result<Client, postgres::Error> {
-    uri.parse::<postgres::Config>().unwrap().connect(NoTls)
+    let (cfg, tls) = dl_tenancy_ctl::connection::client_config(uri).unwrap();
+    cfg.connect(tls)
 }
 
 pub fn sqlstate(e: &postgres::Error) -> String {
@@ -188,10 +190,16 @@ pub fn sqlstate(e: &postgres::Error) -> String {
         .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
-/// Replace the database of a URI.
+/// Replace the database of a URI (its query, `sslmode` and all, stays).
 pub fn with_db(uri: &str, db: &str) -> String {
-    let i = uri.rfind('/').unwrap();
-    format!("{}/{db}", &uri[..i])
+    let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let i = base.rfind('/').unwrap();
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    format!("{}/{db}{query}", &base[..i])
 }
 
 pub const READ_QUERY: &str = include_str!("../../../../tests/seed/read_query.sql");
