@@ -133,16 +133,19 @@ fn subject(cn: &str) -> Result<openssl::x509::X509Name> {
     Ok(name.build())
 }
 
-fn builder(subject_cn: &str, key: &PKey<Private>, days: u32) -> Result<X509Builder> {
+fn builder(
+    name: &openssl::x509::X509NameRef,
+    key: &PKey<Private>,
+    days: u32,
+) -> Result<X509Builder> {
     let e = tls_error("building a certificate");
-    let name = subject(subject_cn)?;
     let mut b = X509Builder::new().map_err(&e)?;
     b.set_version(2).map_err(&e)?;
     let mut serial = BigNum::new().map_err(&e)?;
     serial.rand(127, MsbOption::MAYBE_ZERO, false).map_err(&e)?;
     let serial = serial.to_asn1_integer().map_err(&e)?;
     b.set_serial_number(&serial).map_err(&e)?;
-    b.set_subject_name(&name).map_err(&e)?;
+    b.set_subject_name(name).map_err(&e)?;
     b.set_pubkey(key).map_err(&e)?;
     // Valid from a minute ago: a client clock slightly behind still accepts it.
     let now = std::time::SystemTime::now()
@@ -159,8 +162,13 @@ fn builder(subject_cn: &str, key: &PKey<Private>, days: u32) -> Result<X509Build
 fn make_ca() -> Result<(X509, PKey<Private>)> {
     let e = tls_error("making the CA");
     let key = new_key()?;
-    let mut b = builder("dl-tenancy local CA", &key, CA_VALID_DAYS)?;
-    let name = subject("dl-tenancy local CA")?;
+    // A name of its own: a client that trusts another cluster's CA then fails with "unable
+    // to get local issuer certificate", not a signature error against a namesake.
+    let mut id = [0u8; 6];
+    openssl::rand::rand_bytes(&mut id).map_err(&e)?;
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let name = subject(&format!("dl-tenancy local CA {id}"))?;
+    let mut b = builder(&name, &key, CA_VALID_DAYS)?;
     b.set_issuer_name(&name).map_err(&e)?;
     b.append_extension(
         BasicConstraints::new()
@@ -196,7 +204,8 @@ fn make_server_cert(
     let e = tls_error("making the server certificate");
     let key = new_key()?;
     let cn = names.first().copied().unwrap_or("localhost");
-    let mut b = builder(cn, &key, SERVER_VALID_DAYS)?;
+    let name = subject(cn)?;
+    let mut b = builder(&name, &key, SERVER_VALID_DAYS)?;
     b.set_issuer_name(ca.subject_name()).map_err(&e)?;
     b.append_extension(BasicConstraints::new().critical().build().map_err(&e)?)
         .map_err(&e)?;

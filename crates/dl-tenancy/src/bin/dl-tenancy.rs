@@ -506,9 +506,9 @@ fn refuse_password_in_arguments(matches: &clap::ArgMatches) -> Result<(), Error>
         let Some(value) = m.get_one::<String>(id) else {
             continue;
         };
-        let has_password = value
-            .parse::<postgres::Config>()
-            .is_ok_and(|c| c.get_password().is_some());
+        // The library's parser: it also reads URLs with sslmode=verify-full and sslrootcert.
+        let has_password =
+            dl_tenancy_ctl::connection::parse(value).is_ok_and(|(c, _)| c.get_password().is_some());
         if has_password {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,

@@ -242,3 +242,114 @@ pub fn role_exists(admin: &mut Client, role: &str) -> bool {
         .unwrap()
         .is_some()
 }
+
+/// A throwaway cluster (pg-harness) with TLS on: a CA and a server certificate for
+/// 127.0.0.1/localhost made by the library's `certs` module in a directory of their own, and
+/// over TCP only TLS logins (SCRAM). Both are removed on drop.
+pub struct TlsCluster {
+    pub pg: pg_harness::PgCluster,
+    pub certs: dl_tenancy_ctl::certs::CertFiles,
+    cert_dir: PathBuf,
+}
+
+/// pg_hba.conf of [`TlsCluster`]: trust on the socket, TCP only with TLS.
+pub const TLS_ONLY_HBA: &str = "local all all trust\n\
+    hostnossl all all all reject\n\
+    hostssl all all 127.0.0.1/32 scram-sha-256\n";
+
+impl TlsCluster {
+    pub fn start() -> TlsCluster {
+        let cert_dir = pg_harness::temp_dir("dl-tenancy-certs").unwrap();
+        let (certs, made) =
+            dl_tenancy_ctl::certs::ensure(&cert_dir.join("tls"), &["localhost", "127.0.0.1"])
+                .unwrap();
+        assert!(made);
+        let pg = pg_harness::PgCluster::builder()
+            .conf("ssl", "on")
+            .conf("ssl_cert_file", certs.server_cert.to_str().unwrap())
+            .conf("ssl_key_file", certs.server_key.to_str().unwrap())
+            .hba(TLS_ONLY_HBA)
+            .start()
+            .unwrap();
+        TlsCluster {
+            pg,
+            certs,
+            cert_dir,
+        }
+    }
+
+    /// PgBouncer ini settings that make clients use TLS with this cluster's certificate.
+    pub fn pooler_tls_settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("client_tls_sslmode", "require".into()),
+            (
+                "client_tls_key_file",
+                self.certs.server_key.display().to_string(),
+            ),
+            (
+                "client_tls_cert_file",
+                self.certs.server_cert.display().to_string(),
+            ),
+            (
+                "client_tls_ca_file",
+                self.certs.ca_cert.display().to_string(),
+            ),
+        ]
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.cert_dir);
+    }
+}
+
+/// A CA nobody's server certificate comes from (with its directory, to remove).
+pub fn foreign_ca() -> (PathBuf, PathBuf) {
+    let dir = pg_harness::temp_dir("dl-tenancy-foreign-ca").unwrap();
+    let (files, _) = dl_tenancy_ctl::certs::ensure(&dir.join("tls"), &["127.0.0.1"]).unwrap();
+    (files.ca_cert, dir)
+}
+
+/// A URI with `sslmode` set to `mode` and `sslrootcert` to `rootcert` (or none).
+pub fn with_tls(uri: &str, mode: &str, rootcert: Option<&Path>) -> String {
+    let base = uri.split_once('?').map_or(uri, |(b, _)| b);
+    match rootcert {
+        Some(ca) => format!(
+            "{base}?sslmode={mode}&sslrootcert={}",
+            dl_tenancy_ctl::names::percent_encode(ca.to_str().unwrap())
+        ),
+        None => format!("{base}?sslmode={mode}"),
+    }
+}
+
+/// psql, or why it cannot run.
+pub fn psql_available() -> Result<(), String> {
+    match Command::new("psql").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        _ => Err("psql is not installed (scripts/setup installs it)".into()),
+    }
+}
+
+/// `psql -X -tA -d <conninfo> -c <command>` with no PG* variables from our environment.
+pub fn psql(conninfo: &str, command: &str) -> Output {
+    let mut cmd = Command::new("psql");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args([
+        "-X",
+        "-tA",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        conninfo,
+        "-c",
+        command,
+    ])
+    .env("PGCONNECT_TIMEOUT", "30")
+    .output()
+    .expect("run psql")
+}
