@@ -1,14 +1,20 @@
-//! Several servers: placement on the server with the fewest workspaces, a second plain
-//! cluster (pg-harness) with its own PgBouncer, and `--admin-url` mode on an existing server.
+//! Several servers: placement on the server with the fewest workspaces, a second cluster
+//! (pg-harness, TLS on) with its own PgBouncer reached over TLS with a verified admin URL, and
+//! `--admin-url` mode on an existing server.
 
 mod common;
 
 use common::*;
 use dl_tenancy_ctl::local::{auth_query, AUTH_DBNAME, POOLER_AUTH_USER};
 use dl_tenancy_ctl::Kind;
-use pg_harness::{pgbouncer_ini, PgBouncer, PgBouncerIni, PgCluster};
+use pg_harness::{pgbouncer_ini, PgBouncer, PgBouncerIni};
 
-fn bouncer_for(c: &PgCluster) -> PgBouncer {
+fn bouncer_for(server: &TlsCluster) -> PgBouncer {
+    let c = &server.pg;
+    let tls = server.pooler_tls_settings();
+    let extra: Vec<(&str, &str)> = std::iter::once(AUTH_DBNAME)
+        .chain(tls.iter().map(|(k, v)| (*k, v.as_str())))
+        .collect();
     PgBouncer::start(|port, dir| {
         let decoy = postgres_protocol::password::scram_sha_256(b"decoy-random-password-0123456789");
         let auth_query = auth_query(&decoy);
@@ -21,7 +27,7 @@ fn bouncer_for(c: &PgCluster) -> PgBouncer {
             auth_user: Some(POOLER_AUTH_USER),
             auth_query: Some(&auth_query),
             pool_mode: "transaction",
-            extra: &[AUTH_DBNAME],
+            extra: &extra,
         });
         let userlist = format!(
             "\"{POOLER_AUTH_USER}\" \"{}\"\n",
@@ -35,10 +41,45 @@ fn bouncer_for(c: &PgCluster) -> PgBouncer {
 #[test]
 fn placement_across_two_servers() {
     let env = Env::new();
-    let second = PgCluster::start().unwrap();
-    let bouncer = bouncer_for(&second);
+    let tls_server = TlsCluster::start();
+    let second = &tls_server.pg;
+    let bouncer = bouncer_for(&tls_server);
+    // The admin reaches the server over TCP with a password, TLS verified against its CA.
+    let admin_password = "second-admin-password-9f3a";
+    dl_tenancy_ctl::connect(&second.conn_string("postgres", "postgres"), None)
+        .unwrap()
+        .batch_execute(&format!("ALTER ROLE postgres PASSWORD '{admin_password}'"))
+        .unwrap();
+    let tcp_admin = format!(
+        "postgresql://postgres:{admin_password}@127.0.0.1:{}/postgres",
+        second.port()
+    );
+    let admin_url = with_tls(&tcp_admin, "verify-full", Some(&tls_server.certs.ca_cert));
+    // A CA that did not sign the server's certificate: refused, and the error says why.
+    let (foreign, foreign_dir) = foreign_ca();
+    let bad_file = env.dir.join("bad.url");
+    std::fs::write(
+        &bad_file,
+        with_tls(&tcp_admin, "verify-full", Some(&foreign)),
+    )
+    .unwrap();
+    let out = env.cli(&[
+        "server",
+        "add",
+        "--name",
+        "bad",
+        "--admin-url-file",
+        bad_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.error_code(), "server_unreachable");
+    assert!(
+        out.stderr.contains("not signed by a CA in sslrootcert"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(admin_password), "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(foreign_dir);
     // The server's admin URL from a file (a URL with a password must not be an argument).
-    let admin_url = second.conn_string("postgres", "postgres");
     let url_file = env.dir.join("second.url");
     std::fs::write(&url_file, &admin_url).unwrap();
     let out = env
@@ -51,6 +92,8 @@ fn placement_across_two_servers() {
             url_file.to_str().unwrap(),
             "--pooler-port",
             &bouncer.port().to_string(),
+            "--ca-file",
+            tls_server.certs.ca_cert.to_str().unwrap(),
         ])
         .json();
     assert_eq!(out["id"], "second");
@@ -63,7 +106,7 @@ fn placement_across_two_servers() {
         "no admin URL in output"
     );
     // The pooler's auth user on the second server (the tool does not manage that pooler).
-    let mut admin2 = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+    let mut admin2 = dl_tenancy_ctl::connect(&admin_url, None).unwrap();
     admin2
         .batch_execute(&format!(
             "CREATE ROLE {POOLER_AUTH_USER} LOGIN IN ROLE dl_pooler_auth"
@@ -107,6 +150,17 @@ fn placement_across_two_servers() {
     assert!(!databases(&mut env.admin("postgres")).contains(&db));
 
     for pooled in [false, true] {
+        // Tenants verify the second server with the CA given to `server add`.
+        let reveal = env.t.reveal(ws, Kind::Read, pooled).unwrap();
+        assert_eq!(reveal.sslmode, "verify-full");
+        assert_eq!(
+            reveal.ca_certificate.as_deref(),
+            Some(
+                std::fs::read_to_string(&tls_server.certs.ca_cert)
+                    .unwrap()
+                    .as_str()
+            )
+        );
         let over = env.uri(ws, Kind::Override, pooled);
         let mut o = connect(&over).unwrap();
         upsert(&mut o, "person:9", "ok").unwrap();
@@ -157,7 +211,9 @@ fn placement_across_two_servers() {
 
 #[test]
 fn admin_url_mode_on_an_existing_server() {
-    let server = PgCluster::start().unwrap();
+    // TLS on, but registered without its CA: tenants get `sslmode=require`.
+    let tls_server = TlsCluster::start();
+    let server = &tls_server.pg;
     let dir = pg_harness::temp_dir("dl-tenancy-admin-url").unwrap();
     let admin_url = server.conn_string("postgres", "postgres");
     let key = "11".repeat(32);
@@ -173,7 +229,7 @@ fn admin_url_mode_on_an_existing_server() {
         "{}",
         before.stderr
     );
-    let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+    let mut admin = dl_tenancy_ctl::connect(&admin_url, None).unwrap();
     let control_dbs: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_database WHERE datname = 'dl_control'",
@@ -209,6 +265,9 @@ fn admin_url_mode_on_an_existing_server() {
     )
     .json();
     let uri = v["uri"].as_str().unwrap();
+    assert_eq!(v["sslmode"], "require");
+    assert!(v["ca_certificate"].is_null(), "{v}");
+    assert!(uri.ends_with("?sslmode=require"), "{uri}");
     let db = v["database"].as_str().unwrap();
     assert!(db.starts_with("dlw_"), "{db}");
     assert!(
@@ -280,6 +339,14 @@ fn admin_urls_with_passwords_stay_off_the_command_line() {
             "db2",
             "--admin-url",
             "host=127.0.0.1 user=admin password=hunter2",
+        ],
+        vec![
+            "server",
+            "add",
+            "--name",
+            "db2",
+            "--admin-url",
+            "postgresql://admin:hunter2@127.0.0.1:1/postgres?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt",
         ],
     ] {
         let out = cli_in(&dir, &args, &[]);
