@@ -102,8 +102,9 @@ const PEOPLE: usize = 40;
 
 /// Python (psycopg 3, asyncpg, SQLAlchemy 2 on both) and Node.js (node-postgres with unnamed
 /// and named statements, postgres.js) with their defaults, four concurrent connections each,
-/// through the pooled and the direct URI: every point read of key k returns k's row, with no
-/// error (tests/drivers/*: one JSON line per driver).
+/// through the pooled and the direct URI (TLS, `sslmode=verify-full` with the revealed CA):
+/// every point read of key k returns k's row, with no error, and every driver refuses the
+/// server when `sslrootcert` names another CA (tests/drivers/*: one JSON line per driver).
 #[test]
 fn popular_drivers_with_their_defaults_get_the_right_rows() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers");
@@ -130,6 +131,7 @@ fn popular_drivers_with_their_defaults_get_the_right_rows() {
             PEOPLE - 1
         ))
         .unwrap();
+    let (foreign, foreign_dir) = foreign_ca();
     let mut seen = vec![];
     for pooled in [true, false] {
         let read = env.uri("drivers", Kind::Read, pooled);
@@ -146,6 +148,7 @@ fn popular_drivers_with_their_defaults_get_the_right_rows() {
                 .env("DL_URI", &read)
                 .env("DL_OVERRIDE_URI", &write)
                 .env("DL_KEYS", PEOPLE.to_string())
+                .env("DL_FOREIGN_CA", &foreign)
                 .env("DL_NODE_MODULES", format!("{cache}/node/node_modules"))
                 .output()
                 .unwrap_or_else(|e| panic!("{program}: {e}"));
@@ -161,10 +164,15 @@ fn popular_drivers_with_their_defaults_get_the_right_rows() {
                 assert!(r["queries"].as_u64().unwrap() >= 400, "{driver}: {line}");
                 assert_eq!(r["errors"], 0, "{driver}: {line}");
                 assert_eq!(r["wrong"], 0, "{driver}: wrong rows: {line}");
+                assert_eq!(
+                    r["foreign_ca_refused"], true,
+                    "{driver}: connected although sslrootcert named another CA: {line}"
+                );
                 seen.push(driver);
             }
         }
     }
+    let _ = std::fs::remove_dir_all(foreign_dir);
     seen.sort();
     assert_eq!(seen.len(), 2 * 7, "{seen:?}");
     // psycopg's Jsonb patch landed.

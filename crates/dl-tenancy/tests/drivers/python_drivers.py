@@ -2,6 +2,12 @@
 
     DL_URI=postgresql://... DL_OVERRIDE_URI=postgresql://... DL_KEYS=40 python python_drivers.py
 
+The URIs are the revealed ones: TLS with sslmode=verify-full and sslrootcert=<CA file>, which
+psycopg (libpq) and asyncpg read from the URI; SQLAlchemy's asyncpg dialect needs them as an
+SSLContext (asyncpg_engine_args). The servers refuse plaintext, and each driver also connects
+once with DL_FOREIGN_CA (a CA that did not sign the server's certificate) in sslrootcert and
+must be refused: proof that it verifies the certificate rather than ignoring sslrootcert.
+
 The workspace holds people `person:0` .. `person:{DL_KEYS-1}` whose display name is `Name {i}`.
 Each driver runs point reads of random keys (fixed seed) over several concurrent connections and
 counts, per driver, the queries run, the errors, and the wrong rows (a read of key k that did
@@ -13,7 +19,9 @@ import asyncio
 import json
 import os
 import random
+import ssl
 import threading
+import urllib.parse
 
 import asyncpg
 import psycopg
@@ -24,6 +32,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 URI = os.environ["DL_URI"]
 OVERRIDE_URI = os.environ["DL_OVERRIDE_URI"]
 KEYS = int(os.environ["DL_KEYS"])
+FOREIGN_CA = os.environ["DL_FOREIGN_CA"]
 POINT_READ = "SELECT identity_key, display_name FROM dl_resolved.people WHERE identity_key = "
 CLIENTS = 4
 READS = 120
@@ -37,7 +46,14 @@ def keys_for(client):
 class Tally:
     def __init__(self, driver):
         self.driver, self.queries, self.errors, self.wrong, self.first_error = driver, 0, 0, 0, None
+        self.foreign_ca_refused = None
         self.lock = threading.Lock()
+
+    def foreign_ca(self, error):
+        """How a connection with the foreign CA ended: its exception, or None if it got in."""
+        self.foreign_ca_refused = error is not None and "certificate" in str(error).lower()
+        if error is not None and not self.foreign_ca_refused:
+            self.first_error = self.first_error or f"foreign CA: {type(error).__name__}: {error}"[:300]
 
     def read(self, i, row):
         with self.lock:
@@ -53,7 +69,30 @@ class Tally:
 
     def report(self):
         print(json.dumps({"driver": self.driver, "queries": self.queries, "errors": self.errors,
-                          "wrong": self.wrong, "first_error": self.first_error}), flush=True)
+                          "wrong": self.wrong, "first_error": self.first_error,
+                          "foreign_ca_refused": self.foreign_ca_refused}), flush=True)
+
+
+def foreign_ca_error(connect_once):
+    try:
+        connect_once(with_foreign_ca(URI))
+    except Exception as e:  # each driver raises its own type for a TLS failure
+        return e
+    return None
+
+
+async def foreign_ca_error_async(connect_once):
+    try:
+        await connect_once(with_foreign_ca(URI))
+    except Exception as e:
+        return e
+    return None
+
+
+def with_foreign_ca(uri):
+    base, query = uri.split("?", 1)
+    params = [p for p in query.split("&") if not p.startswith("sslrootcert=")]
+    return base + "?" + "&".join(params + ["sslrootcert=" + urllib.parse.quote(FOREIGN_CA, safe="")])
 
 
 def threads(target):
@@ -78,6 +117,7 @@ def psycopg3():
                     conn.rollback()
 
     threads(client)
+    tally.foreign_ca(foreign_ca_error(lambda uri: psycopg.connect(uri).close()))
     # A write as an app makes it: the seed's upsert, the patch as Jsonb.
     with psycopg.connect(OVERRIDE_URI) as conn:
         conn.execute(
@@ -113,6 +153,11 @@ async def asyncpg_reads():
             await conn.close()
 
     await asyncio.gather(*(client(c) for c in range(CLIENTS)))
+
+    async def connect_once(uri):
+        await (await asyncpg.connect(uri)).close()
+
+    tally.foreign_ca(await foreign_ca_error_async(connect_once))
     tally.report()
 
 
@@ -134,12 +179,32 @@ def sqlalchemy_psycopg():
 
     threads(client)
     engine.dispose()
+
+    def connect_once(uri):
+        other = sqlalchemy.create_engine(uri.replace("postgresql://", "postgresql+psycopg://", 1))
+        try:
+            other.connect().close()
+        finally:
+            other.dispose()
+
+    tally.foreign_ca(foreign_ca_error(connect_once))
     tally.report()
+
+
+def asyncpg_engine_args(uri):
+    """SQLAlchemy's asyncpg dialect hands the URL's query to asyncpg.connect() as keyword
+    arguments, and it takes no sslmode/sslrootcert: the same check (verify-full: the chain to
+    the revealed CA and the host name) as an SSLContext."""
+    url = sqlalchemy.engine.make_url(uri.replace("postgresql://", "postgresql+asyncpg://", 1))
+    tls = ssl.create_default_context(cafile=url.query["sslrootcert"])
+    assert url.query["sslmode"] == "verify-full" and tls.check_hostname
+    return url.difference_update_query(["sslmode", "sslrootcert"]), {"ssl": tls}
 
 
 async def sqlalchemy_asyncpg():
     tally = Tally("sqlalchemy+asyncpg")
-    engine = create_async_engine(URI.replace("postgresql://", "postgresql+asyncpg://", 1))
+    url, connect_args = asyncpg_engine_args(URI)
+    engine = create_async_engine(url, connect_args=connect_args)
     query = sqlalchemy.text(POINT_READ + ":k")
 
     async def client(c):
@@ -154,6 +219,16 @@ async def sqlalchemy_asyncpg():
 
     await asyncio.gather(*(client(c) for c in range(CLIENTS)))
     await engine.dispose()
+
+    async def connect_once(uri):
+        url, connect_args = asyncpg_engine_args(uri)
+        other = create_async_engine(url, connect_args=connect_args)
+        try:
+            await (await other.connect()).close()
+        finally:
+            await other.dispose()
+
+    tally.foreign_ca(await foreign_ca_error_async(connect_once))
     tally.report()
 
 
