@@ -95,6 +95,11 @@ pub fn parse(conn: &str) -> Result<(postgres::Config, TlsOptions)> {
 /// A config and a connector for `conn` (what [`connect`] uses; tests use it to keep the
 /// `postgres` crate's errors).
 pub fn client_config(conn: &str) -> Result<(postgres::Config, MakeTlsConnector)> {
+    let (cfg, tls, _) = prepare(conn)?;
+    Ok((cfg, tls))
+}
+
+fn prepare(conn: &str) -> Result<(postgres::Config, MakeTlsConnector, TlsOptions)> {
     let (mut cfg, tls) = parse(conn)?;
     let unix_only =
         !cfg.get_hosts().is_empty() && cfg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
@@ -105,7 +110,8 @@ pub fn client_config(conn: &str) -> Result<(postgres::Config, MakeTlsConnector)>
         SslMode::Prefer => PgSslMode::Prefer,
         _ => PgSslMode::Require,
     });
-    Ok((cfg, connector(&tls)?))
+    let connector = connector(&tls)?;
+    Ok((cfg, connector, tls))
 }
 
 /// An OpenSSL connector that checks what `tls.sslmode` asks for.
@@ -152,8 +158,7 @@ pub fn connector(tls: &TlsOptions) -> Result<MakeTlsConnector> {
 /// TLS as its `sslmode`/`sslrootcert` say ([`client_config`]), a 10 s connect timeout and
 /// `application_name=dl-tenancy` unless it sets them.
 pub fn connect(conn: &str, dbname: Option<&str>) -> Result<Client> {
-    let (mut cfg, tls) = client_config(conn)?;
-    let (_, opts) = parse(conn)?;
+    let (mut cfg, tls, opts) = prepare(conn)?;
     if let Some(db) = dbname {
         cfg.dbname(db);
     }

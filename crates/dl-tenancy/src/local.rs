@@ -119,6 +119,8 @@ pub struct LocalStatus {
     pub control_database: String,
     pub server_id: String,
     pub extension_version: Option<String>,
+    /// The CA clients trust for both servers (`sslrootcert` of revealed URIs).
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -473,5 +475,6 @@ pub fn status(data_dir: &Path) -> Result<LocalStatus> {
         control_database: control::CONTROL_DB.into(),
         server_id: LOCAL_SERVER_ID.into(),
         extension_version: version,
+        ca_file: layout.certs().ca_cert.display().to_string(),
     })
 }

@@ -57,6 +57,11 @@ fn local_up_is_idempotent_and_restarts_after_a_crash() {
     assert_eq!(up["postgres"]["port"], pg);
     assert_eq!(up["pooler"]["port"], pool);
     assert_eq!(up["control_database"], "dl_control");
+    let ca_file = up["ca_file"].as_str().unwrap();
+    assert!(ca_file.ends_with("/tls/ca.crt"), "{ca_file}");
+    assert!(std::fs::read_to_string(ca_file)
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE-----"));
     // Second up: same result, nothing breaks; ports remembered without flags.
     let again = cli_in(d, &["local", "up"], &[]).json();
     assert_eq!(again, up);

@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::Instant;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use serde_json::Value;
 use std::process::Command;
 
@@ -156,7 +156,7 @@ pub fn run(b: &Bench) -> R<Vec<Scenario>> {
             let uri = reveal_pooled_read()?;
             let mut ok = false;
             for _ in 0..1000 {
-                match Client::connect(&uri, NoTls) {
+                match connect_revealed(&uri) {
                     Ok(mut c) => {
                         c.simple_query("SELECT 1")?;
                         ok = true;
@@ -173,7 +173,7 @@ pub fn run(b: &Bench) -> R<Vec<Scenario>> {
             }
             delay.push(returned.elapsed().as_secs_f64() * 1000.0);
             rotate_t.push(rt * 1000.0);
-            if Client::connect(&old_uri, NoTls).is_err() {
+            if connect_revealed(&old_uri).is_err() {
                 old_rejected += 1;
             }
             old_uri = uri;
@@ -195,4 +195,11 @@ pub fn run(b: &Bench) -> R<Vec<Scenario>> {
     let _ = fs::remove_dir_all(&dir);
     result?;
     Ok(vec![s7, s8])
+}
+
+/// Connect with a revealed URI (TLS, `sslmode=verify-full` with its `sslrootcert`), through the
+/// tool's connector: the `postgres` crate alone reads neither.
+fn connect_revealed(uri: &str) -> R<Client> {
+    let (cfg, tls) = dl_tenancy_ctl::connection::client_config(uri).map_err(|e| e.to_string())?;
+    Ok(cfg.connect(tls)?)
 }
