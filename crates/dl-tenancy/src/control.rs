@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, OPAQUE_NAMES),
     (4, WORKSPACE_LIMITS),
     (5, SERVER_CA_FILE),
+    (6, crate::suspension::SOFT_DELETE_SCHEMA),
 ];
 
 const SERVERS_WORKSPACES_CREDENTIALS: &str = r#"

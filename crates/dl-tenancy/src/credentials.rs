@@ -115,7 +115,7 @@ pub const MAX_GRACE_SECONDS: u64 = 366 * 86400;
 /// How often `serve` ends grace periods that are over ([`Tenancy::expire_grace_periods`]).
 pub const GRACE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn credential_aad(ws: &str, kind: Kind, slot: Slot) -> String {
+pub(crate) fn credential_aad(ws: &str, kind: Kind, slot: Slot) -> String {
     format!(
         "dl_tenancy credential {ws}/{}/{}",
         kind.as_str(),

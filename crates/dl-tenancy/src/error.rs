@@ -35,6 +35,11 @@ pub enum ErrorCode {
     ExtensionUnavailable,
     /// The secret key is missing, malformed, or does not decrypt a stored secret.
     SecretKey,
+    /// The workspace is deleted (suspended, data kept): only an operator's `undelete` brings
+    /// it back.
+    WorkspaceSuspended,
+    /// `purge`/`undelete` of a workspace that is not suspended.
+    NotSuspended,
     /// A conflicting object exists (e.g. a role with a workspace's name that is not ours).
     Conflict,
     /// A SQL error from a server.
@@ -73,6 +78,8 @@ impl ErrorCode {
             ErrorCode::LocalNotInitialized => "local_not_initialized",
             ErrorCode::ExtensionUnavailable => "extension_unavailable",
             ErrorCode::SecretKey => "secret_key",
+            ErrorCode::WorkspaceSuspended => "workspace_suspended",
+            ErrorCode::NotSuspended => "not_suspended",
             ErrorCode::Conflict => "conflict",
             ErrorCode::DatabaseError => "database_error",
             ErrorCode::LocalServer => "local_server",
@@ -108,6 +115,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::ProvisioningInProgress
             | ErrorCode::PoolerNotConfigured
+            | ErrorCode::WorkspaceSuspended
+            | ErrorCode::NotSuspended
             | ErrorCode::Conflict => 409,
             ErrorCode::NoServer
             | ErrorCode::ServerUnreachable

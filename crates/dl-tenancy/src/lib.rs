@@ -23,9 +23,11 @@ mod migrate_names;
 pub mod names;
 pub mod secret;
 mod servers;
+mod suspension;
 pub mod tokens;
 mod types;
 mod upgrade;
+mod usage;
 mod workspaces;
 
 pub use connection::{connect, SslMode};
@@ -35,11 +37,13 @@ pub use migrate_names::{NameMigration, NameMigrationReport};
 pub use names::{validate_workspace_id, Kind, WorkspaceNames, WORKSPACE_ID_PATTERN};
 pub use secret::SecretKey;
 pub use servers::{EXTENSION, TEMPLATE_DB};
+pub use suspension::{DEFAULT_RETENTION_SECONDS, MAX_RETENTION_SECONDS, PURGE_SWEEP_INTERVAL};
 pub use types::*;
 pub use upgrade::{
     UpgradeEvent, UpgradeOptions, UpgradeReport, WorkspaceUpgrade, DEFAULT_LOCK_ATTEMPTS,
     DEFAULT_LOCK_TIMEOUT_MS,
 };
+pub use usage::{FleetUsage, ServerUsage, UsageError, WorkspaceUsage};
 pub use workspaces::FAULT_ENV;
 
 use std::path::PathBuf;

@@ -14,9 +14,13 @@ pub struct WorkspaceStatus {
     pub database: Option<String>,
     pub extension_version: Option<String>,
     pub server_id: Option<String>,
-    /// Why a workspace is `error`, or why a recorded workspace is `not_provisioned` now.
+    /// Why a workspace is `error` or `suspended`, or why a recorded workspace is
+    /// `not_provisioned` now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// A `suspended` (deleted) workspace: when the sweep purges it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purge_after: Option<String>,
 }
 
 /// A host and port.
@@ -102,7 +106,7 @@ pub struct WorkspaceList {
     pub workspaces: Vec<WorkspaceEntry>,
 }
 
-/// `deprovision`.
+/// `purge` (and each workspace the purge sweep dropped).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Deprovisioned {
     pub workspace: String,
@@ -111,6 +115,49 @@ pub struct Deprovisioned {
     pub database: Option<String>,
     pub dropped_database: bool,
     pub dropped_roles: Vec<String>,
+}
+
+impl Deprovisioned {
+    pub(crate) fn nothing(ws: &str) -> Self {
+        Deprovisioned {
+            workspace: ws.into(),
+            status: "deleted".into(),
+            database: None,
+            dropped_database: false,
+            dropped_roles: vec![],
+        }
+    }
+}
+
+/// `deprovision`: the workspace is suspended (logins refused, data kept until `purge_after`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Suspension {
+    pub workspace: String,
+    /// `suspended`, or `not_provisioned` when there was no workspace of that id.
+    pub status: String,
+    pub database: Option<String>,
+    pub server_id: Option<String>,
+    pub suspended_at: Option<String>,
+    /// When the purge sweep drops it (`undelete` before then brings it back).
+    pub purge_after: Option<String>,
+    pub retention_seconds: Option<u64>,
+    /// Sessions on its database or of its logins that this call ended.
+    pub sessions_ended: i64,
+}
+
+impl Suspension {
+    pub(crate) fn nothing(ws: &str) -> Self {
+        Suspension {
+            workspace: ws.into(),
+            status: "not_provisioned".into(),
+            database: None,
+            server_id: None,
+            suspended_at: None,
+            purge_after: None,
+            retention_seconds: None,
+            sessions_ended: 0,
+        }
+    }
 }
 
 /// A registered server (no admin URL: it may hold a password).

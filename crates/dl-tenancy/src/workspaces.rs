@@ -11,9 +11,9 @@ use crate::names::{
     OPAQUE_PREFIX,
 };
 use crate::servers::{EXTENSION, TEMPLATE_DB};
+use crate::suspension::suspended_error;
 use crate::types::{
-    Deprovisioned, Endpoint, Metadata, RoleNames, Server, WorkspaceEntry, WorkspaceList,
-    WorkspaceStatus,
+    Endpoint, Metadata, RoleNames, Server, WorkspaceEntry, WorkspaceList, WorkspaceStatus,
 };
 use crate::Tenancy;
 use postgres::Client;
@@ -25,7 +25,7 @@ pub const FAULT_ENV: &str = "DL_TENANCY_FAULT";
 /// Exit the process at a named point when `DL_TENANCY_FAULT` says so: a simulated crash
 /// half-way for the idempotency tests. Only in test builds (feature `fault-injection`).
 #[cfg(feature = "fault-injection")]
-fn fault_point(name: &str) {
+pub(crate) fn fault_point(name: &str) {
     if std::env::var(FAULT_ENV).as_deref() == Ok(name) {
         eprintln!("{{\"error\":{{\"code\":\"simulated_crash\",\"message\":\"{name}\"}}}}");
         std::process::exit(97);
@@ -33,7 +33,7 @@ fn fault_point(name: &str) {
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn fault_point(_name: &str) {}
+pub(crate) fn fault_point(_name: &str) {}
 
 pub(crate) fn not_provisioned(ws: &str) -> Error {
     Error::new(
@@ -46,6 +46,7 @@ pub(crate) fn not_provisioned(ws: &str) -> Error {
 fn require_active(ws: &str, state: Option<&str>, message: Option<&str>) -> Result<()> {
     match state {
         Some("active") => Ok(()),
+        Some("suspended" | "purging") => Err(suspended_error(ws, None)),
         Some("provisioning") => Err(Error::new(
             ErrorCode::ProvisioningInProgress,
             format!("workspace {ws} is being provisioned (or an attempt stopped half-way; run provision)"),
@@ -85,7 +86,8 @@ impl Tenancy {
         validate_workspace_id(workspace)?;
         let mut ctl = self.control()?;
         let row = ctl.query_opt(
-            "SELECT server_id, state, database_name, extension_version FROM workspaces WHERE id = $1",
+            "SELECT server_id, state, database_name, extension_version, purge_after::text
+               FROM workspaces WHERE id = $1",
             &[&workspace],
         )?;
         let mut st = WorkspaceStatus {
@@ -95,6 +97,7 @@ impl Tenancy {
             extension_version: None,
             server_id: None,
             message: None,
+            purge_after: None,
         };
         let Some(row) = row else { return Ok(st) };
         let state: String = row.get(1);
@@ -107,6 +110,13 @@ impl Tenancy {
         st.server_id = Some(server_id.clone());
         st.status = state.clone();
         st.extension_version = row.get(3);
+        if state == "suspended" || state == "purging" {
+            // Deleted, data kept: no live check (the logins are refused on purpose).
+            st.status = "suspended".into();
+            st.purge_after = row.get(4);
+            st.message = Some(suspended_error(workspace, st.purge_after.as_deref()).message);
+            return Ok(st);
+        }
         if state == "error" {
             // The stored error is the operator's (`dl-tenancy list`): it can name hosts, paths
             // and SQL. A tenant sees only what to do.
@@ -157,11 +167,18 @@ impl Tenancy {
         res
     }
 
-    fn provision_locked(&self, ctl: &mut Client, ws: &str) -> Result<WorkspaceStatus> {
+    pub(crate) fn provision_locked(&self, ctl: &mut Client, ws: &str) -> Result<WorkspaceStatus> {
         let row = ctl.query_opt(
-            "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
+            "SELECT server_id, state, database_name, purge_after::text FROM workspaces WHERE id = $1",
             &[&ws],
         )?;
+        // A deleted workspace comes back only through an operator's `undelete`: a tenant's
+        // `provision` must not revive it (nor make a new one beside its kept data).
+        if let Some(r) = &row {
+            if matches!(r.get::<_, &str>(1), "suspended" | "purging") {
+                return Err(suspended_error(ws, r.get(3)));
+            }
+        }
         // A recorded workspace keeps its names; a new one (or one deleted before) gets fresh
         // opaque ones, and nothing of those names may exist yet.
         let (server_id, state, names) = match &row {
@@ -402,98 +419,6 @@ impl Tenancy {
                 .collect(),
         })
     }
-
-    /// `deprovision`: terminate sessions, drop the database and the workspace's roles, mark the
-    /// workspace deleted. `confirm` must repeat the workspace id.
-    pub fn deprovision(&self, workspace: &str, confirm: &str) -> Result<Deprovisioned> {
-        validate_workspace_id(workspace)?;
-        if confirm != workspace {
-            return Err(Error::new(
-                ErrorCode::ConfirmationRequired,
-                format!("deprovision drops the database: pass --confirm {workspace}"),
-            ));
-        }
-        let mut ctl = self.control()?;
-        lock_workspace(&mut ctl, workspace)?;
-        let res = (|| -> Result<Deprovisioned> {
-            let row = ctl.query_opt(
-                "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
-                &[&workspace],
-            )?;
-            let Some(row) = row.filter(|r| r.get::<_, &str>(1) != "deleted") else {
-                return Ok(Deprovisioned {
-                    workspace: workspace.into(),
-                    status: "deleted".into(),
-                    database: None,
-                    dropped_database: false,
-                    dropped_roles: vec![],
-                });
-            };
-            let names = WorkspaceNames::recorded(workspace, row.get(2))?;
-            let mut out = Deprovisioned {
-                workspace: workspace.into(),
-                status: "deleted".into(),
-                database: Some(names.database()),
-                dropped_database: false,
-                dropped_roles: vec![],
-            };
-            let server = self.load_server(&mut ctl, row.get(0))?;
-            let mut admin = connect(&server.admin_conn, None)?;
-            let db = names.database();
-            let exists = admin
-                .query_opt(
-                    "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
-                    &[&db],
-                )?
-                .is_some();
-            if exists {
-                admin.batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    quote_ident(&db)
-                ))?;
-                out.dropped_database = true;
-            }
-            for role in names.all_roles() {
-                let exists = admin
-                    .query_opt(
-                        "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
-                        &[&role],
-                    )?
-                    .is_some();
-                if exists {
-                    // Sessions of the logins elsewhere (there should be none) end first.
-                    admin.execute(
-                        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
-                          WHERE usename = $1",
-                        &[&role],
-                    )?;
-                    admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(&role)))?;
-                    out.dropped_roles.push(role);
-                }
-            }
-            // The workspace's API tokens die with it: whoever gets this id next must not be
-            // reachable with them.
-            crate::tokens::ensure_schema(&mut ctl)?;
-            let mut tx = ctl.transaction()?;
-            tx.execute(
-                "UPDATE api_tokens SET revoked_at = now() WHERE workspace_id = $1 AND revoked_at IS NULL",
-                &[&workspace],
-            )?;
-            tx.execute(
-                "DELETE FROM credentials WHERE workspace_id = $1",
-                &[&workspace],
-            )?;
-            tx.execute(
-                "UPDATE workspaces SET state = 'deleted', error_message = NULL, updated_at = now()
-                  WHERE id = $1",
-                &[&workspace],
-            )?;
-            tx.commit()?;
-            Ok(out)
-        })();
-        unlock_workspace(&mut ctl, workspace);
-        res
-    }
 }
 
 /// What `provision` answers for a workspace it left active.
@@ -505,6 +430,7 @@ fn active_status(names: &WorkspaceNames, version: String, server_id: String) -> 
         extension_version: Some(version),
         server_id: Some(server_id),
         message: None,
+        purge_after: None,
     }
 }
 

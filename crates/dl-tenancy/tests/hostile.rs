@@ -507,7 +507,11 @@ fn api_tokens_die_with_their_workspace() {
     assert!(store.verify(&issued.token).unwrap().is_some());
     arena.env.t.deprovision(ATTACKER, ATTACKER).unwrap();
     assert_eq!(store.verify(&issued.token).unwrap(), None);
-    // A later workspace of the same id is not reachable with it either.
+    // Nor after an undelete, nor on a later workspace of the same id.
+    arena.env.t.undelete(ATTACKER).unwrap();
+    assert_eq!(store.verify(&issued.token).unwrap(), None);
+    arena.env.t.deprovision(ATTACKER, ATTACKER).unwrap();
+    arena.env.t.purge(ATTACKER, ATTACKER).unwrap();
     arena.env.t.provision(ATTACKER).unwrap();
     assert_eq!(store.verify(&issued.token).unwrap(), None);
 }

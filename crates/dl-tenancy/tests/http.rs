@@ -267,7 +267,7 @@ fn error_statuses() {
         .iter()
         .filter(|(_, p)| p.starts_with("/api/v2/tenants/"))
         .collect();
-    assert_eq!(tenant_routes.len(), 6);
+    assert_eq!(tenant_routes.len(), 7);
     for (m, p) in &tenant_routes {
         let r = call(&anon, m, p, Body::Json(json!({"kind": "read"})));
         assert_eq!((r.status, r.code()), (401, "unauthorized"), "{m} {p}");

@@ -106,16 +106,23 @@ fn provision_status_metadata_schema_list_deprovision() {
     assert_eq!(out.code, 2);
     assert_eq!(t.status("acme").unwrap().status, "active");
 
-    // A live session is terminated by deprovision.
+    // A live session is terminated by deprovision, which suspends (the data stays) ...
     let mut session = connect(&env.uri("acme", Kind::Read, false)).unwrap();
     session.simple_query("SELECT 1").unwrap();
     let d = env
         .cli(&["deprovision", "--workspace", "acme", "--confirm", "acme"])
         .json();
+    assert_eq!(d["status"], "suspended");
+    assert!(session.simple_query("SELECT 1").is_err());
+    assert!(databases(&mut admin).contains(&db));
+    assert_eq!(t.status("acme").unwrap().status, "suspended");
+    // ... and purge drops it.
+    let d = env
+        .cli(&["purge", "--workspace", "acme", "--confirm", "acme"])
+        .json();
     assert_eq!(d["status"], "deleted");
     assert_eq!(d["dropped_database"], true);
     assert_eq!(d["dropped_roles"].as_array().unwrap().len(), 5);
-    assert!(session.simple_query("SELECT 1").is_err());
     assert!(!databases(&mut admin).contains(&db));
     assert!(!role_exists(&mut admin, &read_login));
     assert!(!role_exists(&mut admin, &db));
@@ -125,8 +132,12 @@ fn provision_status_metadata_schema_list_deprovision() {
         t.reveal("acme", Kind::Read, false).unwrap_err().code(),
         "not_provisioned"
     );
-    // Deprovision again: a no-op.
-    assert!(!t.deprovision("acme", "acme").unwrap().dropped_database);
+    // Deprovision and purge again: no-ops.
+    assert_eq!(
+        t.deprovision("acme", "acme").unwrap().status,
+        "not_provisioned"
+    );
+    assert!(!t.purge("acme", "acme").unwrap().dropped_database);
 
     // And it can come back, with new names and credentials.
     let back = t.provision("acme").unwrap();
@@ -332,6 +343,7 @@ fn bad_workspace_ids_change_nothing() {
     let max = format!("a{}", "b".repeat(47));
     assert_eq!(env.t.provision(&max).unwrap().status, "active");
     env.t.deprovision(&max, &max).unwrap();
+    env.t.purge(&max, &max).unwrap();
     // Other bad input: JSON errors with exit 2.
     let out = env.cli(&[
         "connection-uris",

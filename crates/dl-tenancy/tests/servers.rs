@@ -200,6 +200,11 @@ fn placement_across_two_servers() {
     let d = env
         .cli(&["deprovision", "--workspace", ws, "--confirm", ws])
         .json();
+    assert_eq!(d["status"], "suspended");
+    assert!(databases(&mut admin2).contains(&db));
+    let d = env
+        .cli(&["purge", "--workspace", ws, "--confirm", ws])
+        .json();
     assert_eq!(d["dropped_database"], true);
     assert!(!databases(&mut admin2).contains(&db));
     assert!(!role_exists(&mut admin2, &read_login));

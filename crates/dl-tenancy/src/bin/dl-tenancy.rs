@@ -10,6 +10,9 @@ use dl_tenancy_ctl::{
 use serde::Serialize;
 use std::path::PathBuf;
 
+#[path = "cli/fleet.rs"]
+mod fleet;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "dl-tenancy",
@@ -52,8 +55,8 @@ enum Command {
     SqlSchema(Ws),
     /// All workspaces with their recorded state.
     List,
-    /// Drop a workspace's database and logins.
-    Deprovision(Deprovision),
+    #[command(flatten)]
+    Fleet(fleet::FleetCmd),
     /// Servers workspaces are placed on.
     #[command(subcommand)]
     Server(ServerCmd),
@@ -201,15 +204,6 @@ enum UrisCmd {
     },
 }
 
-#[derive(Args, Debug)]
-struct Deprovision {
-    #[arg(long, allow_hyphen_values = true)]
-    workspace: String,
-    /// Must repeat the workspace id.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
-    confirm: String,
-}
-
 #[derive(Subcommand, Debug)]
 enum ServerCmd {
     /// Register (or update) a server new workspaces can be placed on.
@@ -261,6 +255,9 @@ struct ServeArgs {
     /// Time limit of each database operation, in seconds.
     #[arg(long, default_value_t = 30)]
     timeout_seconds: u64,
+    /// How often deleted workspaces whose retention is over are purged (first at start).
+    #[arg(long, default_value_t = dl_tenancy_ctl::PURGE_SWEEP_INTERVAL.as_secs())]
+    purge_sweep_seconds: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -348,10 +345,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             print(&open()?.sql_schema(&w.workspace)?)
         }
         Command::List => print(&open()?.list()?),
-        Command::Deprovision(d) => {
-            names::validate_workspace_id(&d.workspace)?;
-            print(&open()?.deprovision(&d.workspace, &d.confirm)?)
-        }
+        Command::Fleet(cmd) => fleet::run(cmd, open)?,
         Command::Server(ServerCmd::Add {
             name,
             server_url,
@@ -396,6 +390,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                     call_timeout: timeout,
                     rate_per_minute: s.rate_limit_per_minute,
                     drain_timeout: timeout + std::time::Duration::from_secs(5),
+                    purge_sweep_interval: std::time::Duration::from_secs(
+                        s.purge_sweep_seconds.max(1),
+                    ),
                     ..Default::default()
                 },
             )?

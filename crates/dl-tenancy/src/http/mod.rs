@@ -46,6 +46,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v2/tenants/connection-uris/reveal"),
     ("POST", "/api/v2/tenants/connection-uris/rotate"),
     ("GET", "/api/v2/tenants/sql-schema"),
+    ("GET", "/api/v2/tenants/usage"),
 ];
 
 pub use crate::MAX_GRACE_SECONDS;
@@ -62,6 +63,8 @@ pub struct ServeOptions {
     pub max_concurrent_calls: usize,
     /// After SIGTERM/SIGINT, how long in-flight requests may take before the process exits.
     pub drain_timeout: Duration,
+    /// How often deleted workspaces whose retention is over are purged.
+    pub purge_sweep_interval: Duration,
 }
 
 impl Default for ServeOptions {
@@ -72,6 +75,7 @@ impl Default for ServeOptions {
             rate_per_minute: 20,
             max_concurrent_calls: 32,
             drain_timeout: Duration::from_secs(35),
+            purge_sweep_interval: crate::PURGE_SWEEP_INTERVAL,
         }
     }
 }
@@ -199,6 +203,12 @@ async fn sql_schema(State(st): State<Arc<AppState>>, Auth(p): Auth) -> Api<Respo
     Ok(Json(st.call(move |t| t.sql_schema(&ws)).await?).into_response())
 }
 
+/// The token's own workspace only: nothing in the request can name another.
+async fn usage(State(st): State<Arc<AppState>>, Auth(p): Auth) -> Api<Response> {
+    let ws = p.workspace;
+    Ok(Json(st.call(move |t| t.usage(&ws)).await?).into_response())
+}
+
 fn default_pooled() -> bool {
     true
 }
@@ -274,6 +284,7 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         "/api/v2/tenants/connection-uris/reveal" => on(filter, reveal),
         "/api/v2/tenants/connection-uris/rotate" => on(filter, rotate),
         "/api/v2/tenants/sql-schema" => on(filter, sql_schema),
+        "/api/v2/tenants/usage" => on(filter, usage),
         _ => unreachable!("a path of ROUTES without a handler: {path}"),
     }
 }
@@ -396,12 +407,30 @@ fn spawn_grace_sweeper(tenancy: Tenancy) {
     });
 }
 
+/// Purges deleted workspaces whose retention is over ([`Tenancy::purge_expired`]): a round
+/// at start, then every `interval`. Runs until the process exits; a failed round is logged
+/// and retried.
+fn spawn_purge_sweeper(tenancy: Tenancy, interval: Duration) {
+    std::thread::spawn(move || loop {
+        match tenancy.purge_expired() {
+            Ok(purged) => {
+                for p in purged {
+                    tracing::info!(workspace = %p.workspace, "deleted workspace purged");
+                }
+            }
+            Err(e) => tracing::warn!(code = e.code.as_str(), "purging deleted workspaces failed"),
+        }
+        std::thread::sleep(interval);
+    });
+}
+
 /// `dl-tenancy serve`: open the control plane, bind, print `{"listening":"<addr>"}` on stdout,
 /// serve until SIGTERM/SIGINT. Blocking.
 pub fn run(config: &Config, opts: &ServeOptions) -> crate::Result<()> {
     init_logging();
     let tenancy = Tenancy::open(config)?;
     spawn_grace_sweeper(tenancy.clone());
+    spawn_purge_sweeper(tenancy.clone(), opts.purge_sweep_interval);
     let state = AppState::new(tenancy, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

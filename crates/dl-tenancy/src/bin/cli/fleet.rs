@@ -1,0 +1,106 @@
+//! The fleet commands of the CLI (soft delete, usage, backup and restore): thin fronts over
+//! the library, flattened into the top-level command list.
+
+use clap::{Args, Subcommand};
+use dl_tenancy_ctl::{names, Error, ErrorCode, Tenancy};
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCmd {
+    /// Delete a workspace: logins refused and sessions ended at once, API tokens revoked, data
+    /// kept for --retention (default 30d), then purged. `undelete` brings it back until then.
+    Deprovision(DeprovisionArgs),
+    /// Bring a deleted (suspended) workspace back, with its data and fresh passwords.
+    Undelete(WsArg),
+    /// Drop a deleted workspace's data now (--workspace W --confirm W), or every one whose
+    /// retention is over (--expired; `serve` does this on its own).
+    Purge(PurgeArgs),
+    /// Database size, connections, rows in the extension's tables and last activity: of one
+    /// workspace, or of every workspace per server.
+    Usage(UsageArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UsageArgs {
+    /// One workspace (default: all, per server).
+    #[arg(long, allow_hyphen_values = true)]
+    workspace: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WsArg {
+    /// Workspace id, ^[a-z][a-z0-9_-]{0,47}$
+    #[arg(long, allow_hyphen_values = true)]
+    workspace: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DeprovisionArgs {
+    #[arg(long, allow_hyphen_values = true)]
+    workspace: String,
+    /// Must repeat the workspace id.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    confirm: String,
+    /// How long the data is kept before the purge sweep drops it (0, 12h, 7d, ...; at most
+    /// 366d). Default: 30d.
+    #[arg(long)]
+    retention: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PurgeArgs {
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        required_unless_present = "expired",
+        conflicts_with = "expired"
+    )]
+    workspace: Option<String>,
+    /// Must repeat the workspace id.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    confirm: String,
+    /// Purge every deleted workspace whose retention is over.
+    #[arg(long)]
+    expired: bool,
+}
+
+fn print<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+pub fn run(cmd: FleetCmd, open: impl Fn() -> Result<Tenancy, Error>) -> Result<(), Error> {
+    match cmd {
+        FleetCmd::Deprovision(d) => {
+            names::validate_workspace_id(&d.workspace)?;
+            let retention = match d.retention.as_deref() {
+                Some(r) => names::parse_duration(r)?,
+                None => dl_tenancy_ctl::DEFAULT_RETENTION_SECONDS,
+            };
+            print(&open()?.suspend(&d.workspace, &d.confirm, retention)?)
+        }
+        FleetCmd::Undelete(w) => {
+            names::validate_workspace_id(&w.workspace)?;
+            print(&open()?.undelete(&w.workspace)?)
+        }
+        FleetCmd::Purge(p) => match p.workspace {
+            Some(ws) => {
+                names::validate_workspace_id(&ws)?;
+                print(&open()?.purge(&ws, &p.confirm)?)
+            }
+            None if p.expired => print(&serde_json::json!({"purged": open()?.purge_expired()?})),
+            None => {
+                return Err(Error::new(
+                    ErrorCode::InvalidArgument,
+                    "purge needs --workspace W --confirm W, or --expired",
+                ))
+            }
+        },
+        FleetCmd::Usage(u) => match u.workspace {
+            Some(ws) => {
+                names::validate_workspace_id(&ws)?;
+                print(&open()?.usage(&ws)?)
+            }
+            None => print(&open()?.fleet_usage()?),
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,496 @@
+//! Soft delete: `deprovision` suspends a workspace (logins refused at once, data kept for a
+//! retention period), `undelete` brings it back with fresh credentials, `purge` (or the sweep
+//! `serve` runs) drops it for good.
+//!
+//! Every step records its state in the control database *before* it touches the server, so a
+//! crash at any point leaves a state that refuses the tenant and that re-running the same
+//! command finishes:
+//!
+//! | command | 1. control database | 2. server | 3. control database |
+//! |---|---|---|---|
+//! | `deprovision` | `suspended` + purge time, credentials deleted, tokens revoked | logins NOLOGIN without password, CONNECT revoked, sessions ended | - |
+//! | `undelete` | `provisioning`, suspension cleared | `provision`'s repair: CONNECT back, fresh passwords | `active` |
+//! | `purge` | `purging` | database and roles dropped | `deleted` |
+
+use crate::control::connect;
+use crate::credentials::{credential_aad, revoke_login};
+use crate::error::{invalid, Error, ErrorCode, Result};
+use crate::names::{quote_ident, validate_workspace_id, Kind, Slot, WorkspaceNames};
+use crate::secret::random_password;
+use crate::servers::EXTENSION;
+use crate::types::{Deprovisioned, Suspension, WorkspaceStatus};
+use crate::workspaces::{lock_workspace, unlock_workspace};
+use crate::Tenancy;
+use postgres::{Client, GenericClient};
+
+/// How long `deprovision` keeps a workspace's data before the sweep purges it: 30 days.
+pub const DEFAULT_RETENTION_SECONDS: u64 = 30 * 86400;
+/// Longest retention `deprovision --retention` accepts: 366 days.
+pub const MAX_RETENTION_SECONDS: u64 = 366 * 86400;
+/// How often `serve` purges the workspaces whose retention is over.
+pub const PURGE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Control migration 6: the soft-delete states and the per-workspace event log.
+pub(crate) const SOFT_DELETE_SCHEMA: &str = r#"
+-- The state check of migration 1 is unnamed: found by its definition.
+DO $$
+DECLARE c record;
+BEGIN
+    FOR c IN SELECT conname FROM pg_catalog.pg_constraint
+              WHERE conrelid = 'public.workspaces'::regclass AND contype = 'c'
+                AND pg_catalog.pg_get_constraintdef(oid) LIKE '%''provisioning''%'
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE public.workspaces DROP CONSTRAINT %I', c.conname);
+    END LOOP;
+END
+$$;
+ALTER TABLE workspaces
+    ADD CONSTRAINT workspaces_state_check CHECK (state IN
+        ('provisioning', 'active', 'error', 'suspended', 'purging', 'deleted')),
+    ADD COLUMN suspended_at timestamptz,
+    ADD COLUMN purge_after timestamptz,
+    ADD CONSTRAINT workspaces_suspension_check
+        CHECK ((state IN ('suspended', 'purging')) = (purge_after IS NOT NULL));
+-- What was done to each workspace, by whom it was asked (cli, sweep), kept after a purge.
+CREATE TABLE workspace_events (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workspace_id text NOT NULL CHECK (workspace_id ~ '^[a-z][a-z0-9_-]{0,47}$'),
+    action       text NOT NULL CHECK (action ~ '^[a-z_]{1,32}$'),
+    detail       jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(detail) = 'object'),
+    at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX workspace_events_workspace ON workspace_events (workspace_id, at);
+"#;
+
+/// Append to the workspace's event log (no secrets in `detail`).
+pub(crate) fn record_event(
+    ctl: &mut impl GenericClient,
+    ws: &str,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    ctl.execute(
+        "INSERT INTO workspace_events (workspace_id, action, detail) VALUES ($1, $2, $3)",
+        &[&ws, &action, &detail],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn suspended_error(ws: &str, purge_after: Option<&str>) -> Error {
+    Error::new(
+        ErrorCode::WorkspaceSuspended,
+        format!(
+            "workspace {ws} is deleted (its data is kept until {}); an operator can undelete it",
+            purge_after.unwrap_or("it is purged")
+        ),
+    )
+}
+
+fn confirm_matches(ws: &str, confirm: &str, what: &str) -> Result<()> {
+    if confirm == ws {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::ConfirmationRequired,
+            format!("{what}: pass --confirm {ws}"),
+        ))
+    }
+}
+
+/// Logins refused and sessions ended on the server: every login of the workspace NOLOGIN
+/// without a password (pooled logins go through the same check: PgBouncer's auth_query
+/// answers only for LOGIN roles), CONNECT revoked from the workspace role, and every session
+/// on the database ended, the pooler's server connections included. Harmless to repeat, and
+/// to run on a workspace half-created or half-dropped.
+fn shut_out(admin: &mut Client, names: &WorkspaceNames) -> Result<i64> {
+    let db = names.database();
+    let sessions: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity
+              WHERE (datname = $1 OR usename = ANY($2)) AND pid <> pg_catalog.pg_backend_pid()",
+            &[&db, &names.all_logins()],
+        )?
+        .get(0);
+    for login in names.all_logins() {
+        if role_exists(admin, &login)? {
+            revoke_login(admin, &login)?;
+        }
+    }
+    if database_exists(admin, &db)? && role_exists(admin, &names.workspace_role())? {
+        admin.batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {} FROM {}",
+            quote_ident(&db),
+            quote_ident(&names.workspace_role())
+        ))?;
+    }
+    admin.execute(
+        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+          WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
+        &[&db],
+    )?;
+    Ok(sessions)
+}
+
+fn role_exists(admin: &mut Client, role: &str) -> Result<bool> {
+    Ok(admin
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+            &[&role],
+        )?
+        .is_some())
+}
+
+pub(crate) fn database_exists(admin: &mut Client, db: &str) -> Result<bool> {
+    Ok(admin
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&db],
+        )?
+        .is_some())
+}
+
+impl Tenancy {
+    /// `deprovision` with the default retention ([`DEFAULT_RETENTION_SECONDS`]).
+    pub fn deprovision(&self, workspace: &str, confirm: &str) -> Result<Suspension> {
+        self.suspend(workspace, confirm, DEFAULT_RETENTION_SECONDS)
+    }
+
+    /// `deprovision --retention`: suspend the workspace. It is recorded `suspended` (with the
+    /// time after which the sweep purges it) before anything else, its stored credentials and
+    /// API tokens are deleted, then its logins are refused and its sessions ended. Repeating
+    /// it repeats the shutting out (a crash half-way is finished so) and keeps the first
+    /// purge time. `confirm` must repeat the workspace id.
+    pub fn suspend(
+        &self,
+        workspace: &str,
+        confirm: &str,
+        retention_seconds: u64,
+    ) -> Result<Suspension> {
+        validate_workspace_id(workspace)?;
+        confirm_matches(
+            workspace,
+            confirm,
+            "deprovision deletes the workspace (its data is kept for the retention period)",
+        )?;
+        if retention_seconds > MAX_RETENTION_SECONDS {
+            return Err(invalid(format!(
+                "retention longer than {MAX_RETENTION_SECONDS} s (366 days)"
+            )));
+        }
+        let mut ctl = self.control()?;
+        crate::control::apply_schema(&mut ctl)?;
+        lock_workspace(&mut ctl, workspace)?;
+        let res = self.suspend_locked(&mut ctl, workspace, retention_seconds);
+        unlock_workspace(&mut ctl, workspace);
+        res
+    }
+
+    fn suspend_locked(&self, ctl: &mut Client, ws: &str, retention: u64) -> Result<Suspension> {
+        let row = ctl.query_opt(
+            "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
+            &[&ws],
+        )?;
+        let Some(row) = row.filter(|r| r.get::<_, &str>(1) != "deleted") else {
+            return Ok(Suspension::nothing(ws));
+        };
+        let state: String = row.get(1);
+        let names = WorkspaceNames::recorded(ws, row.get(2))?;
+        if state != "suspended" && state != "purging" {
+            // Which login of each kind was live: undelete brings the other one back, whose
+            // pool PgBouncer has not marked as failing (server_login_retry).
+            let slots: serde_json::Map<String, serde_json::Value> = ctl
+                .query(
+                    "SELECT kind, slot FROM credentials WHERE workspace_id = $1 AND active",
+                    &[&ws],
+                )?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1).into()))
+                .collect();
+            let mut tx = ctl.transaction()?;
+            tx.execute(
+                "UPDATE workspaces SET state = 'suspended', error_message = NULL,
+                        suspended_at = now(),
+                        purge_after = now() + pg_catalog.make_interval(secs => $2::float8),
+                        updated_at = now()
+                  WHERE id = $1",
+                &[&ws, &(retention as f64)],
+            )?;
+            tx.execute("DELETE FROM credentials WHERE workspace_id = $1", &[&ws])?;
+            tx.execute(
+                "UPDATE api_tokens SET revoked_at = now() WHERE workspace_id = $1 AND revoked_at IS NULL",
+                &[&ws],
+            )?;
+            record_event(
+                &mut tx,
+                ws,
+                "suspend",
+                serde_json::json!({
+                    "from_state": state,
+                    "retention_seconds": retention,
+                    "active_slots": slots,
+                }),
+            )?;
+            tx.commit()?;
+        }
+        crate::workspaces::fault_point("after_suspend_record");
+        let server = self.load_server(ctl, row.get(0))?;
+        let ended = shut_out(&mut connect(&server.admin_conn, None)?, &names)?;
+        let times = ctl.query_one(
+            "SELECT state, suspended_at::text, purge_after::text,
+                    extract(epoch FROM purge_after - suspended_at)::float8
+               FROM workspaces WHERE id = $1",
+            &[&ws],
+        )?;
+        Ok(Suspension {
+            workspace: ws.into(),
+            status: "suspended".into(),
+            database: Some(names.database()),
+            server_id: Some(server.id),
+            suspended_at: times.get(1),
+            purge_after: times.get(2),
+            retention_seconds: times.get::<_, Option<f64>>(3).map(|s| s.round() as u64),
+            sessions_ended: ended,
+        })
+    }
+
+    /// `undelete`: a suspended workspace back to `active`, with its data and fresh passwords
+    /// (the stored ones were deleted at suspension; API tokens stay revoked: issue new ones).
+    /// Recorded `provisioning` first, then finished by `provision`'s repair; a re-run after a
+    /// crash finishes it. Refused once a purge has started, or when the database is gone.
+    pub fn undelete(&self, workspace: &str) -> Result<WorkspaceStatus> {
+        validate_workspace_id(workspace)?;
+        let mut ctl = self.control()?;
+        crate::control::apply_schema(&mut ctl)?;
+        lock_workspace(&mut ctl, workspace)?;
+        let res = self.undelete_locked(&mut ctl, workspace);
+        if let Err(e) = &res {
+            let _ = ctl.execute(
+                "UPDATE workspaces SET state = 'error', error_message = $2, updated_at = now()
+                  WHERE id = $1 AND state IN ('provisioning', 'error')",
+                &[&workspace, &e.to_string()],
+            );
+        }
+        unlock_workspace(&mut ctl, workspace);
+        res
+    }
+
+    fn undelete_locked(&self, ctl: &mut Client, ws: &str) -> Result<WorkspaceStatus> {
+        let row = ctl.query_opt(
+            "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
+            &[&ws],
+        )?;
+        let state = row.as_ref().map(|r| r.get::<_, String>(1));
+        match state.as_deref() {
+            Some("suspended") => {}
+            // Undeleted already, or an undelete stopped half-way: provision finishes it.
+            Some("provisioning" | "error" | "active") => return self.provision_locked(ctl, ws),
+            Some("purging") => {
+                return Err(Error::new(
+                    ErrorCode::NotSuspended,
+                    format!("workspace {ws} is being purged; its data cannot come back"),
+                ))
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::NotSuspended,
+                    format!("workspace {ws} is not deleted (nothing to undelete)"),
+                ))
+            }
+        }
+        let row = row.expect("a recorded workspace");
+        let names = WorkspaceNames::recorded(ws, row.get(2))?;
+        let server = self.load_server(ctl, row.get(0))?;
+        if !has_extension(&server.admin_conn, &names.database())? {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "the database of workspace {ws} is gone or has no {EXTENSION} extension; \
+                     nothing to undelete (purge it, then provision anew)"
+                ),
+            ));
+        }
+        let mut tx = ctl.transaction()?;
+        tx.execute(
+            "UPDATE workspaces SET state = 'provisioning', suspended_at = NULL, purge_after = NULL,
+                    updated_at = now()
+              WHERE id = $1",
+            &[&ws],
+        )?;
+        self.fresh_credentials(&mut tx, &names)?;
+        record_event(&mut tx, ws, "undelete", serde_json::json!({}))?;
+        tx.commit()?;
+        crate::workspaces::fault_point("after_undelete_record");
+        self.provision_locked(ctl, ws)
+    }
+
+    /// New passwords for an undeleted workspace, recorded as the active credentials (the
+    /// provision that follows gives them to the logins), each on the login of its kind that
+    /// was not live at the suspension.
+    fn fresh_credentials(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        names: &WorkspaceNames,
+    ) -> Result<()> {
+        let ws = names.workspace.as_str();
+        let before: Option<serde_json::Value> = tx
+            .query_opt(
+                "SELECT detail -> 'active_slots' FROM workspace_events
+                  WHERE workspace_id = $1 AND action = 'suspend' ORDER BY id DESC LIMIT 1",
+                &[&ws],
+            )?
+            .and_then(|r| r.get(0));
+        tx.execute("DELETE FROM credentials WHERE workspace_id = $1", &[&ws])?;
+        for kind in Kind::ALL {
+            let was = before
+                .as_ref()
+                .and_then(|v| v.get(kind.as_str()))
+                .and_then(|v| v.as_str())
+                .and_then(Slot::parse)
+                .unwrap_or(Slot::A);
+            let slot = was.other();
+            let (nonce, ct) = self.key.encrypt(
+                random_password().as_bytes(),
+                &credential_aad(ws, kind, slot),
+            );
+            tx.execute(
+                "INSERT INTO credentials (workspace_id, kind, slot, login_name, active, nonce, ciphertext)
+                 VALUES ($1, $2, $3, $4, true, $5, $6)",
+                &[&ws, &kind.as_str(), &slot.as_str(), &names.login(kind, slot), &nonce, &ct],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `purge`: drop a suspended workspace's database and roles now. Refused for a workspace
+    /// that is not suspended (`deprovision` first). `confirm` must repeat the workspace id.
+    /// Recorded `purging` first: a crash leaves it refused to `undelete` and finished by the
+    /// next `purge` or sweep.
+    pub fn purge(&self, workspace: &str, confirm: &str) -> Result<Deprovisioned> {
+        validate_workspace_id(workspace)?;
+        confirm_matches(
+            workspace,
+            confirm,
+            "purge drops the workspace's data for good",
+        )?;
+        let mut ctl = self.control()?;
+        crate::control::apply_schema(&mut ctl)?;
+        lock_workspace(&mut ctl, workspace)?;
+        let res = self.purge_locked(&mut ctl, workspace, "cli");
+        unlock_workspace(&mut ctl, workspace);
+        res
+    }
+
+    /// The sweep: purge every suspended workspace whose retention is over, and finish purges
+    /// that stopped half-way. `serve` runs it every [`PURGE_SWEEP_INTERVAL`]. Returns the
+    /// purged workspaces; one that fails is skipped (and retried by the next sweep).
+    pub fn purge_expired(&self) -> Result<Vec<Deprovisioned>> {
+        let mut ctl = self.control()?;
+        crate::control::apply_schema(&mut ctl)?;
+        let due: Vec<String> = ctl
+            .query(
+                "SELECT id FROM workspaces
+                  WHERE state = 'purging' OR (state = 'suspended' AND purge_after <= now())
+                  ORDER BY purge_after, id",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut purged = vec![];
+        let mut first_error = None;
+        for ws in due {
+            lock_workspace(&mut ctl, &ws)?;
+            let res = self.purge_locked(&mut ctl, &ws, "sweep");
+            unlock_workspace(&mut ctl, &ws);
+            match res {
+                // Undeleted meanwhile: nothing to do.
+                Err(e) if e.code == ErrorCode::NotSuspended => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+                Ok(p) => purged.push(p),
+            }
+        }
+        match first_error {
+            Some(e) if purged.is_empty() => Err(e),
+            _ => Ok(purged),
+        }
+    }
+
+    fn purge_locked(&self, ctl: &mut Client, ws: &str, by: &str) -> Result<Deprovisioned> {
+        let row = ctl.query_opt(
+            "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
+            &[&ws],
+        )?;
+        let state = row.as_ref().map(|r| r.get::<_, String>(1));
+        match state.as_deref() {
+            Some("suspended" | "purging") => {}
+            Some("deleted") | None => return Ok(Deprovisioned::nothing(ws)),
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorCode::NotSuspended,
+                    format!("workspace {ws} is not deleted: run deprovision first (purge drops only suspended workspaces)"),
+                ))
+            }
+        }
+        let row = row.expect("a recorded workspace");
+        let names = WorkspaceNames::recorded(ws, row.get(2))?;
+        ctl.execute(
+            "UPDATE workspaces SET state = 'purging', updated_at = now() WHERE id = $1",
+            &[&ws],
+        )?;
+        crate::workspaces::fault_point("after_purge_record");
+        let server = self.load_server(ctl, row.get(0))?;
+        let mut admin = connect(&server.admin_conn, None)?;
+        let mut out = Deprovisioned::nothing(ws);
+        out.database = Some(names.database());
+        // Shut out first (a crash between the drops must not leave a login that works).
+        shut_out(&mut admin, &names)?;
+        if database_exists(&mut admin, &names.database())? {
+            admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&names.database())
+            ))?;
+            out.dropped_database = true;
+        }
+        for role in names.all_roles() {
+            if role_exists(&mut admin, &role)? {
+                admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(&role)))?;
+                out.dropped_roles.push(role);
+            }
+        }
+        let mut tx = ctl.transaction()?;
+        tx.execute("DELETE FROM credentials WHERE workspace_id = $1", &[&ws])?;
+        tx.execute(
+            "UPDATE api_tokens SET revoked_at = now() WHERE workspace_id = $1 AND revoked_at IS NULL",
+            &[&ws],
+        )?;
+        tx.execute(
+            "UPDATE workspaces SET state = 'deleted', error_message = NULL, purge_after = NULL,
+                    updated_at = now()
+              WHERE id = $1",
+            &[&ws],
+        )?;
+        record_event(
+            &mut tx,
+            ws,
+            "purge",
+            serde_json::json!({"by": by, "database": names.database()}),
+        )?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// The database exists and has the extension.
+fn has_extension(admin_conn: &str, db: &str) -> Result<bool> {
+    if !database_exists(&mut connect(admin_conn, None)?, db)? {
+        return Ok(false);
+    }
+    let mut c = connect(admin_conn, Some(db))?;
+    Ok(c.query_opt(
+        "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1",
+        &[&EXTENSION],
+    )?
+    .is_some())
+}

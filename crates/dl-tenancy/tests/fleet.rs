@@ -1,0 +1,552 @@
+//! Fleet operations: soft delete (deprovision suspends, undelete, purge, the sweep), usage per
+//! workspace, backup and restore. Real clusters, real PgBouncer, real tenant logins; the
+//! tenant is hostile.
+
+mod common;
+
+use common::http::{check, cluster, Api, Server};
+use common::*;
+use dl_tenancy_ctl::{tokens, Kind};
+use postgres::Client;
+use serde_json::{json, Value};
+
+/// Every URI of a workspace: (label, uri) for read/override, direct/pooled.
+fn uris(env: &Env, ws: &str) -> Vec<(String, String)> {
+    let mut out = vec![];
+    for kind in Kind::ALL {
+        for pooled in [false, true] {
+            out.push((format!("{kind} pooled={pooled}"), env.uri(ws, kind, pooled)));
+        }
+    }
+    out
+}
+
+/// A login with this URI is refused (direct: an authentication SQLSTATE; pooled: PgBouncer
+/// fails the SCRAM exchange against its decoy, or the server refuses the pool's login).
+fn assert_refused(label: &str, uri: &str) {
+    match connect(uri) {
+        Ok(mut c) => {
+            // PgBouncer may accept the client before it needs a server connection: the first
+            // statement is where the server refuses.
+            let e = c
+                .simple_query("SELECT 1")
+                .expect_err(&format!("{label}: a suspended login still runs statements"));
+            eprintln!("{label}: refused at the first statement: {e}");
+        }
+        Err(e) => {
+            if let Some(code) = e.code() {
+                assert!(
+                    ["28000", "28P01", "08P01", "08006"].contains(&code.code()),
+                    "{label}: {e}"
+                );
+            }
+        }
+    }
+}
+
+fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+#[test]
+fn deprovision_suspends_undelete_brings_back_purge_drops() {
+    let env = Env::new();
+    let t = &env.t;
+    t.provision("acme").unwrap();
+    t.provision("other").unwrap();
+    let db = env.database("acme");
+    let mut over = connect(&env.uri("acme", Kind::Override, true)).unwrap();
+    upsert(&mut over, "person:1", "kept").unwrap();
+    over.batch_execute(CUSTOM_TABLE).unwrap();
+    let old_uris = uris(&env, "acme");
+    let mut open: Vec<(String, Client)> = old_uris
+        .iter()
+        .map(|(l, u)| (l.clone(), connect(u).unwrap()))
+        .collect();
+    for (_, c) in &mut open {
+        c.simple_query("SELECT 1").unwrap();
+    }
+    let token = tokens::create(t, "acme").unwrap();
+    let store = tokens::TokenStore::open(t.clone()).unwrap();
+
+    // Without the confirmation nothing happens.
+    let out = env.cli(&["deprovision", "--workspace", "acme"]);
+    assert_eq!(out.error_code(), "confirmation_required");
+    assert_eq!(t.status("acme").unwrap().status, "active");
+    let out = env.cli(&[
+        "deprovision",
+        "--workspace",
+        "acme",
+        "--confirm",
+        "acme",
+        "--retention",
+        "367d",
+    ]);
+    assert_eq!(out.error_code(), "invalid_argument");
+
+    let s = env
+        .cli(&[
+            "deprovision",
+            "--workspace",
+            "acme",
+            "--confirm",
+            "acme",
+            "--retention",
+            "7d",
+        ])
+        .json();
+    eprintln!("{s:#}");
+    assert_eq!(s["status"], "suspended");
+    assert_eq!(s["database"], db.as_str());
+    assert_eq!(s["retention_seconds"], 7 * 86400);
+    assert!(s["sessions_ended"].as_i64().unwrap() >= 4, "{s}");
+    // Logins refused at once: open sessions (direct and pooled) are gone, new ones refused.
+    for (label, c) in &mut open {
+        assert!(c.simple_query("SELECT 1").is_err(), "{label} survived");
+    }
+    for (label, uri) in &old_uris {
+        assert_refused(label, uri);
+    }
+    assert_eq!(store.verify(&token.token).unwrap(), None);
+    // Recorded: status and list say suspended, with the purge time 7 days on.
+    let st = t.status("acme").unwrap();
+    assert_eq!(st.status, "suspended");
+    assert_eq!(st.database.as_deref(), Some(db.as_str()));
+    let purge_after = st.purge_after.clone().expect("a purge time");
+    let mut ctl = env.admin("dl_control");
+    let (state, days): (String, f64) = {
+        let r = ctl
+            .query_one(
+                "SELECT state, extract(epoch FROM purge_after - suspended_at)::float8 / 86400,
+                        purge_after::text FROM workspaces WHERE id = 'acme'",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(r.get::<_, String>(2), purge_after);
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((state.as_str(), days), ("suspended", 7.0));
+    let listed = t.list().unwrap();
+    assert!(listed
+        .workspaces
+        .iter()
+        .any(|w| w.workspace == "acme" && w.state == "suspended"));
+    // The data is kept.
+    let mut admin_db = env.admin(&db);
+    assert_eq!(
+        count(
+            &mut admin_db,
+            "SELECT count(*) FROM dl_override.person_overrides"
+        ),
+        1
+    );
+    drop(admin_db);
+    // Everything a tenant could call refuses; provision does not revive it.
+    for e in [
+        t.reveal("acme", Kind::Read, true).unwrap_err(),
+        t.metadata("acme").unwrap_err(),
+        t.provision("acme").unwrap_err(),
+        t.rotate("acme", Kind::Read, 0).unwrap_err(),
+    ] {
+        assert_eq!(e.code(), "workspace_suspended", "{e}");
+        assert_eq!(e.http_status(), 409);
+    }
+    assert_eq!(t.status("acme").unwrap().status, "suspended");
+    // Purge refuses a workspace that is not suspended.
+    let out = env.cli(&["purge", "--workspace", "other", "--confirm", "other"]);
+    assert_eq!(out.error_code(), "not_suspended");
+    assert_eq!(t.status("other").unwrap().status, "active");
+    let out = env.cli(&["undelete", "--workspace", "nobody"]);
+    assert_eq!(out.error_code(), "not_suspended");
+    let out = env.cli(&["purge", "--workspace", "acme"]);
+    assert_eq!(out.error_code(), "confirmation_required");
+    // The sweep leaves a workspace whose retention is not over.
+    assert!(t.purge_expired().unwrap().is_empty());
+
+    // Idempotent: the same purge time, nothing more to end.
+    let again = t.suspend("acme", "acme", 60).unwrap();
+    assert_eq!(again.purge_after.as_deref(), Some(purge_after.as_str()));
+
+    // Undelete: active, the data there, fresh passwords (the old URIs stay refused).
+    let back = env.cli(&["undelete", "--workspace", "acme"]).json();
+    assert_eq!(back["status"], "active");
+    assert_eq!(back["database"], db.as_str());
+    assert_eq!(t.status("acme").unwrap().status, "active");
+    for (label, uri) in &old_uris {
+        assert_refused(label, uri);
+    }
+    for (label, uri) in uris(&env, "acme") {
+        let mut c = connect(&uri).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let rows = c
+            .query_typed(READ_QUERY, &[])
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(rows.len(), 1, "{label}: the override is back");
+        if label.starts_with("override") {
+            assert_eq!(
+                count(
+                    &mut c,
+                    "SELECT count(*) FROM tenant_custom.account_segments"
+                ),
+                0,
+                "{label}: the custom table is back"
+            );
+        }
+    }
+    // The old token stays revoked.
+    assert_eq!(store.verify(&token.token).unwrap(), None);
+    // Undelete again: a no-op.
+    assert_eq!(t.undelete("acme").unwrap().status, "active");
+
+    // Deprovision and purge: dropped, for good.
+    let read_login = t.metadata("acme").unwrap().roles["read"].login.clone();
+    t.deprovision("acme", "acme").unwrap();
+    let p = env
+        .cli(&["purge", "--workspace", "acme", "--confirm", "acme"])
+        .json();
+    assert_eq!(p["status"], "deleted");
+    assert_eq!(p["dropped_database"], true);
+    let mut admin = env.admin("postgres");
+    assert!(!databases(&mut admin).contains(&db));
+    assert!(!role_exists(&mut admin, &read_login));
+    assert_eq!(t.status("acme").unwrap().status, "not_provisioned");
+    assert_eq!(t.undelete("acme").unwrap_err().code(), "not_suspended");
+    assert!(!t.purge("acme", "acme").unwrap().dropped_database);
+    // The event log has each step.
+    let actions: Vec<String> = ctl
+        .query(
+            "SELECT action FROM workspace_events WHERE workspace_id = 'acme' ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(actions, ["suspend", "undelete", "suspend", "purge"]);
+    // The neighbour never noticed.
+    connect(&env.uri("other", Kind::Read, true))
+        .unwrap()
+        .batch_execute(READ_QUERY)
+        .unwrap();
+}
+
+/// A crash after each recorded step leaves the tenant refused, and re-running the command
+/// (or the sweep, for a purge) finishes it.
+#[test]
+fn soft_delete_steps_survive_a_crash_and_finish_on_rerun() {
+    let env = Env::new();
+    let t = &env.t;
+    t.provision("crashy").unwrap();
+    let fault = |args: &[&str], point: &str| {
+        let out = env.cli_env(args, &[("DL_TENANCY_FAULT", point)]);
+        assert_eq!(out.code, 97, "{args:?} at {point}: {out:?}");
+    };
+    let deprovision = [
+        "deprovision",
+        "--workspace",
+        "crashy",
+        "--confirm",
+        "crashy",
+    ];
+
+    // Crash after recording the suspension, before the server: tenant calls refuse already
+    // (no provision can revive it), and the re-run shuts the logins out.
+    let old = uris(&env, "crashy");
+    fault(&deprovision, "after_suspend_record");
+    assert_eq!(t.status("crashy").unwrap().status, "suspended");
+    assert_eq!(
+        t.provision("crashy").unwrap_err().code(),
+        "workspace_suspended"
+    );
+    env.cli(&deprovision).json();
+    for (label, uri) in &old {
+        assert_refused(label, uri);
+    }
+
+    // Crash in undelete after its record: status says provisioning; the re-run finishes.
+    fault(
+        &["undelete", "--workspace", "crashy"],
+        "after_undelete_record",
+    );
+    assert_eq!(t.status("crashy").unwrap().status, "provisioning");
+    assert_eq!(
+        env.cli(&["undelete", "--workspace", "crashy"]).json()["status"],
+        "active"
+    );
+    for (label, uri) in uris(&env, "crashy") {
+        connect(&uri)
+            .unwrap_or_else(|e| panic!("{label}: {e}"))
+            .batch_execute(READ_QUERY)
+            .unwrap();
+    }
+
+    // Crash in purge after its record: no undelete any more, logins still refused, and the
+    // sweep finishes the purge although the retention is not over.
+    let db = env.database("crashy");
+    let old = uris(&env, "crashy");
+    env.cli(&deprovision).json();
+    fault(
+        &["purge", "--workspace", "crashy", "--confirm", "crashy"],
+        "after_purge_record",
+    );
+    assert_eq!(t.status("crashy").unwrap().status, "suspended");
+    assert_eq!(t.undelete("crashy").unwrap_err().code(), "not_suspended");
+    for (label, uri) in &old {
+        assert_refused(label, uri);
+    }
+    let swept = env.cli(&["purge", "--expired"]).json();
+    assert_eq!(swept["purged"][0]["workspace"], "crashy", "{swept}");
+    assert!(!databases(&mut env.admin("postgres")).contains(&db));
+    assert_eq!(t.status("crashy").unwrap().status, "not_provisioned");
+}
+
+/// Over HTTP: the old token is refused, a new one cannot undelete (provision answers 409),
+/// status shows `suspended` with the purge time, and `serve`'s sweep purges a workspace
+/// deleted with no retention.
+#[test]
+fn a_tenant_cannot_undelete_itself_and_serve_purges_expired() {
+    let c = cluster();
+    let ws = "fleet-http-suspend";
+    let (token, _) = c.token(ws);
+    let server = Server::start(&["--purge-sweep-seconds", "1"]);
+    let api = Api::new(&server.base, Some(&token));
+    let r = api.post("/api/v2/tenants/provision", json!({}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    c.cli(&[
+        "deprovision",
+        "--workspace",
+        ws,
+        "--confirm",
+        ws,
+        "--retention",
+        "30d",
+    ]);
+    let r = api.get("/api/v2/tenants/status");
+    assert_eq!(r.status, 401, "the old token is revoked: {}", r.text);
+    let (fresh, _) = c.token(ws);
+    let api = Api::new(&server.base, Some(&fresh));
+    let r = api.get("/api/v2/tenants/status");
+    check("GET", "/api/v2/tenants/status", &r);
+    assert_eq!(r.json["status"], "suspended", "{}", r.text);
+    assert!(r.json["purge_after"].is_string(), "{}", r.text);
+    for (method, path, body) in [
+        ("POST", "/api/v2/tenants/provision", json!({})),
+        (
+            "POST",
+            "/api/v2/tenants/connection-uris/reveal",
+            json!({"kind": "override"}),
+        ),
+        (
+            "POST",
+            "/api/v2/tenants/connection-uris/rotate",
+            json!({"kind": "read"}),
+        ),
+        (
+            "GET",
+            "/api/v2/tenants/connection-uris/metadata",
+            Value::Null,
+        ),
+    ] {
+        let r = if method == "GET" {
+            api.get(path)
+        } else {
+            api.post(path, body)
+        };
+        check(method, path, &r);
+        assert_eq!(r.status, 409, "{method} {path}: {}", r.text);
+        assert_eq!(r.code(), "workspace_suspended", "{method} {path}");
+    }
+    assert_eq!(c.cli(&["status", "--workspace", ws])["status"], "suspended");
+
+    // Deleted with no retention: the running server's sweep purges it.
+    let gone = "fleet-http-expire";
+    c.cli(&["provision", "--workspace", gone]);
+    c.cli(&[
+        "deprovision",
+        "--workspace",
+        gone,
+        "--confirm",
+        gone,
+        "--retention",
+        "0",
+    ]);
+    server.wait_log("the sweep purged the workspace", |v| {
+        v["fields"]["message"] == "deleted workspace purged" && v["fields"]["workspace"] == gone
+    });
+    assert_eq!(
+        c.cli(&["status", "--workspace", gone])["status"],
+        "not_provisioned"
+    );
+}
+
+/// Size and sessions of a database as the catalog says, from a connection elsewhere.
+fn catalog_figures(admin: &mut Client, db: &str) -> (i64, i64) {
+    let r = admin
+        .query_one(
+            "SELECT pg_database_size($1::text::name),
+                    (SELECT count(*) FROM pg_stat_activity WHERE datname = $1::text::name)",
+            &[&db],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+#[test]
+fn usage_figures_match_the_catalog() {
+    let env = Env::new();
+    let t = &env.t;
+    t.provision("acme").unwrap();
+    t.provision("quiet").unwrap();
+    let db = env.database("acme");
+    let mut over = connect(&env.uri("acme", Kind::Override, true)).unwrap();
+    for key in ["person:1", "person:2", "person:3"] {
+        upsert(&mut over, key, "ok").unwrap();
+    }
+    over.batch_execute(CUSTOM_TABLE).unwrap();
+    env.admin(&db)
+        .batch_execute(
+            r#"SET ROLE dl_platform_runtime;
+               SELECT dl_upsert_person_enrichment('p-' || g, '{"name":"P"}', '{}') FROM generate_series(1, 25) g"#,
+        )
+        .unwrap();
+    // Two idle direct sessions and the pooled one's server connection.
+    let _idle: Vec<Client> = (0..2)
+        .map(|_| connect(&env.uri("acme", Kind::Read, false)).unwrap())
+        .collect();
+
+    // Measured between two identical catalog readings (a closed session's backend leaves
+    // pg_stat_activity when it has exited, not when its client closed).
+    let mut admin = env.admin("postgres");
+    let started = std::time::Instant::now();
+    let (u, before) = loop {
+        let before = catalog_figures(&mut admin, &db);
+        let u = t.usage("acme").unwrap();
+        if catalog_figures(&mut admin, &db) == before {
+            break (u, before);
+        }
+        assert!(started.elapsed() < SAFETY_NET, "the database never settled");
+    };
+    eprintln!("{}", serde_json::to_string_pretty(&u).unwrap());
+    assert_eq!(u.workspace, "acme");
+    assert_eq!(u.status, "active");
+    assert_eq!(u.database, db);
+    assert_eq!(u.database_size_bytes, before.0);
+    assert_eq!(u.connections, before.1);
+    assert!(u.connections >= 3, "{u:?}");
+    let limit: i32 = admin
+        .query_one(
+            "SELECT datconnlimit FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(u.connection_limit, limit);
+    // Every data table of the extension, each count equal to count(*).
+    let mut wsdb = env.admin(&db);
+    let registered: Vec<String> = wsdb
+        .query(
+            "SELECT unnest(extconfig)::regclass::text FROM pg_extension WHERE extname = 'dl_tenancy' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(u.rows.keys().cloned().collect::<Vec<_>>(), registered);
+    for (table, n) in &u.rows {
+        assert_eq!(
+            *n,
+            count(&mut wsdb, &format!("SELECT count(*) FROM {table}")),
+            "{table}"
+        );
+    }
+    assert_eq!(u.rows["dl_override.person_overrides"], 3);
+    assert_eq!(u.rows["dl_cache.person_enrichments"], 25);
+    // The last activity: not before the newest write, not after now.
+    let last = u.last_activity.clone().expect("a last activity");
+    let ok: bool = wsdb
+        .query_one(
+            "SELECT $1::text::timestamptz >= (SELECT max(updated_at) FROM dl_cache.person_enrichments)
+                AND $1::text::timestamptz >= (SELECT max(updated_at) FROM dl_override.person_overrides)
+                AND $1::text::timestamptz <= now()",
+            &[&last],
+        )
+        .unwrap()
+        .get(0);
+    assert!(ok, "last_activity {last}");
+
+    // The CLI prints the same figures; without a workspace, every one per server.
+    let one = env.cli(&["usage", "--workspace", "acme"]).json();
+    assert_eq!(one["rows"]["dl_cache.person_enrichments"], 25);
+    t.deprovision("quiet", "quiet").unwrap();
+    let all = env.cli(&["usage"]).json();
+    eprintln!("{all:#}");
+    let local = &all["servers"][0];
+    assert_eq!(local["server_id"], "local");
+    let listed: Vec<(&str, &str)> = local["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["workspace"].as_str().unwrap(),
+                w["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("acme", "active"), ("quiet", "suspended")]);
+    assert_eq!(
+        env.cli(&["usage", "--workspace", "nobody"]).error_code(),
+        "not_provisioned"
+    );
+}
+
+/// `GET /api/v2/tenants/usage` answers for the token's workspace and nothing else: no query
+/// string, header or body names another one.
+#[test]
+fn a_token_sees_only_its_own_usage() {
+    let c = cluster();
+    let (ours, theirs) = ("fleet-usage-a", "fleet-usage-b");
+    let (token_a, _) = c.token(ours);
+    let (token_b, _) = c.token(theirs);
+    let server = Server::start(&[]);
+    let a = Api::new(&server.base, Some(&token_a));
+    let b = Api::new(&server.base, Some(&token_b));
+    let r = a.get("/api/v2/tenants/usage");
+    check("GET", "/api/v2/tenants/usage", &r);
+    assert_eq!((r.status, r.code()), (404, "not_provisioned"), "{}", r.text);
+    for api in [&a, &b] {
+        assert_eq!(api.post("/api/v2/tenants/provision", json!({})).status, 200);
+    }
+    let db_b = c.cli(&["status", "--workspace", theirs])["database"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for path in [
+        "/api/v2/tenants/usage".to_string(),
+        format!("/api/v2/tenants/usage?workspace={theirs}"),
+        format!("/api/v2/tenants/usage?database={db_b}"),
+    ] {
+        let r = a.get(&path);
+        check("GET", "/api/v2/tenants/usage", &r);
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.json["workspace"], ours, "{path}");
+        assert_ne!(r.json["database"], db_b.as_str(), "{path}");
+        assert!(
+            !r.text.contains(theirs) && !r.text.contains(&db_b),
+            "{}",
+            r.text
+        );
+    }
+    let r = a.send_with(
+        "GET",
+        "/api/v2/tenants/usage",
+        common::http::Body::None,
+        &[("X-Workspace", theirs)],
+    );
+    assert_eq!(r.json["workspace"], ours);
+    let r = b.get("/api/v2/tenants/usage");
+    assert_eq!(r.json["workspace"], theirs);
+    assert_eq!(r.json["database"], db_b.as_str());
+    let r = Api::new(&server.base, None).get("/api/v2/tenants/usage");
+    assert_eq!(r.status, 401);
+}
