@@ -11,6 +11,7 @@
 //! connections, so a [`Tenancy`] can be shared between threads (`Send + Sync`); call them from
 //! `spawn_blocking` in an async server.
 
+mod backup;
 pub mod certs;
 pub mod connection;
 pub mod control;
@@ -30,6 +31,7 @@ mod upgrade;
 mod usage;
 mod workspaces;
 
+pub use backup::{BackupReport, Manifest, RestoreReport, BACKUP_MAGIC};
 pub use connection::{connect, SslMode};
 pub use credentials::{GRACE_SWEEP_INTERVAL, MAX_GRACE_SECONDS};
 pub use error::{Error, ErrorCode, Result};

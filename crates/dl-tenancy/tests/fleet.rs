@@ -550,3 +550,251 @@ fn a_token_sees_only_its_own_usage() {
     let r = Api::new(&server.base, None).get("/api/v2/tenants/usage");
     assert_eq!(r.status, 401);
 }
+
+/// Every row of a table as JSON text, in a stable order.
+fn table_rows(c: &mut Client, table: &str) -> Vec<String> {
+    c.query(
+        &format!(
+            "SELECT t::text FROM (SELECT row_to_json(x)::text AS t FROM {table} AS x) s ORDER BY 1"
+        ),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Owner and ACL of every object in tenant_custom.
+fn custom_grants(c: &mut Client) -> Vec<String> {
+    c.query(
+        "SELECT relname || ' ' || relkind::text || ' ' || pg_get_userbyid(relowner) || ' ' || coalesce(relacl::text, '-')
+           FROM pg_class WHERE relnamespace = 'tenant_custom'::regnamespace ORDER BY 1",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+const CUSTOM_OBJECTS: &str = r#"
+    CREATE TABLE tenant_custom.segments (id text PRIMARY KEY, segment text NOT NULL);
+    INSERT INTO tenant_custom.segments SELECT 'acct-' || g, 'tier-' || (g % 3) FROM generate_series(1, 40) g;
+    CREATE VIEW tenant_custom.enterprise AS SELECT id FROM tenant_custom.segments WHERE segment = 'tier-0';
+    GRANT SELECT ON tenant_custom.segments, tenant_custom.enterprise TO dl_tenant_read;
+"#;
+
+#[test]
+fn backup_then_restore_keeps_every_row_and_grant() {
+    let env = Env::new();
+    let t = &env.t;
+    t.provision("source").unwrap();
+    let mut over = connect(&env.uri("source", Kind::Override, true)).unwrap();
+    for i in 0..30 {
+        upsert(&mut over, &format!("person:{i}"), "kept").unwrap();
+    }
+    over.batch_execute(
+        r#"SELECT dl_tombstone_person('person:3');
+           SELECT dl_apply_company_override('company:1', 'vip', '{"name":"Acme"}', NULL);"#,
+    )
+    .unwrap();
+    over.batch_execute(CUSTOM_OBJECTS).unwrap();
+    env.admin_ws("source")
+        .batch_execute(
+            r#"SET ROLE dl_platform_runtime;
+               SELECT dl_upsert_person_enrichment('person:' || g, '{"name":"P"}', '{"raw":1}') FROM generate_series(1, 50) g;
+               INSERT INTO dl_meta.tenant_settings (key, value) VALUES ('plan', '"pro"');"#,
+        )
+        .unwrap();
+    let passwords: Vec<String> = uris(&env, "source")
+        .iter()
+        .map(|(_, u)| u.parse::<postgres::Config>().unwrap())
+        .map(|c| String::from_utf8(c.get_password().unwrap().to_vec()).unwrap())
+        .collect();
+
+    let file = env.dir.join("source.backup");
+    let file_arg = file.to_str().unwrap();
+    let b = env
+        .cli(&["backup", "--workspace", "source", "--to", file_arg])
+        .json();
+    assert_eq!(b["manifest"]["rows"]["dl_override.person_overrides"], 30);
+    assert_eq!(b["manifest"]["rows"]["tenant_custom.segments"], 40);
+    // One file, a manifest, no secret in it.
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.starts_with(b"dl-tenancy-backup 1\n"));
+    let text = String::from_utf8_lossy(&bytes);
+    for secret in passwords
+        .iter()
+        .map(String::as_str)
+        .chain(["SCRAM-SHA-256$"])
+    {
+        assert!(!text.contains(secret), "the backup holds a secret");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        env.cli(&["backup", "--workspace", "source", "--to", file_arg])
+            .error_code(),
+        "conflict",
+        "an existing file is not overwritten"
+    );
+
+    let r = env
+        .cli(&["restore", "--from", file_arg, "--workspace", "copy"])
+        .json();
+    eprintln!("{r:#}");
+    assert_eq!(r["from_workspace"], "source");
+    let (src_db, copy_db) = (env.database("source"), env.database("copy"));
+    assert_ne!(src_db, copy_db);
+    let (mut src, mut copy) = (env.admin(&src_db), env.admin(&copy_db));
+    // Row for row: every table of the backup, and the resolved views built from them.
+    let tables: Vec<String> = b["manifest"]["rows"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .chain(["dl_resolved.people".into(), "dl_resolved.companies".into()])
+        .collect();
+    for table in &tables {
+        assert_eq!(
+            table_rows(&mut src, table),
+            table_rows(&mut copy, table),
+            "{table}"
+        );
+    }
+    assert_eq!(custom_grants(&mut src), custom_grants(&mut copy));
+    assert_eq!(
+        custom_grants(&mut copy).len(),
+        3,
+        "table, its index, the view"
+    );
+
+    // The copy's own, fresh logins work, direct and pooled.
+    let copy_uris = uris(&env, "copy");
+    for (label, uri) in &copy_uris {
+        let mut c = connect(uri).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let sql = if label.starts_with("override") {
+            "SELECT count(*) FROM tenant_custom.enterprise"
+        } else {
+            "SELECT count(*) FROM dl_resolved.people"
+        };
+        let expected = if label.starts_with("override") {
+            13
+        } else {
+            50
+        };
+        assert_eq!(count(&mut c, sql), expected, "{label}");
+        let password = uri.parse::<postgres::Config>().unwrap();
+        let password = String::from_utf8(password.get_password().unwrap().to_vec()).unwrap();
+        assert!(!passwords.contains(&password), "{label}: a fresh password");
+    }
+    let mut c = connect(&env.uri("copy", Kind::Override, true)).unwrap();
+    c.batch_execute("INSERT INTO tenant_custom.segments VALUES ('new', 'tier-9')")
+        .unwrap();
+    // The source's logins do not reach the copy.
+    for (label, uri) in uris(&env, "source") {
+        if label.contains("pooled=false") {
+            let e = connect(&with_db(&uri, &copy_db)).map(|_| ()).unwrap_err();
+            assert_eq!(sqlstate(&e), "28000", "{label}: {e}");
+        }
+    }
+
+    // Only into a new or empty workspace: not into the copy again, nor into one with a
+    // tenant_custom object and no data.
+    let out = env.cli(&["restore", "--from", file_arg, "--workspace", "copy"]);
+    assert_eq!(out.error_code(), "conflict");
+    t.provision("custom-only").unwrap();
+    connect(&env.uri("custom-only", Kind::Override, false))
+        .unwrap()
+        .batch_execute("CREATE TABLE tenant_custom.mine (a int)")
+        .unwrap();
+    let out = env.cli(&["restore", "--from", file_arg, "--workspace", "custom-only"]);
+    assert_eq!(out.error_code(), "conflict");
+    // An empty provisioned workspace takes it.
+    t.provision("empty").unwrap();
+    let r = env
+        .cli(&["restore", "--from", file_arg, "--workspace", "empty"])
+        .json();
+    assert_eq!(r["rows"]["tenant_custom.segments"], 40);
+    // Not a backup: refused as bad input.
+    let junk = env.dir.join("junk");
+    std::fs::write(&junk, "hello\n").unwrap();
+    let out = env.cli(&[
+        "restore",
+        "--from",
+        junk.to_str().unwrap(),
+        "--workspace",
+        "other",
+    ]);
+    assert_eq!(
+        (out.code, out.error_code().as_str()),
+        (2, "invalid_argument")
+    );
+    assert_eq!(t.status("other").unwrap().status, "not_provisioned");
+}
+
+/// A backup of an older extension version restores through ALTER EXTENSION UPDATE: the data
+/// is kept and the migrations log tells the whole story.
+#[test]
+fn restore_of_an_older_version_goes_through_the_update() {
+    let env = Env::new();
+    let t = &env.t;
+    t.provision("old").unwrap();
+    env.admin_ws("old")
+        .batch_execute(
+            r#"DROP EXTENSION dl_tenancy CASCADE;
+               CREATE EXTENSION dl_tenancy VERSION '0.1.0';
+               SELECT dl_apply_person_override('p1', 'vip', '{"name": "Old"}', NULL);
+               SELECT dl_apply_person_override('p2', NULL, '{"name": "Older"}', NULL);
+               CREATE TABLE tenant_custom.notes (id int PRIMARY KEY, body text);
+               ALTER TABLE tenant_custom.notes OWNER TO dl_tenant_override;
+               INSERT INTO tenant_custom.notes VALUES (1, 'kept');"#,
+        )
+        .unwrap();
+    let file = env.dir.join("old.backup");
+    let b = t.backup("old", &file).unwrap();
+    assert_eq!(b.manifest.extension_version, "0.1.0");
+    let r = t.restore(&file, "new").unwrap();
+    assert_eq!(r.from_extension_version, "0.1.0");
+    let current = env.status.extension_version.clone().unwrap();
+    assert_eq!(r.extension_version, current);
+    assert_eq!(
+        t.status("new").unwrap().extension_version,
+        Some(current.clone())
+    );
+    let mut new = env.admin_ws("new");
+    let mut old = env.admin_ws("old");
+    for table in ["dl_override.person_overrides", "tenant_custom.notes"] {
+        assert_eq!(
+            table_rows(&mut old, table),
+            table_rows(&mut new, table),
+            "{table}"
+        );
+    }
+    let versions: Vec<String> = new
+        .query(
+            "SELECT version || ' ' || action FROM dl_meta.schema_migrations ORDER BY applied_at, version",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions.first().map(String::as_str), Some("0.1.0 install"));
+    assert_eq!(versions.last(), Some(&format!("{current} update")));
+    let mut reader = connect(&env.uri("new", Kind::Read, true)).unwrap();
+    let names: Vec<String> = reader
+        .query(
+            "SELECT display_name FROM dl_resolved.people ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["Old", "Older"]);
+}

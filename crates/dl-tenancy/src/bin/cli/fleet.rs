@@ -17,6 +17,31 @@ pub enum FleetCmd {
     /// Database size, connections, rows in the extension's tables and last activity: of one
     /// workspace, or of every workspace per server.
     Usage(UsageArgs),
+    /// Write one file with a workspace's data, tenant_custom objects, overrides and history
+    /// (pg_dump custom format and a manifest; no credentials).
+    Backup(BackupArgs),
+    /// Restore a backup into a new workspace (fresh credentials) or an empty one, through
+    /// ALTER EXTENSION UPDATE when the backup is of an older version.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    #[arg(long, allow_hyphen_values = true)]
+    workspace: String,
+    /// The file to write (must not exist).
+    #[arg(long)]
+    to: std::path::PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// A file written by `backup`.
+    #[arg(long)]
+    from: std::path::PathBuf,
+    /// The workspace to restore into: new, or provisioned and empty.
+    #[arg(long, allow_hyphen_values = true)]
+    workspace: String,
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +126,14 @@ pub fn run(cmd: FleetCmd, open: impl Fn() -> Result<Tenancy, Error>) -> Result<(
             }
             None => print(&open()?.fleet_usage()?),
         },
+        FleetCmd::Backup(b) => {
+            names::validate_workspace_id(&b.workspace)?;
+            print(&open()?.backup(&b.workspace, &b.to)?)
+        }
+        FleetCmd::Restore(r) => {
+            names::validate_workspace_id(&r.workspace)?;
+            print(&open()?.restore(&r.from, &r.workspace)?)
+        }
     }
     Ok(())
 }
