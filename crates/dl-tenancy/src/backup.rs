@@ -72,7 +72,7 @@ const COUNTED_TABLES: &str = "
      WHERE c.relnamespace = 'tenant_custom'::regnamespace AND c.relkind IN ('r', 'p')
     ORDER BY 1";
 
-fn count_rows(db: &mut impl postgres::GenericClient) -> Result<BTreeMap<String, i64>> {
+pub(crate) fn count_rows(db: &mut impl postgres::GenericClient) -> Result<BTreeMap<String, i64>> {
     db.batch_execute("SET search_path = pg_catalog, pg_temp")?;
     let tables: Vec<String> = db
         .query(COUNTED_TABLES, &[])?
@@ -134,15 +134,15 @@ fn program_failed(what: &str, status: std::process::ExitStatus, stderr: &[u8]) -
 }
 
 /// "0.10.2" > "0.4.0": compared number by number.
-fn version_key(v: &str) -> Vec<u64> {
+pub(crate) fn version_key(v: &str) -> Vec<u64> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
 /// A private temporary directory, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new() -> Result<TempDir> {
+    pub(crate) fn new() -> Result<TempDir> {
         use std::os::unix::fs::DirBuilderExt;
         let name = format!("dl-tenancy-restore-{}", crate::names::new_handle());
         let dir = std::env::temp_dir().join(name);
@@ -225,24 +225,7 @@ impl Tenancy {
                 "{}",
                 serde_json::to_string(&manifest).expect("a manifest serializes")
             )?;
-            let mut child = pg_program("pg_dump", &server.admin_conn)?
-                .args(["--format=custom", "--snapshot", &snapshot, "--dbname", &db])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()?;
-            let mut out = child.stdout.take().expect("piped");
-            let mut err = child.stderr.take().expect("piped");
-            let stderr = std::thread::spawn(move || {
-                let mut buf = vec![];
-                let _ = err.read_to_end(&mut buf);
-                buf
-            });
-            std::io::copy(&mut out, &mut file)?;
-            let status = child.wait()?;
-            let stderr = stderr.join().unwrap_or_default();
-            if !status.success() {
-                return Err(program_failed("pg_dump", status, &stderr));
-            }
+            dump_archive(&server.admin_conn, &db, Some(&snapshot), &mut file)?;
             file.sync_all()?;
             Ok(file.metadata()?.len())
         })();
@@ -337,61 +320,17 @@ impl Tenancy {
             ));
         }
         // The archive's data fits the version it was dumped at: install that one, load, update.
-        let installed: String = target
-            .query_one(
-                "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
-                &[&EXTENSION],
-            )?
-            .get(0);
-        if installed != manifest.extension_version {
-            target.batch_execute(&format!(
-                "DROP EXTENSION {ext} CASCADE; CREATE EXTENSION {ext} VERSION {}",
-                quote_literal(&manifest.extension_version),
-                ext = quote_ident(EXTENSION)
-            ))?;
-        }
-        let started: String = target
-            .query_one("SELECT pg_catalog.clock_timestamp()::text", &[])?
-            .get(0);
-        let loaded = run_pg_restore(&server.admin_conn, &db, archive, tmp);
-        if let Err(e) = loaded {
-            // Nothing was loaded (one transaction): back to the server's version, empty.
-            let _ = target.batch_execute(&format!(
-                "ALTER EXTENSION {} UPDATE",
-                quote_ident(EXTENSION)
-            ));
-            return Err(e);
-        }
-        // Loading the overrides recorded each once more in the history (the trigger); the
-        // dumped history is the truth.
-        let replayed = target.query(
-            "SELECT c.oid::regclass::text FROM pg_catalog.pg_class AS c
-              WHERE c.relnamespace = 'dl_override'::regnamespace
-                AND c.relname IN ('person_override_history', 'company_override_history')",
-            &[],
+        let version = load_archive(
+            &mut target,
+            &server.admin_conn,
+            &db,
+            &manifest.extension_version,
+            archive,
+            tmp,
         )?;
-        for r in replayed {
-            let table: String = r.get(0);
-            target.execute(
-                &format!(
-                    "DELETE FROM {table} WHERE changed_at >= $1::text::timestamptz AND changed_by = SESSION_USER"
-                ),
-                &[&started],
-            )?;
-        }
-        target.batch_execute(&format!(
-            "ALTER EXTENSION {} UPDATE",
-            quote_ident(EXTENSION)
-        ))?;
         self.disown_source_roles(&mut target, manifest, &names)?;
         let rows = count_rows(&mut target)?;
         verify_rows(&manifest.rows, &rows)?;
-        let version: String = target
-            .query_one(
-                "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
-                &[&EXTENSION],
-            )?
-            .get(0);
         ctl.execute(
             "UPDATE workspaces SET extension_version = $2, updated_at = now() WHERE id = $1",
             &[&ws, &version],
@@ -441,6 +380,100 @@ impl Tenancy {
         }
         Ok(())
     }
+}
+
+/// `pg_dump --format=custom` of `db` appended to `out` (in `snapshot`, when given).
+pub(crate) fn dump_archive(
+    admin_conn: &str,
+    db: &str,
+    snapshot: Option<&str>,
+    out: &mut std::fs::File,
+) -> Result<()> {
+    let mut cmd = pg_program("pg_dump", admin_conn)?;
+    cmd.args(["--format=custom", "--dbname", db]);
+    if let Some(s) = snapshot {
+        cmd.args(["--snapshot", s]);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let stderr = std::thread::spawn(move || {
+        let mut buf = vec![];
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    std::io::copy(&mut stdout, out)?;
+    let status = child.wait()?;
+    let stderr = stderr.join().unwrap_or_default();
+    if !status.success() {
+        return Err(program_failed("pg_dump", status, &stderr));
+    }
+    Ok(())
+}
+
+/// Load an archive dumped at `from_version` into the empty database `db` (on `target`, a
+/// superuser session in it): the extension at that version, the archive in one transaction,
+/// the history rows the load replayed removed, then `ALTER EXTENSION UPDATE`. Returns the
+/// extension version it ends at. Nothing of the archive stays when it fails.
+pub(crate) fn load_archive(
+    target: &mut Client,
+    admin_conn: &str,
+    db: &str,
+    from_version: &str,
+    archive: &Path,
+    tmp: &Path,
+) -> Result<String> {
+    let installed: String = target
+        .query_one(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
+            &[&EXTENSION],
+        )?
+        .get(0);
+    if installed != from_version {
+        target.batch_execute(&format!(
+            "DROP EXTENSION {ext} CASCADE; CREATE EXTENSION {ext} VERSION {}",
+            quote_literal(from_version),
+            ext = quote_ident(EXTENSION)
+        ))?;
+    }
+    let started: String = target
+        .query_one("SELECT pg_catalog.clock_timestamp()::text", &[])?
+        .get(0);
+    if let Err(e) = run_pg_restore(admin_conn, db, archive, tmp) {
+        // Nothing was loaded (one transaction): back to the server's version, empty.
+        let _ = target.batch_execute(&format!(
+            "ALTER EXTENSION {} UPDATE",
+            quote_ident(EXTENSION)
+        ));
+        return Err(e);
+    }
+    // Loading the overrides recorded each once more in the history (the trigger); the
+    // dumped history is the truth.
+    let replayed = target.query(
+        "SELECT c.oid::regclass::text FROM pg_catalog.pg_class AS c
+          WHERE c.relnamespace = 'dl_override'::regnamespace
+            AND c.relname IN ('person_override_history', 'company_override_history')",
+        &[],
+    )?;
+    for r in replayed {
+        let table: String = r.get(0);
+        target.execute(
+            &format!(
+                "DELETE FROM {table} WHERE changed_at >= $1::text::timestamptz AND changed_by = SESSION_USER"
+            ),
+            &[&started],
+        )?;
+    }
+    target.batch_execute(&format!(
+        "ALTER EXTENSION {} UPDATE",
+        quote_ident(EXTENSION)
+    ))?;
+    Ok(target
+        .query_one(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
+            &[&EXTENSION],
+        )?
+        .get(0))
 }
 
 /// Split a backup file: the manifest, and the archive written to `tmp`.
@@ -513,7 +546,10 @@ fn run_pg_restore(admin_conn: &str, db: &str, archive: &Path, tmp: &Path) -> Res
 
 /// Every table of the backup has as many rows after the restore (the migrations log may
 /// have more: the update appends to it).
-fn verify_rows(expected: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> Result<()> {
+pub(crate) fn verify_rows(
+    expected: &BTreeMap<String, i64>,
+    got: &BTreeMap<String, i64>,
+) -> Result<()> {
     for (table, n) in expected {
         let have = got.get(table).copied().unwrap_or(-1);
         let ok = if table == "dl_meta.schema_migrations" {

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, WORKSPACE_LIMITS),
     (5, SERVER_CA_FILE),
     (6, crate::suspension::SOFT_DELETE_SCHEMA),
+    (7, crate::moves::MOVES_SCHEMA),
 ];
 
 const SERVERS_WORKSPACES_CREDENTIALS: &str = r#"

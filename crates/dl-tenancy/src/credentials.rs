@@ -213,12 +213,13 @@ impl Tenancy {
             &credential_aad(workspace, kind, slot),
         )?;
         let ep = if pooled {
-            server.pooler.clone().ok_or_else(|| {
-                Error::new(
-                    ErrorCode::PoolerNotConfigured,
-                    format!("server {} has no pooler registered", server.id),
-                )
-            })?
+            self.pooler_of(&mut ctl, workspace, &server)?
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::PoolerNotConfigured,
+                        format!("server {} has no pooler registered", server.id),
+                    )
+                })?
         } else {
             Endpoint {
                 host: server.host.clone(),

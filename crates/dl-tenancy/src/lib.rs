@@ -21,7 +21,9 @@ pub mod fences;
 pub mod http;
 pub mod local;
 mod migrate_names;
+mod moves;
 pub mod names;
+mod pooler;
 pub mod secret;
 mod servers;
 mod suspension;
@@ -36,7 +38,9 @@ pub use connection::{connect, SslMode};
 pub use credentials::{GRACE_SWEEP_INTERVAL, MAX_GRACE_SECONDS};
 pub use error::{Error, ErrorCode, Result};
 pub use migrate_names::{NameMigration, NameMigrationReport};
+pub use moves::{DrainReport, MoveReport};
 pub use names::{validate_workspace_id, Kind, WorkspaceNames, WORKSPACE_ID_PATTERN};
+pub use pooler::{POOLER_ADMIN_USER, POOLER_REMOTE_AUTH_USER};
 pub use secret::SecretKey;
 pub use servers::{EXTENSION, TEMPLATE_DB};
 pub use suspension::{DEFAULT_RETENTION_SECONDS, MAX_RETENTION_SECONDS, PURGE_SWEEP_INTERVAL};
@@ -83,6 +87,8 @@ pub struct Tenancy {
     key: SecretKey,
     /// Local mode: hint at `local up` when the control server is down.
     local: bool,
+    /// Local mode: the data directory (the pooler a move repoints lives there).
+    data_dir: Option<PathBuf>,
 }
 
 impl Tenancy {
@@ -100,12 +106,14 @@ impl Tenancy {
                     control_conn: state.admin_conn_string(&config.data_dir, "postgres"),
                     key: SecretKey::load(&config.data_dir, false)?,
                     local: true,
+                    data_dir: Some(config.data_dir.clone()),
                 })
             }
             Some(url) => Ok(Tenancy {
                 control_conn: url.clone(),
                 key: SecretKey::load(&config.data_dir, false)?,
                 local: false,
+                data_dir: None,
             }),
         }
     }
@@ -125,6 +133,7 @@ impl Tenancy {
             control_conn: url.to_string(),
             key,
             local: false,
+            data_dir: None,
         };
         t.register_primary_if_empty(url)?;
         Ok(t)
@@ -138,6 +147,7 @@ impl Tenancy {
             control_conn,
             key,
             local: false,
+            data_dir: None,
         }
     }
 

@@ -190,6 +190,8 @@ impl Layout {
             ("client_tls_key_file", key.as_str()),
             ("client_tls_cert_file", cert.as_str()),
             ("client_tls_ca_file", ca.as_str()),
+            // The console a move drives (pooler.rs).
+            ("admin_users", crate::pooler::POOLER_ADMIN_USER),
         ]);
         let ini = pg_harness::pgbouncer_ini(&PgBouncerIni {
             dir: &dir,
@@ -202,14 +204,27 @@ impl Layout {
             pool_mode: "transaction",
             extra: &settings,
         });
+        // Workspaces moved to other servers keep their pooled URIs: routes (pooler.rs).
+        let ini = ini.replacen(
+            "[databases]\n",
+            &format!(
+                "[databases]\n%include {}\n",
+                dir.join(crate::pooler::ROUTES_FILE).display()
+            ),
+            1,
+        );
         // The auth user must be in auth_file: left out, PgBouncer would accept it from clients
         // with an empty password. Its entry is the verifier of a random password nobody keeps,
         // so no client can log in as it through the pooler; PgBouncer itself reaches the server
         // as it by peer authentication on the unix socket.
-        let userlist = format!(
+        let mut userlist = format!(
             "\"{POOLER_AUTH_USER}\" \"{}\"\n",
             crate::secret::scram_verifier(&crate::secret::random_password())
         );
+        // The console and the auth user of moved workspaces' routes (pooler.rs).
+        if let Ok(key) = SecretKey::load(&self.dir, false) {
+            userlist.push_str(&crate::pooler::userlist_entries(&key));
+        }
         PgBouncerSpec {
             dir,
             listen_port: state.pooler_port,
@@ -423,6 +438,7 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     drop(admin);
 
     let bouncer = layout.pgbouncer(&state);
+    tenancy.write_local_routes(dir)?;
     if !pg_harness::start_pgbouncer(&bouncer)? {
         // Running already: the ini just written (TLS files included) takes effect.
         pg_harness::reload_pgbouncer(&bouncer)?;

@@ -157,6 +157,28 @@ impl SecretKey {
             })
     }
 
+    /// A secret derived from the key for one purpose (HMAC-SHA-256 of `label`): stable
+    /// across runs, nothing to store, useless for any other purpose.
+    pub(crate) fn derive(&self, label: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let pad = |byte: u8| -> Vec<u8> {
+            let mut block = [byte; 64];
+            for (b, k) in block.iter_mut().zip(self.0) {
+                *b ^= k;
+            }
+            block.to_vec()
+        };
+        let inner = Sha256::new()
+            .chain_update(pad(0x36))
+            .chain_update(label.as_bytes())
+            .finalize();
+        let outer = Sha256::new()
+            .chain_update(pad(0x5c))
+            .chain_update(inner)
+            .finalize();
+        outer.into()
+    }
+
     pub fn decrypt_string(&self, nonce: &[u8], ciphertext: &[u8], aad: &str) -> Result<String> {
         String::from_utf8(self.decrypt(nonce, ciphertext, aad)?)
             .map_err(|_| key_error("stored secret is not UTF-8"))

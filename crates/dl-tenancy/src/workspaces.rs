@@ -255,7 +255,7 @@ impl Tenancy {
         live_extension_version(server, names)
     }
 
-    fn ensure_workspace(
+    pub(crate) fn ensure_workspace(
         &self,
         ctl: &mut Client,
         server: &Server,
@@ -375,7 +375,7 @@ impl Tenancy {
                 host: server.host.clone(),
                 port: server.port,
             },
-            pooled: server.pooler.clone(),
+            pooled: self.pooler_of(&mut ctl, workspace, &server)?,
             workspace_role: names.workspace_role(),
             roles,
         })

@@ -798,3 +798,257 @@ fn restore_of_an_older_version_goes_through_the_update() {
         .collect();
     assert_eq!(names, ["Old", "Older"]);
 }
+
+/// A second plain cluster registered as server `second` (no pooler of its own: the local
+/// pooler keeps serving what moves there).
+fn add_second(env: &Env) -> pg_harness::PgCluster {
+    let second = pg_harness::PgCluster::start().unwrap();
+    let url_file = env.dir.join("second.url");
+    std::fs::write(&url_file, second.conn_string("postgres", "postgres")).unwrap();
+    env.cli(&[
+        "server",
+        "add",
+        "--name",
+        "second",
+        "--admin-url-file",
+        url_file.to_str().unwrap(),
+    ])
+    .json();
+    second
+}
+
+/// An app writing overrides through the pooled URI, one key after another, retrying a key
+/// until the write is acknowledged. Returns the acknowledged keys when stopped.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    errors: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(uri: String) -> Writer {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, a, e) = (stop.clone(), acked.clone(), errors.clone());
+        let handle = std::thread::spawn(move || {
+            let mut client: Option<Client> = None;
+            let mut i = 0;
+            while !s.load(Ordering::SeqCst) {
+                let key = format!("moving:{i}");
+                if client.is_none() {
+                    client = connect(&format!("{uri}?connect_timeout=5")).ok();
+                }
+                match client.as_mut().map(|c| upsert(c, &key, "acked")) {
+                    Some(Ok(_)) => {
+                        a.lock().unwrap().push(key);
+                        i += 1;
+                    }
+                    _ => {
+                        e.fetch_add(1, Ordering::SeqCst);
+                        client = None;
+                    }
+                }
+            }
+        });
+        Writer {
+            stop,
+            acked,
+            errors,
+            handle: Some(handle),
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Wait (by observed state) until `n` writes more than now are acknowledged.
+    fn wait_for_more(&self, n: usize) {
+        let target = self.acked() + n;
+        let t0 = std::time::Instant::now();
+        while self.acked() < target {
+            assert!(t0.elapsed() < SAFETY_NET, "the writer stalled");
+            std::thread::yield_now();
+        }
+    }
+
+    fn stop(mut self) -> (Vec<String>, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, self.errors.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+#[test]
+fn move_keeps_the_pooled_uri_and_every_acknowledged_write() {
+    let env = Env::new();
+    let t = &env.t;
+    t.provision("mover").unwrap();
+    t.provision("stays").unwrap();
+    let second = add_second(&env);
+    let db = env.database("mover");
+    connect(&env.uri("mover", Kind::Override, false))
+        .unwrap()
+        .batch_execute(CUSTOM_OBJECTS)
+        .unwrap();
+    let pooled = env.uri("mover", Kind::Override, true);
+    let pooled_read = env.uri("mover", Kind::Read, true);
+    let old_direct = env.uri("mover", Kind::Override, false);
+
+    let writer = Writer::start(pooled.clone());
+    writer.wait_for_more(20);
+    let m = env
+        .cli(&["move", "--workspace", "mover", "--to", "second"])
+        .json();
+    eprintln!(
+        "move: write-unavailable window {} ms (from PAUSE to RESUME)",
+        m["paused_ms"]
+    );
+    assert_eq!(m["status"], "moved", "{m}");
+    assert_eq!(m["rows"]["tenant_custom.segments"], 40);
+    writer.wait_for_more(20);
+    let (acked, errors) = writer.stop();
+    eprintln!(
+        "{} writes acknowledged, {errors} failed and retried",
+        acked.len()
+    );
+
+    // The same pooled URIs; the direct one names the new server.
+    assert_eq!(env.uri("mover", Kind::Override, true), pooled);
+    assert_eq!(env.uri("mover", Kind::Read, true), pooled_read);
+    let direct = env.uri("mover", Kind::Override, false);
+    assert!(direct.contains(&format!(":{}/", second.port())), "{direct}");
+    assert_eq!(t.metadata("mover").unwrap().server_id, "second");
+    assert_eq!(t.status("mover").unwrap().status, "active");
+    // Every acknowledged write is on the new server.
+    let mut moved =
+        postgres::Client::connect(&second.conn_string("postgres", &db), postgres::NoTls).unwrap();
+    let keys: std::collections::BTreeSet<String> = moved
+        .query(
+            "SELECT identity_key FROM dl_override.person_overrides WHERE identity_key LIKE 'moving:%'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for key in &acked {
+        assert!(keys.contains(key), "acknowledged write {key} lost");
+    }
+    assert_eq!(
+        count(&mut moved, "SELECT count(*) FROM tenant_custom.segments"),
+        40
+    );
+    // Reads through the unchanged pooled URI and the new direct one see the new server.
+    for uri in [&pooled_read, &direct] {
+        let mut c = connect(uri).unwrap();
+        assert!(!c.query_typed(READ_QUERY, &[]).unwrap().is_empty());
+    }
+    // The source copy is gone; the old direct URI is refused.
+    let mut local = env.admin("postgres");
+    assert!(!databases(&mut local).contains(&db));
+    assert!(connect(&old_direct).is_err());
+    assert!(databases(&mut env.admin("postgres")).contains(&env.database("stays")));
+
+    // Not on a server that holds workspaces.
+    assert_eq!(
+        env.cli(&["server", "remove", "second"]).error_code(),
+        "conflict"
+    );
+    assert_eq!(
+        env.cli(&["server", "remove", "local"]).error_code(),
+        "conflict"
+    );
+    // Drain the second server: back to the local one, pooled URI still the same.
+    let d = env.cli(&["server", "drain", "second"]).json();
+    assert_eq!(d["moved"][0]["workspace"], "mover", "{d}");
+    assert_eq!(d["moved"][0]["to_server"], "local");
+    assert_eq!(t.metadata("mover").unwrap().server_id, "local");
+    assert_eq!(env.uri("mover", Kind::Override, true), pooled);
+    let mut c = connect(&pooled).unwrap();
+    upsert(&mut c, "after-drain", "ok").unwrap();
+    // Its route now names the local server's socket again, as the `*` entry does.
+    let routes = std::fs::read_to_string(env.dir.join("pgbouncer/routes.ini")).unwrap();
+    let route = routes.lines().find(|l| l.starts_with(&db)).unwrap();
+    assert!(
+        route.contains(&format!("port={} ", env.status.postgres.port)),
+        "{route}"
+    );
+    assert!(!route.contains("auth_user"), "{route}");
+    let list = env.cli(&["server", "remove", "second"]).json();
+    let ids: Vec<&str> = list["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["local"]);
+}
+
+/// A move killed half-way is undone (before the switch) or finished (after it) by running
+/// it again; the workspace works throughout what follows.
+#[test]
+fn a_move_killed_half_way_is_undone_or_finished_on_rerun() {
+    let env = Env::new();
+    let t = &env.t;
+    t.provision("crashmove").unwrap();
+    let second = add_second(&env);
+    let db = env.database("crashmove");
+    let pooled = env.uri("crashmove", Kind::Override, true);
+    upsert(&mut connect(&pooled).unwrap(), "before", "ok").unwrap();
+    let args = ["move", "--workspace", "crashmove", "--to", "second"];
+    for point in ["after_move_pause", "after_move_copy"] {
+        let out = env.cli_env(&args, &[("DL_TENANCY_FAULT", point)]);
+        assert_eq!(out.code, 97, "{point}: {out:?}");
+        // Still recorded on the local server; the re-run undoes the attempt first.
+        assert_eq!(t.metadata("crashmove").unwrap().server_id, "local");
+        let m = env.cli(&args).json();
+        assert_eq!(m["recovered"], "undone", "{point}: {m}");
+        assert_eq!(m["status"], "moved");
+        upsert(&mut connect(&pooled).unwrap(), point, "ok").unwrap();
+        // And back, for the next round.
+        env.cli(&["move", "--workspace", "crashmove", "--to", "local"])
+            .json();
+    }
+    // Killed after the switch: the re-run finishes (the source copy goes).
+    let out = env.cli_env(&args, &[("DL_TENANCY_FAULT", "after_move_switch")]);
+    assert_eq!(out.code, 97, "{out:?}");
+    assert_eq!(t.metadata("crashmove").unwrap().server_id, "second");
+    upsert(&mut connect(&pooled).unwrap(), "switched", "ok").unwrap();
+    let m = env.cli(&args).json();
+    assert_eq!(
+        (m["status"].as_str(), m["recovered"].as_str()),
+        (Some("moved"), Some("finished"))
+    );
+    assert!(!databases(&mut env.admin("postgres")).contains(&db));
+    let mut moved =
+        postgres::Client::connect(&second.conn_string("postgres", &db), postgres::NoTls).unwrap();
+    assert_eq!(
+        count(
+            &mut moved,
+            "SELECT count(*) FROM dl_override.person_overrides"
+        ),
+        4,
+        "before, one per killed attempt, and one after the switch"
+    );
+    // A move that fails on its own (the target has a database of that name) changes nothing.
+    t.provision("blocked").unwrap();
+    let blocked_db = env.database("blocked");
+    postgres::Client::connect(&second.conn_string("postgres", "postgres"), postgres::NoTls)
+        .unwrap()
+        .batch_execute(&format!("CREATE DATABASE {blocked_db}"))
+        .unwrap();
+    let out = env.cli(&["move", "--workspace", "blocked", "--to", "second"]);
+    assert_eq!(out.error_code(), "conflict");
+    assert_eq!(t.metadata("blocked").unwrap().server_id, "local");
+    for pooled in [true, false] {
+        connect(&env.uri("blocked", Kind::Read, pooled))
+            .unwrap()
+            .batch_execute(READ_QUERY)
+            .unwrap();
+    }
+}

@@ -242,6 +242,15 @@ enum ServerCmd {
     },
     /// Registered servers and their workspace counts.
     List,
+    /// No new workspaces on a server, and move every one it holds to the others.
+    Drain {
+        name: String,
+        /// Workspaces moved at once.
+        #[arg(long, default_value_t = 2)]
+        parallel: usize,
+    },
+    /// Forget a server; refused while it holds workspaces.
+    Remove { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -381,6 +390,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             })?)
         }
         Command::Server(ServerCmd::List) => print(&open()?.server_list()?),
+        Command::Server(ServerCmd::Drain { name, parallel }) => {
+            let report = open()?.drain(&name, parallel)?;
+            print(&report);
+            if !report.failed.is_empty() {
+                std::process::exit(1);
+            }
+        }
+        Command::Server(ServerCmd::Remove { name }) => print(&open()?.server_remove(&name)?),
         Command::Serve(s) => {
             let timeout = std::time::Duration::from_secs(s.timeout_seconds.max(1));
             dl_tenancy_ctl::http::run(

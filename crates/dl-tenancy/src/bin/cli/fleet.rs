@@ -23,6 +23,18 @@ pub enum FleetCmd {
     /// Restore a backup into a new workspace (fresh credentials) or an empty one, through
     /// ALTER EXTENSION UPDATE when the backup is of an older version.
     Restore(RestoreArgs),
+    /// Move a workspace to another server (copy with a short pause); its pooled URI stays the
+    /// same (the local pooler is repointed), its direct URI names the new server.
+    Move(MoveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MoveArgs {
+    #[arg(long, allow_hyphen_values = true)]
+    workspace: String,
+    /// The server to move it to.
+    #[arg(long)]
+    to: String,
 }
 
 #[derive(Args, Debug)]
@@ -129,6 +141,10 @@ pub fn run(cmd: FleetCmd, open: impl Fn() -> Result<Tenancy, Error>) -> Result<(
         FleetCmd::Backup(b) => {
             names::validate_workspace_id(&b.workspace)?;
             print(&open()?.backup(&b.workspace, &b.to)?)
+        }
+        FleetCmd::Move(m) => {
+            names::validate_workspace_id(&m.workspace)?;
+            print(&open()?.move_workspace(&m.workspace, &m.to)?)
         }
         FleetCmd::Restore(r) => {
             names::validate_workspace_id(&r.workspace)?;

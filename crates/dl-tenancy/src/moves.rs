@@ -1,0 +1,604 @@
+//! Moving a workspace to another server with its pooled URI unchanged, draining a server,
+//! removing an empty one.
+//!
+//! A move copies with a short pause: the pooler holds the workspace's queries (`PAUSE db`),
+//! direct logins are shut out of the source, `pg_dump`/`pg_restore` copy the database to the
+//! target (same names, same passwords), every table's count is compared, the control
+//! database switches the workspace to the target, the pooler is repointed (`routes.ini`,
+//! `RELOAD`) and resumes. Only then is the source copy dropped. A failure before the switch
+//! undoes everything (the pooler resumes, the source opens again, the target copy is
+//! dropped); a crash is undone (before the switch) or finished (after it) by running `move`
+//! again. Each attempt is recorded in `workspace_moves`.
+
+use crate::backup::{count_rows, dump_archive, load_archive, verify_rows, version_key, TempDir};
+use crate::control::connect;
+use crate::error::{Error, ErrorCode, Result};
+use crate::local::LOCAL_SERVER_ID;
+use crate::names::{
+    quote_ident, quote_literal, validate_server_name, validate_workspace_id, WorkspaceNames,
+};
+use crate::pooler::{remote_auth_password, write_routes, Console, Route, POOLER_REMOTE_AUTH_USER};
+use crate::servers::EXTENSION;
+use crate::suspension::{database_exists, record_event};
+use crate::types::Server;
+use crate::workspaces::{fault_point, lock_workspace, unlock_workspace};
+use crate::Tenancy;
+use postgres::Client;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// Control migration 7: which server's pooler serves a workspace, and its moves.
+pub(crate) const MOVES_SCHEMA: &str = r#"
+-- NULL: the pooler of the workspace's own server. Set when a move kept the pooled URI.
+ALTER TABLE workspaces ADD COLUMN pooler_server_id text REFERENCES servers (id);
+CREATE TABLE workspace_moves (
+    workspace_id  text PRIMARY KEY REFERENCES workspaces (id) ON DELETE CASCADE,
+    from_server   text NOT NULL REFERENCES servers (id),
+    to_server     text NOT NULL REFERENCES servers (id),
+    state         text NOT NULL CHECK (state IN ('copying', 'switched', 'done', 'failed')),
+    error_message text,
+    paused_ms     bigint,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CHECK ((state = 'failed') = (error_message IS NOT NULL))
+);
+"#;
+
+/// `move`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MoveReport {
+    pub workspace: String,
+    pub from_server: String,
+    pub to_server: String,
+    /// `moved`, or `already_there`.
+    pub status: String,
+    pub database: String,
+    /// How long the workspace's queries were held (pooled) or refused (direct): from
+    /// `PAUSE` to `RESUME`, in milliseconds.
+    pub paused_ms: Option<u64>,
+    /// Rows per table, the same on both sides before the switch.
+    pub rows: std::collections::BTreeMap<String, i64>,
+    /// Whether an earlier attempt that stopped half-way was undone or finished first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<String>,
+}
+
+/// `server drain`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DrainReport {
+    pub server: String,
+    pub moved: Vec<MoveReport>,
+    pub failed: Vec<crate::usage::UsageError>,
+}
+
+impl Tenancy {
+    /// Rewrite the local pooler's routes from the control database (every workspace it
+    /// serves that lives on another server). `local up` calls it before the pooler starts.
+    pub(crate) fn write_local_routes(&self, data_dir: &Path) -> Result<()> {
+        let mut ctl = self.control()?;
+        crate::control::apply_schema(&mut ctl)?;
+        let local = crate::local::LocalState::read(data_dir)?;
+        let socket_dir = std::path::absolute(data_dir.join("run"))?;
+        let rows = ctl.query(
+            "SELECT w.database_name, w.server_id = $1, s.host, s.port
+               FROM workspaces AS w JOIN servers AS s ON s.id = w.server_id
+              WHERE w.pooler_server_id = $1 AND w.state <> 'deleted'
+              ORDER BY 1",
+            &[&LOCAL_SERVER_ID],
+        )?;
+        let routes: Vec<Route> = rows
+            .iter()
+            .map(|r| {
+                let here: bool = r.get(1);
+                Route {
+                    database: r.get(0),
+                    host: if here {
+                        socket_dir.display().to_string()
+                    } else {
+                        r.get(2)
+                    },
+                    port: if here {
+                        local.pg_port
+                    } else {
+                        r.get::<_, i32>(3) as u16
+                    },
+                    remote: !here,
+                }
+            })
+            .collect();
+        write_routes(data_dir, &routes)
+    }
+
+    /// The pooler a workspace's pooled URI names: the one recorded by a move, else its
+    /// server's.
+    pub(crate) fn pooler_of(
+        &self,
+        ctl: &mut Client,
+        ws: &str,
+        server: &Server,
+    ) -> Result<Option<crate::types::Endpoint>> {
+        let home: Option<String> = match ctl.query_opt(
+            "SELECT pooler_server_id FROM workspaces WHERE id = $1",
+            &[&ws],
+        ) {
+            Ok(row) => row.and_then(|r| r.get(0)),
+            // A control database from before migration 6: nothing was ever moved.
+            Err(e) if e.code().is_some_and(|c| c.code() == "42703") => None,
+            Err(e) => return Err(e.into()),
+        };
+        match home {
+            Some(h) if h != server.id => Ok(self.load_server(ctl, &h)?.pooler),
+            _ => Ok(server.pooler.clone()),
+        }
+    }
+
+    /// `move --workspace W --to SERVER`.
+    pub fn move_workspace(&self, workspace: &str, to: &str) -> Result<MoveReport> {
+        validate_workspace_id(workspace)?;
+        validate_server_name(to)?;
+        let mut ctl = self.control()?;
+        crate::control::apply_schema(&mut ctl)?;
+        lock_workspace(&mut ctl, workspace)?;
+        let res = self.move_locked(&mut ctl, workspace, to);
+        unlock_workspace(&mut ctl, workspace);
+        res
+    }
+
+    fn move_locked(&self, ctl: &mut Client, ws: &str, to: &str) -> Result<MoveReport> {
+        let recovered = self.recover_move(ctl, ws)?;
+        let (names, from) = self.active_workspace(ctl, ws)?;
+        let db = names.database();
+        if from == to {
+            return Ok(MoveReport {
+                workspace: ws.into(),
+                from_server: from.clone(),
+                to_server: to.into(),
+                // A move that had switched before a crash was just finished.
+                status: if recovered.as_deref() == Some("finished") {
+                    "moved".into()
+                } else {
+                    "already_there".into()
+                },
+                database: db,
+                paused_ms: None,
+                rows: Default::default(),
+                recovered,
+            });
+        }
+        let source = self.load_server(ctl, &from)?;
+        let target = self.load_server(ctl, to)?;
+        let pooler_home = self.pooler_home(ctl, ws, &source)?;
+        ctl.execute(
+            "INSERT INTO workspace_moves (workspace_id, from_server, to_server, state)
+             VALUES ($1, $2, $3, 'copying')
+             ON CONFLICT (workspace_id) DO UPDATE
+                SET from_server = EXCLUDED.from_server, to_server = EXCLUDED.to_server,
+                    state = 'copying', error_message = NULL, paused_ms = NULL,
+                    started_at = now(), updated_at = now()",
+            &[&ws, &from, &to],
+        )?;
+        let attempt = self.copy_and_switch(ctl, &names, &source, &target, pooler_home.as_ref());
+        let (rows, paused_ms) = match attempt {
+            Ok(done) => done,
+            Err(e) => {
+                self.undo_copy(ctl, &names, &source, &target, pooler_home.is_some());
+                ctl.execute(
+                    "UPDATE workspace_moves SET state = 'failed', error_message = $2, updated_at = now()
+                      WHERE workspace_id = $1",
+                    &[&ws, &e.to_string()],
+                )?;
+                return Err(e.with_context(&format!("move of {ws} to {to} undone")));
+            }
+        };
+        fault_point("after_move_switch");
+        self.drop_source(ctl, &names, &source)?;
+        ctl.execute(
+            "UPDATE workspace_moves SET state = 'done', updated_at = now() WHERE workspace_id = $1",
+            &[&ws],
+        )?;
+        record_event(
+            ctl,
+            ws,
+            "move",
+            serde_json::json!({"from": from, "to": to, "paused_ms": paused_ms}),
+        )?;
+        Ok(MoveReport {
+            workspace: ws.into(),
+            from_server: from,
+            to_server: to.into(),
+            status: "moved".into(),
+            database: db,
+            paused_ms: Some(paused_ms),
+            rows,
+            recovered,
+        })
+    }
+
+    /// The server whose (tool-managed) pooler keeps serving the workspace's pooled URI, or
+    /// `None` when its server has no pooler (nothing to keep). A pooler the tool does not
+    /// manage cannot be repointed: refused.
+    fn pooler_home(&self, ctl: &mut Client, ws: &str, source: &Server) -> Result<Option<String>> {
+        let recorded: Option<String> = ctl
+            .query_one(
+                "SELECT pooler_server_id FROM workspaces WHERE id = $1",
+                &[&ws],
+            )?
+            .get(0);
+        let home = recorded.unwrap_or_else(|| source.id.clone());
+        let has_pooler = self.load_server(ctl, &home)?.pooler.is_some();
+        if !has_pooler {
+            return Ok(None);
+        }
+        if home != LOCAL_SERVER_ID || self.data_dir.is_none() {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "workspace {ws}'s pooled URI goes through the pooler of server {home}, which dl-tenancy does not manage; \
+                     only the local pooler (`local up`) can be repointed, so the move would change the pooled URI"
+                ),
+            ));
+        }
+        Ok(Some(home))
+    }
+
+    fn console(&self, ctl: &mut Client, home: &str) -> Result<Console> {
+        let port = self
+            .load_server(ctl, home)?
+            .pooler
+            .map(|p| p.port)
+            .ok_or_else(|| Error::new(ErrorCode::PoolerNotConfigured, "no pooler"))?;
+        Console::open(port, &self.key)
+    }
+
+    /// Pause, shut the source, copy, verify, switch and repoint. Returns the row counts and
+    /// how long the workspace was paused.
+    fn copy_and_switch(
+        &self,
+        ctl: &mut Client,
+        names: &WorkspaceNames,
+        source: &Server,
+        target: &Server,
+        pooler_home: Option<&String>,
+    ) -> Result<(std::collections::BTreeMap<String, i64>, u64)> {
+        let ws = names.workspace.as_str();
+        let db = names.database();
+        let mut target_admin = connect(&target.admin_conn, None)?;
+        if database_exists(&mut target_admin, &db)? {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!("server {} already has a database {db}", target.id),
+            ));
+        }
+        let available: Option<String> = target_admin
+            .query_opt(
+                "SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = $1",
+                &[&EXTENSION],
+            )?
+            .and_then(|r| r.get(0));
+        // Same names and passwords on the target (from the recorded credentials).
+        self.ensure_workspace(ctl, target, names)?;
+        if pooler_home.is_some() {
+            // The pooler looks logins up on the target as the remote auth user.
+            let q = quote_ident(POOLER_REMOTE_AUTH_USER);
+            let exists = target_admin
+                .query_opt(
+                    "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                    &[&POOLER_REMOTE_AUTH_USER],
+                )?
+                .is_some();
+            if !exists {
+                target_admin.batch_execute(&format!("CREATE ROLE {q} NOLOGIN"))?;
+            }
+            let verifier = crate::secret::scram_verifier(&remote_auth_password(&self.key));
+            target_admin
+                .batch_execute(&format!(
+                    "ALTER ROLE {q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {};
+                     GRANT dl_pooler_auth TO {q}",
+                    quote_literal(&verifier)
+                ))
+                .map_err(|e| Error::new(Error::from(e).code, "setting up the pooler's auth user on the target failed"))?;
+        }
+        let mut source_admin = connect(&source.admin_conn, None)?;
+        let mut source_db = connect(&source.admin_conn, Some(&db))?;
+        let from_version: String = source_db
+            .query_one(
+                "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
+                &[&EXTENSION],
+            )?
+            .get(0);
+        if available.as_deref().map(version_key) < Some(version_key(&from_version)) {
+            return Err(Error::new(
+                ErrorCode::ExtensionUnavailable,
+                format!(
+                    "server {} lacks {EXTENSION} {from_version} or later",
+                    target.id
+                ),
+            ));
+        }
+
+        copy_verifiers(&mut source_admin, &mut target_admin, names)?;
+
+        // The pause: pooled queries wait, direct logins are refused and their sessions end.
+        let paused_at = Instant::now();
+        let mut console = match pooler_home {
+            Some(home) => {
+                let mut c = self.console(ctl, home)?;
+                c.pause(&db)?;
+                Some(c)
+            }
+            None => None,
+        };
+        source_admin.batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {} FROM {}",
+            quote_ident(&db),
+            quote_ident(&names.workspace_role())
+        ))?;
+        let counting: i32 = source_db
+            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])?
+            .get(0);
+        source_admin.execute(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+              WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid() AND pid <> $2",
+            &[&db, &counting],
+        )?;
+        fault_point("after_move_pause");
+        let tmp = TempDir::new()?;
+        let archive = tmp.0.join("move.dump");
+        {
+            let mut file = std::fs::File::create(&archive)?;
+            dump_archive(&source.admin_conn, &db, None, &mut file)?;
+        }
+        let mut target_db = connect(&target.admin_conn, Some(&db))?;
+        load_archive(
+            &mut target_db,
+            &target.admin_conn,
+            &db,
+            &from_version,
+            &archive,
+            &tmp.0,
+        )?;
+        let rows = count_rows(&mut source_db)?;
+        verify_rows(&rows, &count_rows(&mut target_db)?)?;
+        fault_point("after_move_copy");
+
+        // The switch: from here on the target is the workspace.
+        let mut tx = ctl.transaction()?;
+        tx.execute(
+            "UPDATE workspaces SET server_id = $2, pooler_server_id = $3, updated_at = now() WHERE id = $1",
+            &[&ws, &target.id, &pooler_home],
+        )?;
+        tx.execute(
+            "UPDATE workspace_moves SET state = 'switched', updated_at = now() WHERE workspace_id = $1",
+            &[&ws],
+        )?;
+        tx.commit()?;
+        if let (Some(console), Some(data_dir)) = (console.as_mut(), self.data_dir.as_ref()) {
+            self.write_local_routes(data_dir)?;
+            console.reload()?;
+            console.resume(&db)?;
+        }
+        let paused_ms = paused_at.elapsed().as_millis() as u64;
+        ctl.execute(
+            "UPDATE workspace_moves SET paused_ms = $2 WHERE workspace_id = $1",
+            &[&ws, &(paused_ms as i64)],
+        )?;
+        Ok((rows, paused_ms))
+    }
+
+    /// Back to before the attempt: the pooler resumes, the source opens again, the target
+    /// copy (database and roles) is dropped. Best effort: each step is tried.
+    fn undo_copy(
+        &self,
+        ctl: &mut Client,
+        names: &WorkspaceNames,
+        source: &Server,
+        target: &Server,
+        pooled: bool,
+    ) {
+        let db = names.database();
+        if pooled {
+            if let Ok(mut c) = self.console(ctl, LOCAL_SERVER_ID) {
+                let _ = c.resume(&db);
+            }
+        }
+        if let Ok(mut admin) = connect(&source.admin_conn, None) {
+            let _ = admin.batch_execute(&format!(
+                "GRANT CONNECT ON DATABASE {} TO {}",
+                quote_ident(&db),
+                quote_ident(&names.workspace_role())
+            ));
+        }
+        if let Ok(mut admin) = connect(&target.admin_conn, None) {
+            let _ = drop_database_and_roles(&mut admin, names);
+        }
+    }
+
+    /// A move that stopped half-way: undone when it had not switched, finished when it had.
+    fn recover_move(&self, ctl: &mut Client, ws: &str) -> Result<Option<String>> {
+        let row = ctl.query_opt(
+            "SELECT m.from_server, m.to_server, m.state, w.database_name
+               FROM workspace_moves AS m JOIN workspaces AS w ON w.id = m.workspace_id
+              WHERE m.workspace_id = $1 AND m.state IN ('copying', 'switched')",
+            &[&ws],
+        )?;
+        let Some(row) = row else { return Ok(None) };
+        let names = WorkspaceNames::recorded(ws, row.get(3))?;
+        let source = self.load_server(ctl, row.get(0))?;
+        let target = self.load_server(ctl, row.get(1))?;
+        let state: String = row.get(2);
+        if state == "copying" {
+            let pooled = self.pooler_home(ctl, ws, &source)?.is_some();
+            self.undo_copy(ctl, &names, &source, &target, pooled);
+            ctl.execute(
+                "UPDATE workspace_moves SET state = 'failed', error_message = 'stopped half-way; undone',
+                        updated_at = now() WHERE workspace_id = $1",
+                &[&ws],
+            )?;
+            return Ok(Some("undone".into()));
+        }
+        // Switched: the pooler must point at the target and run; the source copy goes.
+        if let Some(data_dir) = self.data_dir.clone() {
+            self.write_local_routes(&data_dir)?;
+            if let Ok(mut c) = self.console(ctl, LOCAL_SERVER_ID) {
+                c.reload()?;
+                c.resume(&names.database())?;
+            }
+        }
+        self.drop_source(ctl, &names, &source)?;
+        ctl.execute(
+            "UPDATE workspace_moves SET state = 'done', updated_at = now() WHERE workspace_id = $1",
+            &[&ws],
+        )?;
+        Ok(Some("finished".into()))
+    }
+
+    fn drop_source(
+        &self,
+        _ctl: &mut Client,
+        names: &WorkspaceNames,
+        source: &Server,
+    ) -> Result<()> {
+        drop_database_and_roles(&mut connect(&source.admin_conn, None)?, names)
+    }
+
+    /// `server drain NAME`: no new workspaces there, and every workspace moved to the other
+    /// active servers (the least-loaded first), `parallel` at a time. A workspace that fails
+    /// stays where it was and is reported; a re-run retries it.
+    pub fn drain(&self, server: &str, parallel: usize) -> Result<DrainReport> {
+        validate_server_name(server)?;
+        let mut ctl = self.control()?;
+        crate::control::apply_schema(&mut ctl)?;
+        self.load_server(&mut ctl, server)?;
+        ctl.execute(
+            "UPDATE servers SET active = false, updated_at = now() WHERE id = $1",
+            &[&server],
+        )?;
+        let workspaces: Vec<String> = ctl
+            .query(
+                "SELECT id FROM workspaces WHERE server_id = $1 AND state = 'active' ORDER BY id",
+                &[&server],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let queue = std::sync::Mutex::new(workspaces.into_iter());
+        let results = std::sync::Mutex::new((vec![], vec![]));
+        std::thread::scope(|s| {
+            for _ in 0..parallel.max(1) {
+                s.spawn(|| loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some(ws) = next else { break };
+                    let moved = self
+                        .control()
+                        .and_then(|mut c| self.place(&mut c))
+                        .and_then(|to| self.move_workspace(&ws, &to));
+                    let mut r = results.lock().unwrap_or_else(|e| e.into_inner());
+                    match moved {
+                        Ok(m) => r.0.push(m),
+                        Err(e) => r.1.push(crate::usage::UsageError {
+                            workspace: ws,
+                            error: e.to_string(),
+                        }),
+                    }
+                });
+            }
+        });
+        let (mut moved, mut failed) = results.into_inner().unwrap_or_else(|e| e.into_inner());
+        moved.sort_by(|a: &MoveReport, b| a.workspace.cmp(&b.workspace));
+        failed.sort_by(|a: &crate::usage::UsageError, b| a.workspace.cmp(&b.workspace));
+        Ok(DrainReport {
+            server: server.into(),
+            moved,
+            failed,
+        })
+    }
+
+    /// `server remove NAME`: forget a server that holds no workspace (any not purged, or
+    /// serving a moved workspace's pooled URI). Refused otherwise.
+    pub fn server_remove(&self, server: &str) -> Result<crate::types::ServerList> {
+        validate_server_name(server)?;
+        let mut ctl = self.control()?;
+        crate::control::apply_schema(&mut ctl)?;
+        let mut tx = ctl.transaction()?;
+        let found = tx
+            .query_opt("SELECT 1 FROM servers WHERE id = $1 FOR UPDATE", &[&server])?
+            .is_some();
+        if !found {
+            return Err(Error::new(
+                ErrorCode::ServerNotFound,
+                format!("no server named {server}"),
+            ));
+        }
+        let held: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM workspaces
+                  WHERE (server_id = $1 OR pooler_server_id = $1) AND state <> 'deleted'",
+                &[&server],
+            )?
+            .get(0);
+        if held > 0 {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!("server {server} still holds {held} workspace(s); drain it first (`server drain {server}`)"),
+            ));
+        }
+        // Purged workspaces' records go with it (their events stay).
+        tx.execute(
+            "DELETE FROM workspace_moves WHERE from_server = $1 OR to_server = $1",
+            &[&server],
+        )?;
+        tx.execute(
+            "DELETE FROM workspaces WHERE server_id = $1 AND state = 'deleted'",
+            &[&server],
+        )?;
+        tx.execute("DELETE FROM servers WHERE id = $1", &[&server])?;
+        tx.commit()?;
+        drop(ctl);
+        self.server_list()
+    }
+}
+
+/// The logins' SCRAM verifiers as they are on the source (same salt and keys): a client the
+/// pooler authenticated before the move logs in to the target with the keys it has.
+fn copy_verifiers(source: &mut Client, target: &mut Client, names: &WorkspaceNames) -> Result<()> {
+    for login in names.all_logins() {
+        let verifier: Option<String> = source
+            .query_opt(
+                "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1",
+                &[&login],
+            )?
+            .and_then(|r| r.get(0));
+        if let Some(v) = verifier {
+            target
+                .batch_execute(&format!(
+                    "ALTER ROLE {} PASSWORD {}",
+                    quote_ident(&login),
+                    quote_literal(&v)
+                ))
+                .map_err(|e| {
+                    // Never echo the statement (it holds the verifier).
+                    Error::new(
+                        Error::from(e).code,
+                        format!("copying the password of {login} failed"),
+                    )
+                })?;
+        }
+    }
+    Ok(())
+}
+
+fn drop_database_and_roles(admin: &mut Client, names: &WorkspaceNames) -> Result<()> {
+    admin.batch_execute(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(&names.database())
+    ))?;
+    for role in names.all_roles() {
+        admin.execute(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )?;
+        admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(&role)))?;
+    }
+    Ok(())
+}
