@@ -1052,3 +1052,49 @@ fn a_move_killed_half_way_is_undone_or_finished_on_rerun() {
             .unwrap();
     }
 }
+
+/// The pooler's admin console (which a move drives) and the auth user of moved workspaces'
+/// routes are out of a tenant's reach: its logins cannot open the console, and neither
+/// tool-owned pooler user accepts a tenant's password.
+#[test]
+fn the_pooler_console_is_out_of_tenant_reach() {
+    let env = Env::new();
+    env.t.provision("tenant").unwrap();
+    for kind in Kind::ALL {
+        let uri = env.uri("tenant", kind, true);
+        // Its own login on the console database: PgBouncer refuses non-admin users.
+        let e = connect(&with_db(&uri, "pgbouncer"))
+            .map(|_| ())
+            .unwrap_err();
+        let why = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        eprintln!("{kind} on the console: {why}");
+        assert_eq!(sqlstate(&e), "08P01", "{kind}: {e:?}");
+        let mut cfg: postgres::Config = uri.parse().unwrap();
+        for user in [
+            dl_tenancy_ctl::POOLER_ADMIN_USER,
+            dl_tenancy_ctl::POOLER_REMOTE_AUTH_USER,
+        ] {
+            for db in ["pgbouncer", &env.database("tenant")] {
+                cfg.user(user).dbname(db);
+                let e = cfg.connect(postgres::NoTls).map(|_| ()).unwrap_err();
+                let why = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_default();
+                eprintln!("{user} with a tenant's password on {db}: {why}");
+                assert!(
+                    ["08P01", "28P01"].contains(&sqlstate(&e).as_str()),
+                    "{user} on {db}: {e:?}"
+                );
+            }
+        }
+    }
+    // The workspace still works through the pooler.
+    connect(&env.uri("tenant", Kind::Read, true))
+        .unwrap()
+        .batch_execute(READ_QUERY)
+        .unwrap();
+}
