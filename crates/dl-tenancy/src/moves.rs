@@ -123,7 +123,7 @@ impl Tenancy {
             &[&ws],
         ) {
             Ok(row) => row.and_then(|r| r.get(0)),
-            // A control database from before migration 6: nothing was ever moved.
+            // A control database from before migration 7: nothing was ever moved.
             Err(e) if e.code().is_some_and(|c| c.code() == "42703") => None,
             Err(e) => return Err(e.into()),
         };
