@@ -81,7 +81,7 @@ impl Tenancy {
         let local = crate::local::LocalState::read(data_dir)?;
         let socket_dir = std::path::absolute(data_dir.join("run"))?;
         let rows = ctl.query(
-            "SELECT w.database_name, w.server_id = $1, s.host, s.port
+            "SELECT w.database_name, w.server_id = $1, s.host, s.port, s.id
                FROM workspaces AS w JOIN servers AS s ON s.id = w.server_id
               WHERE w.pooler_server_id = $1 AND w.state <> 'deleted'
               ORDER BY 1",
@@ -103,7 +103,7 @@ impl Tenancy {
                     } else {
                         r.get::<_, i32>(3) as u16
                     },
-                    remote: !here,
+                    remote: (!here).then(|| r.get(4)),
                 }
             })
             .collect();

@@ -9,8 +9,9 @@
 //!   file is rewritten from it (`workspaces.pooler_server_id`).
 //! - The console user [`POOLER_ADMIN_USER`] logs in with a password derived from the secret
 //!   key (nothing more to store).
-//! - On another server PgBouncer looks logins up as [`POOLER_REMOTE_AUTH_USER`] (the
-//!   `auth_user` of each route), with a password derived from the secret key; the local
+//! - On another server PgBouncer looks logins up in that server's lookup database (an
+//!   `auth_dbname` entry per server) as [`POOLER_REMOTE_AUTH_USER`] (the `auth_user` of each
+//!   route), with a password derived from the secret key; the local
 //!   server's auth user keeps its password nobody knows. Tenant logins keep their SCRAM
 //!   verifiers (copied as they are), so clients authenticated before a move log in to the
 //!   new server by SCRAM pass-through.
@@ -63,26 +64,45 @@ pub(crate) struct Route {
     pub database: String,
     pub host: String,
     pub port: u16,
-    /// On another server: looked up there as [`POOLER_REMOTE_AUTH_USER`].
-    pub remote: bool,
+    /// On another server (its id): logins are looked up in that server's lookup database as
+    /// [`POOLER_REMOTE_AUTH_USER`].
+    pub remote: Option<String>,
+}
+
+/// The pooler's name for another server's lookup database (`auth_dbname` of its routes).
+fn lookup_alias(server_id: &str) -> String {
+    let hex: String = server_id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{}_{hex}", crate::servers::POOLER_LOOKUP_DB)
 }
 
 /// Rewrite `routes.ini` (readable by the pooler's OS user); RELOAD applies it.
 pub(crate) fn write_routes(data_dir: &Path, routes: &[Route]) -> Result<()> {
     let mut text =
         String::from("; Written by dl-tenancy: where each moved workspace's database is now.\n");
+    let mut lookups = std::collections::BTreeMap::new();
     for r in routes {
         // Database names are the tool's own (dlw_<hex>), hosts and ports from `server add`.
+        let auth = match &r.remote {
+            Some(server) => {
+                lookups.insert(lookup_alias(server), (r.host.clone(), r.port));
+                format!(
+                    " auth_user={POOLER_REMOTE_AUTH_USER} auth_dbname={}",
+                    lookup_alias(server)
+                )
+            }
+            None => String::new(),
+        };
         text.push_str(&format!(
             "{db} = host={host} port={port} dbname={db}{auth}\n",
             db = r.database,
             host = r.host,
             port = r.port,
-            auth = if r.remote {
-                format!(" auth_user={POOLER_REMOTE_AUTH_USER}")
-            } else {
-                String::new()
-            }
+        ));
+    }
+    for (alias, (host, port)) in lookups {
+        text.push_str(&format!(
+            "{alias} = host={host} port={port} dbname={} auth_user={POOLER_REMOTE_AUTH_USER}\n",
+            crate::servers::POOLER_LOOKUP_DB
         ));
     }
     let dir = pooler_dir(data_dir);
