@@ -439,16 +439,28 @@ pub(crate) fn load_archive(
     let started: String = target
         .query_one("SELECT pg_catalog.clock_timestamp()::text", &[])?
         .get(0);
-    if let Err(e) = run_pg_restore(admin_conn, db, archive, tmp) {
-        // Nothing was loaded (one transaction): back to the server's version, empty.
+    let extension_tables: Vec<String> = target
+        .query(
+            "SELECT n.nspname || ' ' || c.relname FROM pg_catalog.pg_extension AS e
+              CROSS JOIN LATERAL pg_catalog.unnest(e.extconfig) AS t(oid)
+               JOIN pg_catalog.pg_class AS c ON c.oid = t.oid
+               JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+              WHERE e.extname = $1",
+            &[&EXTENSION],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Err(e) = run_pg_restore(admin_conn, db, archive, tmp, &extension_tables) {
+        // Back to an empty database at the server's version (the extension's data may have
+        // loaded before the tenant's objects failed).
         let _ = target.batch_execute(&format!(
-            "ALTER EXTENSION {} UPDATE",
-            quote_ident(EXTENSION)
+            "DROP EXTENSION IF EXISTS {ext} CASCADE; CREATE EXTENSION {ext}",
+            ext = quote_ident(EXTENSION)
         ));
         return Err(e);
-    }
-    // Loading the overrides recorded each once more in the history (the trigger); the
-    // dumped history is the truth.
+    } // Loading the overrides recorded each once more in the history (the trigger); the
+      // dumped history is the truth.
     let replayed = target.query(
         "SELECT c.oid::regclass::text FROM pg_catalog.pg_class AS c
           WHERE c.relnamespace = 'dl_override'::regnamespace
@@ -506,9 +518,23 @@ fn read_backup(from: &Path, tmp: &Path) -> Result<(Manifest, PathBuf)> {
     Ok((manifest, archive))
 }
 
-/// `pg_restore` of the archive into `db` in one transaction, without the extension's own
-/// entry (the database has the extension at the archive's version already).
-fn run_pg_restore(admin_conn: &str, db: &str, archive: &Path, tmp: &Path) -> Result<()> {
+/// `pg_restore` of the archive into `db`, without the extension's own entry (the database
+/// has the extension at the archive's version already), in two transactions:
+///
+/// 1. the rows of the extension's data tables (`extension_tables`: "schema table"), as the
+///    admin: nobody else may write them all, and only the extension's own constraints and
+///    triggers (trusted code) run on them;
+/// 2. everything else, the tenant's `tenant_custom` objects and their rows, as
+///    `dl_tenant_override` (`--role`): the tenant's own code that loading runs (CHECK
+///    constraints, generated columns, domains calling its functions) runs with the tenant's
+///    privileges, never the admin's.
+fn run_pg_restore(
+    admin_conn: &str,
+    db: &str,
+    archive: &Path,
+    tmp: &Path,
+    extension_tables: &[String],
+) -> Result<()> {
     let listed = pg_program("pg_restore", admin_conn)?
         .arg("--list")
         .arg(archive)
@@ -520,26 +546,53 @@ fn run_pg_restore(admin_conn: &str, db: &str, archive: &Path, tmp: &Path) -> Res
             &listed.stderr,
         ));
     }
-    let toc: String = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .filter(|l| {
-            // "<id>; <catalog oid> <oid> <description>": only the extension itself (and its
-            // comment) has a description starting so; no tenant object can.
-            let what = l.splitn(4, ' ').nth(3).unwrap_or("");
-            !(what.starts_with("EXTENSION - ") || what.starts_with("COMMENT - EXTENSION "))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let list = tmp.join("toc.list");
-    std::fs::write(&list, toc)?;
-    let out = pg_program("pg_restore", admin_conn)?
-        .args(["--single-transaction", "--exit-on-error", "--dbname", db])
-        .arg("--use-list")
-        .arg(&list)
-        .arg(archive)
-        .output()?;
-    if !out.status.success() {
-        return Err(program_failed("pg_restore", out.status, &out.stderr));
+    let (mut platform, mut tenant) = (String::new(), String::new());
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        // "<id>; <catalog oid> <oid> <description>": only the extension itself (and its
+        // comment) has a description starting so; no tenant object can.
+        let what = line.splitn(4, ' ').nth(3).unwrap_or("");
+        if line.starts_with(';')
+            || what.starts_with("EXTENSION - ")
+            || what.starts_with("COMMENT - EXTENSION ")
+        {
+            continue;
+        }
+        // "TABLE DATA <schema> <table> <owner>": tenants cannot create in the extension's
+        // schemas, so a match names one of its tables.
+        let data_of = what.strip_prefix("TABLE DATA ").map(|rest| {
+            let mut parts = rest.split(' ');
+            format!(
+                "{} {}",
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or("")
+            )
+        });
+        let into = match data_of {
+            Some(table) if extension_tables.contains(&table) => &mut platform,
+            _ => &mut tenant,
+        };
+        into.push_str(line);
+        into.push('\n');
+    }
+    for (name, list, role) in [
+        ("extension data", platform, None),
+        ("tenant objects", tenant, Some("dl_tenant_override")),
+    ] {
+        let path = tmp.join(format!("{}.list", name.replace(' ', "_")));
+        std::fs::write(&path, list)?;
+        let mut cmd = pg_program("pg_restore", admin_conn)?;
+        cmd.args(["--single-transaction", "--exit-on-error", "--dbname", db]);
+        if let Some(role) = role {
+            cmd.arg(format!("--role={role}"));
+        }
+        let out = cmd.arg("--use-list").arg(&path).arg(archive).output()?;
+        if !out.status.success() {
+            return Err(program_failed(
+                &format!("pg_restore ({name})"),
+                out.status,
+                &out.stderr,
+            ));
+        }
     }
     Ok(())
 }

@@ -1098,3 +1098,60 @@ fn the_pooler_console_is_out_of_tenant_reach() {
         .batch_execute(READ_QUERY)
         .unwrap();
 }
+
+/// A tenant plants code that runs when its rows are loaded (a CHECK constraint, a generated
+/// column and a domain calling its own function) and that would escalate if it ran as the
+/// restoring superuser. Restore and move load the tenant's objects as its group role: the
+/// code runs without privileges, the data arrives.
+#[test]
+fn restored_tenant_code_runs_without_privileges() {
+    let env = Env::new();
+    let t = &env.t;
+    t.provision("planter").unwrap();
+    let mut over = connect(&env.uri("planter", Kind::Override, false)).unwrap();
+    over.batch_execute(
+        r#"CREATE FUNCTION tenant_custom.escalate(x int) RETURNS boolean LANGUAGE plpgsql AS $$
+           BEGIN
+               IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                   EXECUTE 'CREATE ROLE pwned_' || x || ' SUPERUSER LOGIN';
+               END IF;
+               RETURN true;
+           END $$;
+           CREATE FUNCTION tenant_custom.twice(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
+           BEGIN PERFORM tenant_custom.escalate(x + 100); RETURN 2 * x; END $$;
+           CREATE DOMAIN tenant_custom.checked AS int CHECK (tenant_custom.escalate(VALUE + 200));
+           CREATE TABLE tenant_custom.trap (
+               x int CHECK (tenant_custom.escalate(x)),
+               y int GENERATED ALWAYS AS (tenant_custom.twice(x)) STORED,
+               z tenant_custom.checked);
+           INSERT INTO tenant_custom.trap (x, z) VALUES (1, 1), (2, 2);"#,
+    )
+    .unwrap();
+    let file = env.dir.join("planted.backup");
+    t.backup("planter", &file).unwrap();
+    let r = t.restore(&file, "restored").unwrap();
+    assert_eq!(r.rows["tenant_custom.trap"], 2);
+    let mut second = add_second(&env);
+    let m = t.move_workspace("planter", "second").unwrap();
+    assert_eq!(m.rows["tenant_custom.trap"], 2);
+    let mut admin = env.admin("postgres");
+    let mut admin2 =
+        postgres::Client::connect(&second.conn_string("postgres", "postgres"), postgres::NoTls)
+            .unwrap();
+    for a in [&mut admin, &mut admin2] {
+        let planted: i64 = a
+            .query_one(
+                "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pwned%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(planted, 0, "tenant code ran as a superuser");
+    }
+    let mut c = connect(&env.uri("restored", Kind::Override, true)).unwrap();
+    assert_eq!(
+        count(&mut c, "SELECT sum(y)::bigint FROM tenant_custom.trap"),
+        6
+    );
+    let _ = &mut second;
+}
