@@ -6,7 +6,7 @@
 //! File layout: the line `dl-tenancy-backup 1`, the manifest as one line of JSON, then the
 //! archive's bytes (`tail -n +3 FILE | pg_restore -l` lists it).
 
-use crate::control::connect;
+use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{quote_ident, quote_literal, validate_workspace_id, WorkspaceNames};
 use crate::servers::EXTENSION;
@@ -93,10 +93,14 @@ pub(crate) fn count_rows(db: &mut impl postgres::GenericClient) -> Result<BTreeM
 /// The environment that points a PostgreSQL client program at a server as the admin: the
 /// password goes in `PGPASSWORD`, never on a command line.
 fn client_env(admin_conn: &str) -> Result<Vec<(&'static str, String)>> {
-    let cfg: postgres::Config = admin_conn
-        .parse()
-        .map_err(|e: postgres::Error| invalid(format!("malformed admin URL: {e}")))?;
-    let mut env = vec![("PGAPPNAME", "dl-tenancy".to_string())];
+    let (cfg, tls) = crate::connection::parse(admin_conn)?;
+    let mut env = vec![
+        ("PGAPPNAME", "dl-tenancy".to_string()),
+        ("PGSSLMODE", tls.sslmode.as_str().to_string()),
+    ];
+    if let Some(root) = tls.sslrootcert {
+        env.push(("PGSSLROOTCERT", root));
+    }
     match cfg.get_hosts().first() {
         Some(postgres::config::Host::Tcp(h)) => env.push(("PGHOST", h.clone())),
         Some(postgres::config::Host::Unix(p)) => env.push(("PGHOST", p.display().to_string())),
@@ -116,7 +120,14 @@ fn client_env(admin_conn: &str) -> Result<Vec<(&'static str, String)>> {
 
 fn pg_program(name: &str, admin_conn: &str) -> Result<Command> {
     let mut cmd = Command::new(pg_harness::pg_bin_dir().join(name));
-    for var in ["PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGOPTIONS"] {
+    for var in [
+        "PGPASSWORD",
+        "PGPASSFILE",
+        "PGSERVICE",
+        "PGOPTIONS",
+        "PGSSLMODE",
+        "PGSSLROOTCERT",
+    ] {
         cmd.env_remove(var);
     }
     cmd.envs(client_env(admin_conn)?).arg("--no-password");

@@ -212,14 +212,21 @@ impl Tenancy {
             row.get(2),
             &credential_aad(workspace, kind, slot),
         )?;
-        let ep = if pooled {
-            self.pooler_of(&mut ctl, workspace, &server)?
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorCode::PoolerNotConfigured,
-                        format!("server {} has no pooler registered", server.id),
-                    )
-                })?
+        // A pooled URI names the pooler that serves the workspace (after a move, the one of
+        // the server it came from), and that pooler's TLS.
+        let pooler_server = if pooled {
+            Some(self.pooler_server(&mut ctl, workspace, &server)?)
+        } else {
+            None
+        };
+        let tls_of = pooler_server.as_ref().unwrap_or(&server);
+        let ep = if let Some(p) = &pooler_server {
+            p.pooler.clone().ok_or_else(|| {
+                Error::new(
+                    ErrorCode::PoolerNotConfigured,
+                    format!("server {} has no pooler registered", server.id),
+                )
+            })?
         } else {
             Endpoint {
                 host: server.host.clone(),
@@ -228,13 +235,13 @@ impl Tenancy {
         };
         let login = names.login(kind, slot);
         // TLS always: verified against the server's CA when it is known.
-        let (sslmode, ca_certificate) = match &server.ca_file {
+        let (sslmode, ca_certificate) = match &tls_of.ca_file {
             Some(file) => (
                 SslMode::VerifyFull,
                 Some(crate::servers::read_ca_pem(file).map_err(|e| {
                     Error::new(
                         ErrorCode::Internal,
-                        format!("server {}: {}", server.id, e.message),
+                        format!("server {}: {}", tls_of.id, e.message),
                     )
                 })?),
             ),
@@ -247,7 +254,7 @@ impl Tenancy {
             format_host(&ep.host),
             ep.port,
             percent_encode(&names.database()),
-            tls_query(sslmode, server.ca_file.as_deref().map(Path::new))
+            tls_query(sslmode, tls_of.ca_file.as_deref().map(Path::new))
         );
         Ok(Reveal {
             workspace: workspace.into(),

@@ -11,7 +11,7 @@
 //! again. Each attempt is recorded in `workspace_moves`.
 
 use crate::backup::{count_rows, dump_archive, load_archive, verify_rows, version_key, TempDir};
-use crate::control::connect;
+use crate::connection::connect;
 use crate::error::{Error, ErrorCode, Result};
 use crate::local::LOCAL_SERVER_ID;
 use crate::names::{
@@ -110,14 +110,14 @@ impl Tenancy {
         write_routes(data_dir, &routes)
     }
 
-    /// The pooler a workspace's pooled URI names: the one recorded by a move, else its
-    /// server's.
-    pub(crate) fn pooler_of(
+    /// The server whose pooler a workspace's pooled URI names: the one recorded by a move,
+    /// else its own.
+    pub(crate) fn pooler_server(
         &self,
         ctl: &mut Client,
         ws: &str,
         server: &Server,
-    ) -> Result<Option<crate::types::Endpoint>> {
+    ) -> Result<Server> {
         let home: Option<String> = match ctl.query_opt(
             "SELECT pooler_server_id FROM workspaces WHERE id = $1",
             &[&ws],
@@ -128,9 +128,19 @@ impl Tenancy {
             Err(e) => return Err(e.into()),
         };
         match home {
-            Some(h) if h != server.id => Ok(self.load_server(ctl, &h)?.pooler),
-            _ => Ok(server.pooler.clone()),
+            Some(h) if h != server.id => self.load_server(ctl, &h),
+            _ => Ok(server.clone()),
         }
+    }
+
+    /// The pooler a workspace's pooled URI names.
+    pub(crate) fn pooler_of(
+        &self,
+        ctl: &mut Client,
+        ws: &str,
+        server: &Server,
+    ) -> Result<Option<crate::types::Endpoint>> {
+        Ok(self.pooler_server(ctl, ws, server)?.pooler)
     }
 
     /// `move --workspace W --to SERVER`.

@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::names::quote_ident;
 use crate::secret::SecretKey;
 use base64::Engine;
-use postgres::{Client, NoTls};
+use postgres::Client;
 use std::path::{Path, PathBuf};
 
 /// The admin console user of the local pooler (`admin_users`).
@@ -121,20 +121,21 @@ pub(crate) struct Console(Client);
 
 impl Console {
     pub(crate) fn open(port: u16, key: &SecretKey) -> Result<Console> {
-        let client = postgres::Config::new()
-            .host("127.0.0.1")
-            .port(port)
-            .user(POOLER_ADMIN_USER)
-            .password(admin_password(key))
-            .dbname("pgbouncer")
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .connect(NoTls)
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::ServerUnreachable,
-                    format!("cannot reach the pooler's admin console on port {port}: {e}"),
-                )
-            })?;
+        // The pooler takes TLS clients only; it is on loopback, so the certificate is not
+        // checked (`require`). The password stays in memory.
+        let conn = format!(
+            "host=127.0.0.1 port={port} user={POOLER_ADMIN_USER} dbname=pgbouncer sslmode=require password={}",
+            admin_password(key)
+        );
+        let client = crate::connection::connect(&conn, None).map_err(|e| {
+            Error::new(
+                ErrorCode::ServerUnreachable,
+                format!(
+                    "cannot reach the pooler's admin console on port {port}: {}",
+                    e.message
+                ),
+            )
+        })?;
         Ok(Console(client))
     }
 

@@ -12,7 +12,7 @@
 //! | `undelete` | `provisioning`, suspension cleared | `provision`'s repair: CONNECT back, fresh passwords | `active` |
 //! | `purge` | `purging` | database and roles dropped | `deleted` |
 
-use crate::control::connect;
+use crate::connection::connect;
 use crate::credentials::{credential_aad, revoke_login};
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{quote_ident, validate_workspace_id, Kind, Slot, WorkspaceNames};

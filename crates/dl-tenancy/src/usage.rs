@@ -3,7 +3,7 @@
 //! stored). `usage --workspace W` and `GET /api/v2/tenants/usage` show one workspace;
 //! `usage` without a workspace lists every workspace per server, for the operator.
 
-use crate::control::connect;
+use crate::connection::connect;
 use crate::error::{Error, ErrorCode, Result};
 use crate::names::{validate_workspace_id, WorkspaceNames};
 use crate::servers::EXTENSION;

@@ -609,7 +609,7 @@ fn backup_then_restore_keeps_every_row_and_grant() {
         .unwrap();
     let passwords: Vec<String> = uris(&env, "source")
         .iter()
-        .map(|(_, u)| u.parse::<postgres::Config>().unwrap())
+        .map(|(_, u)| dl_tenancy_ctl::connection::parse(u).unwrap().0)
         .map(|c| String::from_utf8(c.get_password().unwrap().to_vec()).unwrap())
         .collect();
 
@@ -688,7 +688,7 @@ fn backup_then_restore_keeps_every_row_and_grant() {
             50
         };
         assert_eq!(count(&mut c, sql), expected, "{label}");
-        let password = uri.parse::<postgres::Config>().unwrap();
+        let password = dl_tenancy_ctl::connection::parse(uri).unwrap().0;
         let password = String::from_utf8(password.get_password().unwrap().to_vec()).unwrap();
         assert!(!passwords.contains(&password), "{label}: a fresh password");
     }
@@ -799,12 +799,12 @@ fn restore_of_an_older_version_goes_through_the_update() {
     assert_eq!(names, ["Old", "Older"]);
 }
 
-/// A second plain cluster registered as server `second` (no pooler of its own: the local
-/// pooler keeps serving what moves there).
-fn add_second(env: &Env) -> pg_harness::PgCluster {
-    let second = pg_harness::PgCluster::start().unwrap();
+/// A second cluster (TLS on, pg-harness) registered as server `second` with its CA (no
+/// pooler of its own: the local pooler keeps serving what moves there).
+fn add_second(env: &Env) -> TlsCluster {
+    let second = TlsCluster::start();
     let url_file = env.dir.join("second.url");
-    std::fs::write(&url_file, second.conn_string("postgres", "postgres")).unwrap();
+    std::fs::write(&url_file, second.pg.conn_string("postgres", "postgres")).unwrap();
     env.cli(&[
         "server",
         "add",
@@ -812,6 +812,12 @@ fn add_second(env: &Env) -> pg_harness::PgCluster {
         "second",
         "--admin-url-file",
         url_file.to_str().unwrap(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &second.pg.port().to_string(),
+        "--ca-file",
+        second.certs.ca_cert.to_str().unwrap(),
     ])
     .json();
     second
@@ -839,7 +845,8 @@ impl Writer {
             while !s.load(Ordering::SeqCst) {
                 let key = format!("moving:{i}");
                 if client.is_none() {
-                    client = connect(&format!("{uri}?connect_timeout=5")).ok();
+                    let sep = if uri.contains('?') { '&' } else { '?' };
+                    client = connect(&format!("{uri}{sep}connect_timeout=5")).ok();
                 }
                 match client.as_mut().map(|c| upsert(c, &key, "acked")) {
                     Some(Ok(_)) => {
@@ -921,12 +928,16 @@ fn move_keeps_the_pooled_uri_and_every_acknowledged_write() {
     assert_eq!(env.uri("mover", Kind::Override, true), pooled);
     assert_eq!(env.uri("mover", Kind::Read, true), pooled_read);
     let direct = env.uri("mover", Kind::Override, false);
-    assert!(direct.contains(&format!(":{}/", second.port())), "{direct}");
+    assert!(
+        direct.contains(&format!(":{}/", second.pg.port())),
+        "{direct}"
+    );
     assert_eq!(t.metadata("mover").unwrap().server_id, "second");
     assert_eq!(t.status("mover").unwrap().status, "active");
     // Every acknowledged write is on the new server.
     let mut moved =
-        postgres::Client::connect(&second.conn_string("postgres", &db), postgres::NoTls).unwrap();
+        postgres::Client::connect(&second.pg.conn_string("postgres", &db), postgres::NoTls)
+            .unwrap();
     let keys: std::collections::BTreeSet<String> = moved
         .query(
             "SELECT identity_key FROM dl_override.person_overrides WHERE identity_key LIKE 'moving:%'",
@@ -1026,7 +1037,8 @@ fn a_move_killed_half_way_is_undone_or_finished_on_rerun() {
     );
     assert!(!databases(&mut env.admin("postgres")).contains(&db));
     let mut moved =
-        postgres::Client::connect(&second.conn_string("postgres", &db), postgres::NoTls).unwrap();
+        postgres::Client::connect(&second.pg.conn_string("postgres", &db), postgres::NoTls)
+            .unwrap();
     assert_eq!(
         count(
             &mut moved,
@@ -1038,10 +1050,13 @@ fn a_move_killed_half_way_is_undone_or_finished_on_rerun() {
     // A move that fails on its own (the target has a database of that name) changes nothing.
     t.provision("blocked").unwrap();
     let blocked_db = env.database("blocked");
-    postgres::Client::connect(&second.conn_string("postgres", "postgres"), postgres::NoTls)
-        .unwrap()
-        .batch_execute(&format!("CREATE DATABASE {blocked_db}"))
-        .unwrap();
+    postgres::Client::connect(
+        &second.pg.conn_string("postgres", "postgres"),
+        postgres::NoTls,
+    )
+    .unwrap()
+    .batch_execute(&format!("CREATE DATABASE {blocked_db}"))
+    .unwrap();
     let out = env.cli(&["move", "--workspace", "blocked", "--to", "second"]);
     assert_eq!(out.error_code(), "conflict");
     assert_eq!(t.metadata("blocked").unwrap().server_id, "local");
@@ -1072,14 +1087,14 @@ fn the_pooler_console_is_out_of_tenant_reach() {
             .unwrap_or_default();
         eprintln!("{kind} on the console: {why}");
         assert_eq!(sqlstate(&e), "08P01", "{kind}: {e:?}");
-        let mut cfg: postgres::Config = uri.parse().unwrap();
+        let (mut cfg, tls) = dl_tenancy_ctl::connection::client_config(&uri).unwrap();
         for user in [
             dl_tenancy_ctl::POOLER_ADMIN_USER,
             dl_tenancy_ctl::POOLER_REMOTE_AUTH_USER,
         ] {
             for db in ["pgbouncer", &env.database("tenant")] {
                 cfg.user(user).dbname(db);
-                let e = cfg.connect(postgres::NoTls).map(|_| ()).unwrap_err();
+                let e = cfg.connect(tls.clone()).map(|_| ()).unwrap_err();
                 let why = e
                     .as_db_error()
                     .map(|d| d.message().to_string())
@@ -1135,9 +1150,11 @@ fn restored_tenant_code_runs_without_privileges() {
     let m = t.move_workspace("planter", "second").unwrap();
     assert_eq!(m.rows["tenant_custom.trap"], 2);
     let mut admin = env.admin("postgres");
-    let mut admin2 =
-        postgres::Client::connect(&second.conn_string("postgres", "postgres"), postgres::NoTls)
-            .unwrap();
+    let mut admin2 = postgres::Client::connect(
+        &second.pg.conn_string("postgres", "postgres"),
+        postgres::NoTls,
+    )
+    .unwrap();
     for a in [&mut admin, &mut admin2] {
         let planted: i64 = a
             .query_one(
