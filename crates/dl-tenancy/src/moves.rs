@@ -202,7 +202,7 @@ impl Tenancy {
             }
         };
         fault_point("after_move_switch");
-        self.drop_source(ctl, &names, &source)?;
+        self.drop_source(&names, &source)?;
         ctl.execute(
             "UPDATE workspace_moves SET state = 'done', updated_at = now() WHERE workspace_id = $1",
             &[&ws],
@@ -455,7 +455,7 @@ impl Tenancy {
                 c.resume(&names.database())?;
             }
         }
-        self.drop_source(ctl, &names, &source)?;
+        self.drop_source(&names, &source)?;
         ctl.execute(
             "UPDATE workspace_moves SET state = 'done', updated_at = now() WHERE workspace_id = $1",
             &[&ws],
@@ -463,12 +463,7 @@ impl Tenancy {
         Ok(Some("finished".into()))
     }
 
-    fn drop_source(
-        &self,
-        _ctl: &mut Client,
-        names: &WorkspaceNames,
-        source: &Server,
-    ) -> Result<()> {
+    fn drop_source(&self, names: &WorkspaceNames, source: &Server) -> Result<()> {
         drop_database_and_roles(&mut connect(&source.admin_conn, None)?, names)
     }
 

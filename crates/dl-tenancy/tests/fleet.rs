@@ -1146,7 +1146,7 @@ fn restored_tenant_code_runs_without_privileges() {
     t.backup("planter", &file).unwrap();
     let r = t.restore(&file, "restored").unwrap();
     assert_eq!(r.rows["tenant_custom.trap"], 2);
-    let mut second = add_second(&env);
+    let second = add_second(&env);
     let m = t.move_workspace("planter", "second").unwrap();
     assert_eq!(m.rows["tenant_custom.trap"], 2);
     let mut admin = env.admin("postgres");
@@ -1170,5 +1170,4 @@ fn restored_tenant_code_runs_without_privileges() {
         count(&mut c, "SELECT sum(y)::bigint FROM tenant_custom.trap"),
         6
     );
-    let _ = &mut second;
 }
