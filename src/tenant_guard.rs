@@ -67,18 +67,9 @@ unsafe fn is_workspace_login() -> bool {
         })
 }
 
+/// Our part of the hook, guarded: refuses with 42501, or returns.
 #[pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn refuse_for_workspace_logins(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
+unsafe extern "C-unwind" fn refuse_if_forbidden(pstmt: *mut pg_sys::PlannedStmt) {
     if let Some((message, detail, hint)) = refusal((*pstmt).utilityStmt) {
         if is_workspace_login() {
             ErrorReport::new(
@@ -91,26 +82,50 @@ unsafe extern "C-unwind" fn refuse_for_workspace_logins(
             .report(PgLogLevel::ERROR);
         }
     }
-    match PREVIOUS.get() {
-        Some(previous) => previous(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-        None => pg_sys::standard_ProcessUtility(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-    }
+}
+
+extern "C-unwind" {
+    /// PostgreSQL's own `standard_ProcessUtility`, called directly: pgrx's wrapper of it
+    /// would turn each error of the statement into a Rust panic and back, and the error a
+    /// client sees would carry a Rust backtrace instead of PostgreSQL's own detail.
+    #[link_name = "standard_ProcessUtility"]
+    fn postgres_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+/// The hook. Not guarded on purpose: it holds nothing to drop, so an error of the statement
+/// itself (a duplicate table, a failed constraint, ...) goes straight from PostgreSQL to
+/// PostgreSQL's error handling, exactly as without the extension.
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn refuse_for_workspace_logins(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    refuse_if_forbidden(pstmt);
+    // The hook installed before ours, else PostgreSQL's own.
+    let next = PREVIOUS.get().unwrap_or(postgres_process_utility);
+    next(
+        pstmt,
+        query_string,
+        read_only_tree,
+        context,
+        params,
+        query_env,
+        dest,
+        qc,
+    )
 }

@@ -187,17 +187,85 @@ fn a_login_cannot_change_its_role() {
         }
         assert_eq!(show(&mut client, "statement_timeout"), "1min", "{who}");
     }
+    // No setting stored for any of the attacker's roles (named after its database).
     let mut admin = arena.env.admin("postgres");
-    let work_mem: i64 = admin
+    let roles = format!("{}\\_%", arena.env.database(ATTACKER));
+    let (roles_seen, settings): (i64, i64) = admin
         .query_one(
-            "SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
-              WHERE r.rolname LIKE 'ws\\_mallory\\_%' AND array_to_string(s.setconfig, ',') LIKE '%10GB%'",
-            &[],
+            "SELECT count(DISTINCT r.oid), count(s.setrole) FROM pg_roles r
+               LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND array_to_string(s.setconfig, ',') LIKE '%10GB%'
+              WHERE r.rolname LIKE $1",
+            &[&roles],
         )
-        .unwrap()
-        .get(0);
-    assert_eq!(work_mem, 0);
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(
+        roles_seen >= 4,
+        "the attacker's roles are found: {roles_seen}"
+    );
+    assert_eq!(settings, 0);
     arena.assert_nobody_harmed();
+}
+
+/// The errors a tenant's statements raise are PostgreSQL's own (SQLSTATE, message, detail,
+/// hint), or the guard's refusal with its own detail: never Rust internals. 0.4.0's guard
+/// passed each utility statement on through pgrx, which turned any error into a panic and
+/// back: with RUST_BACKTRACE set in the server's environment, a tenant creating a table
+/// twice read the extension's backtrace in the DETAIL. The cluster runs here with
+/// RUST_BACKTRACE=1 on purpose, the worst an operator's environment can give it.
+#[test]
+fn tenant_errors_carry_no_internals() {
+    let env = Env::new();
+    env.cli(&["local", "down"]).json();
+    env.cli_env(&["local", "up"], &[("RUST_BACKTRACE", "1")])
+        .json();
+    env.t.provision(ATTACKER).unwrap();
+    for pooled in [false, true] {
+        let mut client = connect(&env.uri(ATTACKER, Kind::Override, pooled)).unwrap();
+        client
+            .batch_execute(
+                "DROP TABLE IF EXISTS tenant_custom.t CASCADE;
+                 CREATE TABLE tenant_custom.t (id int);
+                 CREATE VIEW tenant_custom.v AS SELECT id FROM tenant_custom.t",
+            )
+            .unwrap();
+        let expected = [
+            ("CREATE TABLE tenant_custom.t (id int)", "42P07", None, None),
+            (
+                "DROP TABLE tenant_custom.t",
+                "2BP01",
+                Some("view tenant_custom.v depends on table tenant_custom.t"),
+                Some("Use DROP ... CASCADE to drop the dependent objects too."),
+            ),
+            (
+                "LISTEN anything",
+                "42501",
+                Some("The notification queue is shared by every database of the server."),
+                Some("Poll a table in tenant_custom, or use your own message broker."),
+            ),
+        ];
+        for (statement, code, detail, hint) in expected {
+            let e = client.batch_execute(statement).expect_err(statement);
+            let db = e
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{statement}: {e}"));
+            let shown = format!("{db:?}");
+            assert_eq!(
+                db.code().code(),
+                code,
+                "pooled={pooled} {statement}: {shown}"
+            );
+            assert_eq!(db.detail(), detail, "pooled={pooled} {statement}: {shown}");
+            assert_eq!(db.hint(), hint, "pooled={pooled} {statement}: {shown}");
+            for internal in ["pgrx", "panic", "dl_tenancy::", ".rs:"] {
+                assert!(
+                    !shown.contains(internal),
+                    "pooled={pooled} {statement}: {shown}"
+                );
+            }
+        }
+        client.batch_execute("SELECT 1").unwrap();
+    }
 }
 
 /// After a rotation with no grace, the retired login's open sessions (direct and pooled)
