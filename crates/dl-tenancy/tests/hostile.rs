@@ -234,7 +234,7 @@ fn tenant_errors_carry_no_internals() {
             (
                 "DROP TABLE tenant_custom.t",
                 "2BP01",
-                Some("view tenant_custom.v depends on table tenant_custom.t"),
+                Some("view v depends on table t"),
                 Some("Use DROP ... CASCADE to drop the dependent objects too."),
             ),
             (
@@ -257,9 +257,16 @@ fn tenant_errors_carry_no_internals() {
             );
             assert_eq!(db.detail(), detail, "pooled={pooled} {statement}: {shown}");
             assert_eq!(db.hint(), hint, "pooled={pooled} {statement}: {shown}");
-            for internal in ["pgrx", "panic", "dl_tenancy::", ".rs:"] {
+            // What a client shows its user: no Rust internals (a backtrace names pgrx, the
+            // panic machinery and source lines).
+            let text = [Some(db.message()), db.detail(), db.hint()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("\n");
+            for internal in ["pgrx", "panic", "backtrace", ".rs:"] {
                 assert!(
-                    !shown.contains(internal),
+                    !text.contains(internal),
                     "pooled={pooled} {statement}: {shown}"
                 );
             }
