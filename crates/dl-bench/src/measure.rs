@@ -8,7 +8,7 @@ use postgres::{Client, Statement};
 
 use crate::bench::{Bench, R};
 use crate::data::Sizes;
-use crate::report::median;
+use crate::report::{median, Scenario, Target};
 
 pub fn one_string(c: &mut Client, sql: &str) -> R<String> {
     Ok(c.query_one(sql, &[])?.get::<_, String>(0))
@@ -113,4 +113,31 @@ pub fn pgbench_compare(b: &Bench, user: &str, scripts: &[&Path], clients: u32) -
         }
     }
     Ok(out)
+}
+
+/// Reads of `dl_resolved.people` against the same reads of a plain table, interleaved, with
+/// pgbench at 1 and 2 clients: the plain table's tps is the baseline, the view's the
+/// compared row (target: at least half).
+pub fn plain_vs_resolved_throughput(
+    b: &Bench,
+    sc: &mut Scenario,
+    plain: &Path,
+    resolved: &Path,
+) -> R<()> {
+    for clients in [1u32, 2] {
+        let t = pgbench_compare(b, "bench_reader", &[plain, resolved], clients)?;
+        let base = sc.baseline(
+            &format!("plain table: pgbench, {clients} client(s)"),
+            "tps",
+            t[0].clone(),
+        );
+        sc.compared(
+            &format!("dl_resolved.people: pgbench, {clients} client(s)"),
+            "tps",
+            t[1].clone(),
+            base,
+            Some(Target::at_least(0.5)),
+        );
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{quote_ident, quote_literal, validate_workspace_id, WorkspaceNames};
 use crate::servers::EXTENSION;
 use crate::suspension::record_event;
-use crate::workspaces::{lock_workspace, unlock_workspace};
+use crate::workspaces::with_workspace_lock;
 use crate::Tenancy;
 use postgres::Client;
 use serde::{Deserialize, Serialize};
@@ -276,10 +276,9 @@ impl Tenancy {
         }
         let mut ctl = self.control()?;
         crate::control::apply_schema(&mut ctl)?;
-        lock_workspace(&mut ctl, workspace)?;
-        let res = self.restore_locked(&mut ctl, workspace, &manifest, &archive, &tmp.0);
-        unlock_workspace(&mut ctl, workspace);
-        res
+        with_workspace_lock(&mut ctl, workspace, |ctl| {
+            self.restore_locked(ctl, workspace, &manifest, &archive, &tmp.0)
+        })
     }
 
     fn restore_locked(

@@ -15,7 +15,7 @@ use crate::names::{
 };
 use crate::secret::{random_password, scram_verifier};
 use crate::types::{Endpoint, Reveal, Rotation};
-use crate::workspaces::{lock_workspace, not_provisioned, unlock_workspace};
+use crate::workspaces::{not_provisioned, with_workspace_lock};
 use crate::Tenancy;
 use postgres::Client;
 use std::path::Path;
@@ -279,10 +279,9 @@ impl Tenancy {
             )));
         }
         let mut ctl = self.control()?;
-        lock_workspace(&mut ctl, workspace)?;
-        let res = self.rotate_locked(&mut ctl, workspace, kind, grace_seconds);
-        unlock_workspace(&mut ctl, workspace);
-        res
+        with_workspace_lock(&mut ctl, workspace, |ctl| {
+            self.rotate_locked(ctl, workspace, kind, grace_seconds)
+        })
     }
 
     /// End the grace periods that are over: each previous login whose `VALID UNTIL` has passed
@@ -302,9 +301,7 @@ impl Tenancy {
             .collect();
         let mut revoked = vec![];
         for ws in due {
-            lock_workspace(&mut ctl, &ws)?;
-            let res = self.expire_grace_locked(&mut ctl, &ws);
-            unlock_workspace(&mut ctl, &ws);
+            let res = with_workspace_lock(&mut ctl, &ws, |ctl| self.expire_grace_locked(ctl, &ws));
             revoked.extend(res?);
         }
         Ok(revoked)

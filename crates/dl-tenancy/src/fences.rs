@@ -5,7 +5,7 @@
 use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::validate_workspace_id;
-use crate::workspaces::{fence_workspace, lock_workspace, not_provisioned, unlock_workspace};
+use crate::workspaces::{fence_workspace, not_provisioned, with_workspace_lock};
 use crate::Tenancy;
 use postgres::Client;
 use serde::{Deserialize, Serialize};
@@ -183,9 +183,8 @@ impl Tenancy {
     pub fn set_limits(&self, workspace: &str, change: &LimitsChange) -> Result<WorkspaceLimits> {
         validate_workspace_id(workspace)?;
         let mut ctl = self.control()?;
-        lock_workspace(&mut ctl, workspace)?;
-        let res = (|| {
-            let limits = change.apply(workspace_limits(&mut ctl, workspace)?);
+        with_workspace_lock(&mut ctl, workspace, |ctl| {
+            let limits = change.apply(workspace_limits(ctl, workspace)?);
             limits.validate()?;
             let recorded: i64 = ctl
                 .query_one(
@@ -201,8 +200,8 @@ impl Tenancy {
                  ON CONFLICT (workspace_id) DO UPDATE SET limits = EXCLUDED.limits, updated_at = now()",
                 &[&workspace, &serde_json::to_value(limits).expect("limits serialize")],
             )?;
-            if let Ok((names, server_id)) = self.active_workspace(&mut ctl, workspace) {
-                let server = self.load_server(&mut ctl, &server_id)?;
+            if let Ok((names, server_id)) = self.active_workspace(ctl, workspace) {
+                let server = self.load_server(ctl, &server_id)?;
                 fence_workspace(&mut connect(&server.admin_conn, None)?, &names, &limits)?;
             }
             Ok(WorkspaceLimits {
@@ -210,9 +209,7 @@ impl Tenancy {
                 limits,
                 customized: limits != DEFAULT_LIMITS,
             })
-        })();
-        unlock_workspace(&mut ctl, workspace);
-        res
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{
     new_handle, quote_ident, validate_workspace_id, WorkspaceNames, LEGACY_PREFIX, OPAQUE_PREFIX,
 };
-use crate::workspaces::{fence_workspace, lock_workspace, not_provisioned, unlock_workspace};
+use crate::workspaces::{fence_workspace, not_provisioned, with_workspace_lock};
 use crate::Tenancy;
 use postgres::Client;
 use serde::Serialize;
@@ -58,9 +58,7 @@ impl Tenancy {
         };
         let mut workspaces = Vec::with_capacity(ids.len());
         for ws in ids {
-            lock_workspace(&mut ctl, &ws)?;
-            let res = self.migrate_one(&mut ctl, &ws);
-            unlock_workspace(&mut ctl, &ws);
+            let res = with_workspace_lock(&mut ctl, &ws, |ctl| self.migrate_one(ctl, &ws));
             workspaces.push(res?);
         }
         let count = |s: &str| workspaces.iter().filter(|w| w.status == s).count();

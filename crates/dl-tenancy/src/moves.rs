@@ -21,7 +21,7 @@ use crate::pooler::{remote_auth_password, write_routes, Console, Route, POOLER_R
 use crate::servers::EXTENSION;
 use crate::suspension::{database_exists, record_event};
 use crate::types::Server;
-use crate::workspaces::{fault_point, lock_workspace, unlock_workspace};
+use crate::workspaces::{fault_point, with_workspace_lock};
 use crate::Tenancy;
 use postgres::Client;
 use serde::Serialize;
@@ -149,10 +149,9 @@ impl Tenancy {
         validate_server_name(to)?;
         let mut ctl = self.control()?;
         crate::control::apply_schema(&mut ctl)?;
-        lock_workspace(&mut ctl, workspace)?;
-        let res = self.move_locked(&mut ctl, workspace, to);
-        unlock_workspace(&mut ctl, workspace);
-        res
+        with_workspace_lock(&mut ctl, workspace, |ctl| {
+            self.move_locked(ctl, workspace, to)
+        })
     }
 
     fn move_locked(&self, ctl: &mut Client, ws: &str, to: &str) -> Result<MoveReport> {

@@ -19,7 +19,7 @@ use crate::names::{quote_ident, validate_workspace_id, Kind, Slot, WorkspaceName
 use crate::secret::random_password;
 use crate::servers::EXTENSION;
 use crate::types::{Deprovisioned, Suspension, WorkspaceStatus};
-use crate::workspaces::{lock_workspace, unlock_workspace};
+use crate::workspaces::{record_failure, with_workspace_lock};
 use crate::Tenancy;
 use postgres::{Client, GenericClient};
 
@@ -179,10 +179,9 @@ impl Tenancy {
         }
         let mut ctl = self.control()?;
         crate::control::apply_schema(&mut ctl)?;
-        lock_workspace(&mut ctl, workspace)?;
-        let res = self.suspend_locked(&mut ctl, workspace, retention_seconds);
-        unlock_workspace(&mut ctl, workspace);
-        res
+        with_workspace_lock(&mut ctl, workspace, |ctl| {
+            self.suspend_locked(ctl, workspace, retention_seconds)
+        })
     }
 
     fn suspend_locked(&self, ctl: &mut Client, ws: &str, retention: u64) -> Result<Suspension> {
@@ -261,17 +260,13 @@ impl Tenancy {
         validate_workspace_id(workspace)?;
         let mut ctl = self.control()?;
         crate::control::apply_schema(&mut ctl)?;
-        lock_workspace(&mut ctl, workspace)?;
-        let res = self.undelete_locked(&mut ctl, workspace);
-        if let Err(e) = &res {
-            let _ = ctl.execute(
-                "UPDATE workspaces SET state = 'error', error_message = $2, updated_at = now()
-                  WHERE id = $1 AND state IN ('provisioning', 'error')",
-                &[&workspace, &e.to_string()],
-            );
-        }
-        unlock_workspace(&mut ctl, workspace);
-        res
+        with_workspace_lock(&mut ctl, workspace, |ctl| {
+            let res = self.undelete_locked(ctl, workspace);
+            if let Err(e) = &res {
+                record_failure(ctl, workspace, e);
+            }
+            res
+        })
     }
 
     fn undelete_locked(&self, ctl: &mut Client, ws: &str) -> Result<WorkspaceStatus> {
@@ -374,10 +369,9 @@ impl Tenancy {
         )?;
         let mut ctl = self.control()?;
         crate::control::apply_schema(&mut ctl)?;
-        lock_workspace(&mut ctl, workspace)?;
-        let res = self.purge_locked(&mut ctl, workspace, "cli");
-        unlock_workspace(&mut ctl, workspace);
-        res
+        with_workspace_lock(&mut ctl, workspace, |ctl| {
+            self.purge_locked(ctl, workspace, "cli")
+        })
     }
 
     /// The sweep: purge every suspended workspace whose retention is over, and finish purges
@@ -399,9 +393,8 @@ impl Tenancy {
         let mut purged = vec![];
         let mut first_error = None;
         for ws in due {
-            lock_workspace(&mut ctl, &ws)?;
-            let res = self.purge_locked(&mut ctl, &ws, "sweep");
-            unlock_workspace(&mut ctl, &ws);
+            let res =
+                with_workspace_lock(&mut ctl, &ws, |ctl| self.purge_locked(ctl, &ws, "sweep"));
             match res {
                 // Undeleted meanwhile: nothing to do.
                 Err(e) if e.code == ErrorCode::NotSuspended => {}

@@ -62,7 +62,7 @@ fn require_active(ws: &str, state: Option<&str>, message: Option<&str>) -> Resul
     }
 }
 
-pub(crate) fn lock_workspace(ctl: &mut Client, ws: &str) -> Result<()> {
+fn lock_workspace(ctl: &mut Client, ws: &str) -> Result<()> {
     ctl.batch_execute("SET lock_timeout = '60s'")?;
     ctl.execute(
         "SELECT pg_catalog.pg_advisory_lock($1, pg_catalog.hashtext($2))",
@@ -72,10 +72,33 @@ pub(crate) fn lock_workspace(ctl: &mut Client, ws: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn unlock_workspace(ctl: &mut Client, ws: &str) {
+fn unlock_workspace(ctl: &mut Client, ws: &str) {
     let _ = ctl.execute(
         "SELECT pg_catalog.pg_advisory_unlock($1, pg_catalog.hashtext($2))",
         &[&LOCK_WORKSPACE, &ws],
+    );
+}
+
+/// Run `f` holding the workspace's lock (one operation on a workspace at a time, across
+/// processes), and release the lock whatever `f` returns.
+pub(crate) fn with_workspace_lock<T>(
+    ctl: &mut Client,
+    ws: &str,
+    f: impl FnOnce(&mut Client) -> Result<T>,
+) -> Result<T> {
+    lock_workspace(ctl, ws)?;
+    let res = f(ctl);
+    unlock_workspace(ctl, ws);
+    res
+}
+
+/// A provisioning step (provision, undelete) failed: the workspace shows `error`, and keeps
+/// the message for operators (`list`; `status` never shows it).
+pub(crate) fn record_failure(ctl: &mut Client, ws: &str, e: &Error) {
+    let _ = ctl.execute(
+        "UPDATE workspaces SET state = 'error', error_message = $2, updated_at = now()
+          WHERE id = $1 AND state IN ('provisioning', 'error')",
+        &[&ws, &e.to_string()],
     );
 }
 
@@ -154,17 +177,13 @@ impl Tenancy {
     pub fn provision(&self, workspace: &str) -> Result<WorkspaceStatus> {
         validate_workspace_id(workspace)?;
         let mut ctl = self.control()?;
-        lock_workspace(&mut ctl, workspace)?;
-        let res = self.provision_locked(&mut ctl, workspace);
-        if let Err(e) = &res {
-            let _ = ctl.execute(
-                "UPDATE workspaces SET state = 'error', error_message = $2, updated_at = now()
-                  WHERE id = $1 AND state IN ('provisioning', 'error')",
-                &[&workspace, &e.to_string()],
-            );
-        }
-        unlock_workspace(&mut ctl, workspace);
-        res
+        with_workspace_lock(&mut ctl, workspace, |ctl| {
+            let res = self.provision_locked(ctl, workspace);
+            if let Err(e) = &res {
+                record_failure(ctl, workspace, e);
+            }
+            res
+        })
     }
 
     pub(crate) fn provision_locked(&self, ctl: &mut Client, ws: &str) -> Result<WorkspaceStatus> {

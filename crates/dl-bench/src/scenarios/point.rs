@@ -1,7 +1,7 @@
 //! Scenario 2: point read by identity_key, view vs plain table.
 
 use crate::bench::{log, Bench, R};
-use crate::measure::{explain, latency_compare, pgbench_compare, sample_keys};
+use crate::measure::{explain, latency_compare, plain_vs_resolved_throughput, sample_keys};
 use crate::report::{Scenario, Target};
 
 pub const POINT_EXT: &str = "SELECT * FROM dl_resolved.people WHERE identity_key = $1";
@@ -37,21 +37,7 @@ pub fn run(b: &Bench) -> R<Scenario> {
     let ks = s.key_space();
     let p_plain = b.write_script("point_plain.sql", &pgbench_script("bench.plain_people", ks))?;
     let p_ext = b.write_script("point_ext.sql", &pgbench_script("dl_resolved.people", ks))?;
-    for clients in [1u32, 2] {
-        let t = pgbench_compare(b, "bench_reader", &[&p_plain, &p_ext], clients)?;
-        let base = sc.baseline(
-            &format!("plain table: pgbench, {clients} client(s)"),
-            "tps",
-            t[0].clone(),
-        );
-        sc.compared(
-            &format!("dl_resolved.people: pgbench, {clients} client(s)"),
-            "tps",
-            t[1].clone(),
-            base,
-            Some(Target::at_least(0.5)),
-        );
-    }
+    plain_vs_resolved_throughput(b, &mut sc, &p_plain, &p_ext)?;
     let mut a = b.admin()?;
     let k = &keys[0];
     sc.evidence(

@@ -1,7 +1,7 @@
 //! Scenario 1: the seed's quick-start read, the newest 20 people, view vs plain table.
 
 use crate::bench::{log, Bench, R};
-use crate::measure::{explain, latency_compare, pgbench_compare};
+use crate::measure::{explain, latency_compare, plain_vs_resolved_throughput};
 use crate::report::{Scenario, Target};
 
 /// The read of the seed's quick start ("Connect from your app").
@@ -38,21 +38,7 @@ pub fn run(b: &Bench) -> R<Scenario> {
     );
     let p_plain = b.write_script("topn_plain.sql", &format!("{TOPN_PLAIN};\n"))?;
     let p_ext = b.write_script("topn_ext.sql", &format!("{TOPN_EXT};\n"))?;
-    for clients in [1u32, 2] {
-        let t = pgbench_compare(b, "bench_reader", &[&p_plain, &p_ext], clients)?;
-        let base = sc.baseline(
-            &format!("plain table: pgbench, {clients} client(s)"),
-            "tps",
-            t[0].clone(),
-        );
-        sc.compared(
-            &format!("dl_resolved.people: pgbench, {clients} client(s)"),
-            "tps",
-            t[1].clone(),
-            base,
-            Some(Target::at_least(0.5)),
-        );
-    }
+    plain_vs_resolved_throughput(b, &mut sc, &p_plain, &p_ext)?;
     let mut a = b.admin()?;
     sc.evidence("EXPLAIN plain table", explain(&mut a, TOPN_PLAIN)?);
     sc.evidence("EXPLAIN dl_resolved.people", explain(&mut a, TOPN_EXT)?);
