@@ -222,6 +222,13 @@ impl Tenancy {
             rows: count_rows(&mut tx)?,
         };
 
+        self.progress.step(|| {
+            let rows: i64 = manifest.rows.values().sum();
+            format!(
+                "{workspace}: dumping {rows} rows of {} tables (one snapshot)",
+                manifest.rows.len()
+            )
+        });
         let partial = to.with_extension("partial");
         let written = (|| -> Result<u64> {
             use std::os::unix::fs::OpenOptionsExt;
@@ -249,6 +256,8 @@ impl Tenancy {
             }
         };
         std::fs::rename(&partial, to)?;
+        self.progress
+            .step(|| format!("{workspace}: wrote {} ({bytes} bytes)", to.display()));
         record_event(
             &mut ctl,
             workspace,
@@ -330,6 +339,12 @@ impl Tenancy {
             ));
         }
         // The archive's data fits the version it was dumped at: install that one, load, update.
+        self.progress.step(|| {
+            format!(
+                "{ws}: loading the backup of {} ({EXTENSION} {})",
+                manifest.workspace, manifest.extension_version
+            )
+        });
         let version = load_archive(
             &mut target,
             &server.admin_conn,
@@ -341,6 +356,12 @@ impl Tenancy {
         self.disown_source_roles(&mut target, manifest, &names)?;
         let rows = count_rows(&mut target)?;
         verify_rows(&manifest.rows, &rows)?;
+        self.progress.step(|| {
+            format!(
+                "{ws}: {} tables verified, {EXTENSION} {version}",
+                rows.len()
+            )
+        });
         ctl.execute(
             "UPDATE workspaces SET extension_version = $2, updated_at = now() WHERE id = $1",
             &[&ws, &version],

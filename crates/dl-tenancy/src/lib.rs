@@ -24,6 +24,7 @@ mod migrate_names;
 mod moves;
 pub mod names;
 mod pooler;
+pub mod progress;
 pub mod secret;
 mod servers;
 mod suspension;
@@ -89,6 +90,8 @@ pub struct Tenancy {
     local: bool,
     /// Local mode: the data directory (the pooler a move repoints lives there).
     data_dir: Option<PathBuf>,
+    /// Where steps of long operations go ([`Tenancy::with_progress`]).
+    progress: progress::Progress,
 }
 
 impl Tenancy {
@@ -107,6 +110,7 @@ impl Tenancy {
                     key: SecretKey::load(&config.data_dir, false)?,
                     local: true,
                     data_dir: Some(config.data_dir.clone()),
+                    progress: Default::default(),
                 })
             }
             Some(url) => Ok(Tenancy {
@@ -114,6 +118,7 @@ impl Tenancy {
                 key: SecretKey::load(&config.data_dir, false)?,
                 local: false,
                 data_dir: None,
+                progress: Default::default(),
             }),
         }
     }
@@ -134,6 +139,7 @@ impl Tenancy {
             key,
             local: false,
             data_dir: None,
+            progress: Default::default(),
         };
         t.register_primary_if_empty(url)?;
         Ok(t)
@@ -148,7 +154,14 @@ impl Tenancy {
             key,
             local: false,
             data_dir: None,
+            progress: Default::default(),
         }
+    }
+
+    /// Report each step of long operations (move, drain, backup, restore) to `progress`.
+    pub fn with_progress(mut self, progress: progress::Progress) -> Tenancy {
+        self.progress = progress;
+        self
     }
 
     pub(crate) fn control(&self) -> Result<postgres::Client> {

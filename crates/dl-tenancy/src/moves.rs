@@ -202,6 +202,8 @@ impl Tenancy {
         };
         fault_point("after_move_switch");
         self.drop_source(&names, &source)?;
+        self.progress
+            .step(|| format!("{ws}: dropped the copy on {from}"));
         ctl.execute(
             "UPDATE workspace_moves SET state = 'done', updated_at = now() WHERE workspace_id = $1",
             &[&ws],
@@ -327,6 +329,8 @@ impl Tenancy {
         }
 
         copy_verifiers(&mut source_admin, &mut target_admin, names)?;
+        self.progress
+            .step(|| format!("{ws}: logins ready on {}; pausing", target.id));
 
         // The pause: pooled queries wait, direct logins are refused and their sessions end.
         let paused_at = Instant::now();
@@ -352,6 +356,12 @@ impl Tenancy {
             &[&db, &counting],
         )?;
         fault_point("after_move_pause");
+        self.progress.step(|| {
+            format!(
+                "{ws}: paused (pooled queries wait); copying to {}",
+                target.id
+            )
+        });
         let tmp = TempDir::new()?;
         let archive = tmp.0.join("move.dump");
         {
@@ -369,6 +379,8 @@ impl Tenancy {
         )?;
         let rows = count_rows(&mut source_db)?;
         verify_rows(&rows, &count_rows(&mut target_db)?)?;
+        self.progress
+            .step(|| format!("{ws}: copied, {} tables verified; switching", rows.len()));
         fault_point("after_move_copy");
 
         // The switch: from here on the target is the workspace.
@@ -388,6 +400,8 @@ impl Tenancy {
             console.resume(&db)?;
         }
         let paused_ms = paused_at.elapsed().as_millis() as u64;
+        self.progress
+            .step(|| format!("{ws}: on {} and resumed after {paused_ms} ms", target.id));
         ctl.execute(
             "UPDATE workspace_moves SET paused_ms = $2 WHERE workspace_id = $1",
             &[&ws, &(paused_ms as i64)],
@@ -486,6 +500,9 @@ impl Tenancy {
             .iter()
             .map(|r| r.get(0))
             .collect();
+        let total = workspaces.len();
+        self.progress
+            .step(|| format!("drain {server}: {total} workspaces to move, {parallel} at a time"));
         let queue = std::sync::Mutex::new(workspaces.into_iter());
         let results = std::sync::Mutex::new((vec![], vec![]));
         std::thread::scope(|s| {
@@ -498,6 +515,11 @@ impl Tenancy {
                         .and_then(|mut c| self.place(&mut c))
                         .and_then(|to| self.move_workspace(&ws, &to));
                     let mut r = results.lock().unwrap_or_else(|e| e.into_inner());
+                    let done = r.0.len() + r.1.len() + 1;
+                    self.progress.step(|| {
+                        let how = moved.as_ref().map_or("failed", |_| "moved");
+                        format!("drain {server}: {done}/{total} ({ws} {how})")
+                    });
                     match moved {
                         Ok(m) => r.0.push(m),
                         Err(e) => r.1.push(crate::usage::UsageError {

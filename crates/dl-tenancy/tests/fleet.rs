@@ -6,6 +6,7 @@ mod common;
 
 use common::http::{check, cluster, Api, Server};
 use common::*;
+use dl_tenancy_ctl::progress::Progress;
 use dl_tenancy_ctl::{tokens, Kind};
 use postgres::Client;
 use serde_json::{json, Value};
@@ -1170,4 +1171,42 @@ fn restored_tenant_code_runs_without_privileges() {
         count(&mut c, "SELECT sum(y)::bigint FROM tenant_custom.trap"),
         6
     );
+}
+
+/// Backup, restore and move report their steps as they happen, in order (the CLI prints them
+/// on a terminal), naming only the workspace being worked on.
+#[test]
+fn long_operations_report_their_steps() {
+    let env = Env::new();
+    let steps = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = steps.clone();
+    let t = env.t.clone().with_progress(Progress::to(move |s| {
+        seen.lock().unwrap().push(s.to_string())
+    }));
+    t.provision("stepper").unwrap();
+    let file = env.dir.join("stepper.backup");
+    t.backup("stepper", &file).unwrap();
+    t.restore(&file, "stepper2").unwrap();
+    let _second = add_second(&env);
+    t.move_workspace("stepper", "second").unwrap();
+    let steps = steps.lock().unwrap().clone();
+    let expected = [
+        "stepper: dumping",
+        "stepper: wrote",
+        "stepper2: loading the backup of stepper",
+        "stepper2: ",
+        "stepper: logins ready on second",
+        "stepper: paused",
+        "stepper: copied",
+        "stepper: on second and resumed",
+        "stepper: dropped the copy on local",
+    ];
+    let mut rest = steps.iter();
+    for want in expected {
+        assert!(
+            rest.any(|s| s.starts_with(want)),
+            "no step {want:?} in order in {steps:#?}"
+        );
+    }
+    assert!(steps.iter().all(|s| !s.contains("dlw_")), "{steps:#?}");
 }

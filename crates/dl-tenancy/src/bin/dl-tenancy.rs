@@ -294,7 +294,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         data_dir: cli.data_dir.clone(),
         admin_url: cli.admin_url.clone().filter(|s| !s.is_empty()),
     };
-    let open = || Tenancy::open(&config);
+    // Steps of long operations go to stderr when it is a terminal (stdout keeps the JSON
+    // answer, and stderr the JSON error, for scripts).
+    let open = || Tenancy::open(&config).map(|t| t.with_progress(terminal_progress()));
     match cli.command {
         Command::Init => {
             Tenancy::init(&config)?;
@@ -456,6 +458,14 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+fn terminal_progress() -> dl_tenancy_ctl::progress::Progress {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        dl_tenancy_ctl::progress::Progress::to(|step| eprintln!("{step}"))
+    } else {
+        Default::default()
+    }
 }
 
 /// `dl-tenancy upgrade`: a progress bar on stderr when it is a terminal, the report on stdout,
