@@ -204,7 +204,8 @@ impl Layout {
             pool_mode: "transaction",
             extra: &settings,
         });
-        // Workspaces moved to other servers keep their pooled URIs: routes (pooler.rs).
+        // Workspaces moved to other servers keep their pooled URIs: routes, and verified TLS
+        // to the servers they lead to (pooler.rs; the [pgbouncer] section comes last).
         let ini = ini.replacen(
             "[databases]\n",
             &format!(
@@ -212,6 +213,9 @@ impl Layout {
                 dir.join(crate::pooler::ROUTES_FILE).display()
             ),
             1,
+        ) + &format!(
+            "%include {}\n",
+            dir.join(crate::pooler::SERVER_TLS_FILE).display()
         );
         // The auth user must be in auth_file: left out, PgBouncer would accept it from clients
         // with an empty password. Its entry is the verifier of a random password nobody keeps,

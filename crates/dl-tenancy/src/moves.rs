@@ -12,12 +12,14 @@
 
 use crate::backup::{count_rows, dump_archive, load_archive, verify_rows, version_key, TempDir};
 use crate::connection::connect;
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::local::LOCAL_SERVER_ID;
 use crate::names::{
     quote_ident, quote_literal, validate_server_name, validate_workspace_id, WorkspaceNames,
 };
-use crate::pooler::{remote_auth_password, write_routes, Console, Route, POOLER_REMOTE_AUTH_USER};
+use crate::pooler::{
+    remote_auth_password, write_routes, write_server_tls, Console, Route, POOLER_REMOTE_AUTH_USER,
+};
 use crate::servers::EXTENSION;
 use crate::suspension::{database_exists, record_event};
 use crate::types::Server;
@@ -81,7 +83,7 @@ impl Tenancy {
         let local = crate::local::LocalState::read(data_dir)?;
         let socket_dir = std::path::absolute(data_dir.join("run"))?;
         let rows = ctl.query(
-            "SELECT w.database_name, w.server_id = $1, s.host, s.port, s.id
+            "SELECT w.database_name, w.server_id = $1, s.host, s.port, s.id, s.ca_file
                FROM workspaces AS w JOIN servers AS s ON s.id = w.server_id
               WHERE w.pooler_server_id = $1 AND w.state <> 'deleted'
               ORDER BY 1",
@@ -107,6 +109,12 @@ impl Tenancy {
                 }
             })
             .collect();
+        let remote_cas: std::collections::BTreeSet<String> = rows
+            .iter()
+            .filter(|r| !r.get::<_, bool>(1))
+            .filter_map(|r| r.get::<_, Option<String>>(5))
+            .collect();
+        write_server_tls(data_dir, &remote_cas)?;
         write_routes(data_dir, &routes)
     }
 
@@ -288,6 +296,14 @@ impl Tenancy {
             )?
             .and_then(|r| r.get(0));
         // Same names and passwords on the target (from the recorded credentials).
+        if pooler_home.is_some() && target.id != LOCAL_SERVER_ID && target.ca_file.is_none() {
+            // The pooler keeps serving the workspace and must verify the server it now talks
+            // to over the network, as apps verify the pooler.
+            return Err(invalid(format!(
+                "server {} has no CA file: the pooler could not verify it; register it with `server add --ca-file`",
+                target.id
+            )));
+        }
         self.ensure_workspace(ctl, target, names)?;
         if pooler_home.is_some() {
             // The pooler looks logins up on the target as the remote auth user.

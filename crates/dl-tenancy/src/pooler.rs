@@ -27,6 +27,11 @@ use std::path::{Path, PathBuf};
 pub const POOLER_ADMIN_USER: &str = "dl_tenancy_admin";
 /// File name of the routes, in the pooler's directory.
 pub const ROUTES_FILE: &str = "routes.ini";
+/// File name of the pooler's TLS settings towards other servers (in its `[pgbouncer]`
+/// section), in the pooler's directory.
+pub const SERVER_TLS_FILE: &str = "server_tls.ini";
+/// The CA certificates of the servers routes lead to, one file (`server_tls_ca_file`).
+const SERVER_CAS_FILE: &str = "server_cas.pem";
 
 /// The console password (derived from the secret key).
 pub(crate) fn admin_password(key: &SecretKey) -> String {
@@ -110,6 +115,45 @@ pub(crate) fn write_routes(data_dir: &Path, routes: &[Route]) -> Result<()> {
         pg_harness::make_server_dir(&dir, 0o700)?;
     }
     let path = dir.join(ROUTES_FILE);
+    let tmp = path.with_extension("tmp");
+    pg_harness::write_server_file(&tmp, &text, 0o644)?;
+    std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
+/// Rewrite the pooler's TLS settings towards other servers: with routes to other servers, TLS
+/// verified against their CA files (`verify-full`: the chain and the host name of each
+/// route); without, PgBouncer's default. Its own server is reached over the unix socket,
+/// where TLS does not apply. RELOAD applies it (new server connections).
+pub(crate) fn write_server_tls(
+    data_dir: &Path,
+    ca_files: &std::collections::BTreeSet<String>,
+) -> Result<()> {
+    let dir = pooler_dir(data_dir);
+    if !dir.exists() {
+        pg_harness::make_server_dir(&dir, 0o700)?;
+    }
+    let mut text =
+        String::from("; Written by dl-tenancy: TLS to the servers moved workspaces live on.\n");
+    if !ca_files.is_empty() {
+        let mut bundle = String::new();
+        for file in ca_files {
+            bundle.push_str(&std::fs::read_to_string(file).map_err(|e| {
+                Error::new(
+                    ErrorCode::InvalidArgument,
+                    format!("cannot read the CA file {file} of a server: {e}"),
+                )
+            })?);
+            bundle.push('\n');
+        }
+        let cas = dir.join(SERVER_CAS_FILE);
+        pg_harness::write_server_file(&cas, &bundle, 0o644)?;
+        text.push_str(&format!(
+            "server_tls_sslmode = verify-full\nserver_tls_ca_file = {}\n",
+            cas.display()
+        ));
+    }
+    let path = dir.join(SERVER_TLS_FILE);
     let tmp = path.with_extension("tmp");
     pg_harness::write_server_file(&tmp, &text, 0o644)?;
     std::fs::rename(tmp, path)?;

@@ -960,6 +960,21 @@ fn move_keeps_the_pooled_uri_and_every_acknowledged_write() {
         let mut c = connect(uri).unwrap();
         assert!(!c.query_typed(READ_QUERY, &[]).unwrap().is_empty());
     }
+    // The pooler reaches the new server over TLS it verifies against the server's CA.
+    let tls = std::fs::read_to_string(env.dir.join("pgbouncer/server_tls.ini")).unwrap();
+    assert!(tls.contains("server_tls_sslmode = verify-full"), "{tls}");
+    let pooler_sessions = moved
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+              WHERE a.datname = $1 AND a.client_addr IS NOT NULL AND a.pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .unwrap();
+    let (sessions, with_tls): (i64, i64) = (pooler_sessions.get(0), pooler_sessions.get(1));
+    assert!(
+        sessions > 0 && sessions == with_tls,
+        "{with_tls} of {sessions} pooled sessions use TLS"
+    );
     // The source copy is gone; the old direct URI is refused.
     let mut local = env.admin("postgres");
     assert!(!databases(&mut local).contains(&db));
@@ -999,6 +1014,28 @@ fn move_keeps_the_pooled_uri_and_every_acknowledged_write() {
         .map(|s| s["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["local"]);
+
+    // A server registered without its CA: the pooler could not verify it, so nothing that
+    // the local pooler serves moves there; the workspace stays where it is and works.
+    let url_file = env.dir.join("second.url");
+    env.cli(&[
+        "server",
+        "add",
+        "--name",
+        "unverified",
+        "--admin-url-file",
+        url_file.to_str().unwrap(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &second.pg.port().to_string(),
+    ])
+    .json();
+    let out = env.cli(&["move", "--workspace", "mover", "--to", "unverified"]);
+    assert_eq!(out.error_code(), "invalid_argument");
+    assert!(out.stderr.contains("--ca-file"), "{}", out.stderr);
+    assert_eq!(t.metadata("mover").unwrap().server_id, "local");
+    upsert(&mut connect(&pooled).unwrap(), "after-refusal", "ok").unwrap();
 }
 
 /// A move killed half-way is undone (before the switch) or finished (after it) by running
