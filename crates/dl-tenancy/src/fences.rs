@@ -225,7 +225,9 @@ pub const SESSION_PRELOAD: (&str, &str) = ("session_preload_libraries", "dl_tena
 /// many idle application pools. `query_wait_timeout` bounds how long a client waits for a
 /// server connection that cannot be had (its pool at the cap, or its login revoked) before
 /// it gets an error, instead of the default two minutes; after a failed server login (a
-/// revoked login's pool), `server_login_retry` is how long the pool refuses that login.
+/// revoked login's pool, or a login into a database that is not its own), the pool waits
+/// `server_login_retry` before it tries again, and a client asking meanwhile waits with it:
+/// 1 s keeps every pooled refusal under 2 s (issue 13) without hammering a failing server.
 pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("max_client_conn", "2000"),
     ("default_pool_size", "10"),
@@ -233,7 +235,7 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("max_user_connections", "10"),
     ("client_login_timeout", "10"),
     ("query_wait_timeout", "30"),
-    ("server_login_retry", "2"),
+    ("server_login_retry", "1"),
     // Protocol-level prepared statements in transaction mode (PgBouncer 1.21+): drivers that
     // prepare by default work through the pooled URI.
     ("max_prepared_statements", "200"),
