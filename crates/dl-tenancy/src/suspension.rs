@@ -185,15 +185,12 @@ impl Tenancy {
     }
 
     fn suspend_locked(&self, ctl: &mut Client, ws: &str, retention: u64) -> Result<Suspension> {
-        let row = ctl.query_opt(
-            "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
-            &[&ws],
-        )?;
-        let Some(row) = row.filter(|r| r.get::<_, &str>(1) != "deleted") else {
+        let row = recorded(ctl, ws)?;
+        let Some(row) = row.filter(|r| r.state != "deleted") else {
             return Ok(Suspension::nothing(ws));
         };
-        let state: String = row.get(1);
-        let names = WorkspaceNames::recorded(ws, row.get(2))?;
+        let state = row.state.clone();
+        let names = WorkspaceNames::recorded(ws, &row.database)?;
         if state != "suspended" && state != "purging" {
             // Which login of each kind was live: undelete brings the other one back, whose
             // pool PgBouncer has not marked as failing (server_login_retry).
@@ -232,7 +229,7 @@ impl Tenancy {
             tx.commit()?;
         }
         crate::workspaces::fault_point("after_suspend_record");
-        let server = self.load_server(ctl, row.get(0))?;
+        let server = self.load_server(ctl, &row.server_id)?;
         let ended = shut_out(&mut connect(&server.admin_conn, None)?, &names)?;
         let times = ctl.query_one(
             "SELECT state, suspended_at::text, purge_after::text,
@@ -270,11 +267,8 @@ impl Tenancy {
     }
 
     fn undelete_locked(&self, ctl: &mut Client, ws: &str) -> Result<WorkspaceStatus> {
-        let row = ctl.query_opt(
-            "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
-            &[&ws],
-        )?;
-        let state = row.as_ref().map(|r| r.get::<_, String>(1));
+        let row = recorded(ctl, ws)?;
+        let state = row.as_ref().map(|r| r.state.clone());
         match state.as_deref() {
             Some("suspended") => {}
             // Undeleted already, or an undelete stopped half-way: provision finishes it.
@@ -293,8 +287,8 @@ impl Tenancy {
             }
         }
         let row = row.expect("a recorded workspace");
-        let names = WorkspaceNames::recorded(ws, row.get(2))?;
-        let server = self.load_server(ctl, row.get(0))?;
+        let names = WorkspaceNames::recorded(ws, &row.database)?;
+        let server = self.load_server(ctl, &row.server_id)?;
         if !has_extension(&server.admin_conn, &names.database())? {
             return Err(Error::new(
                 ErrorCode::Conflict,
@@ -411,11 +405,8 @@ impl Tenancy {
     }
 
     fn purge_locked(&self, ctl: &mut Client, ws: &str, by: &str) -> Result<Deprovisioned> {
-        let row = ctl.query_opt(
-            "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
-            &[&ws],
-        )?;
-        let state = row.as_ref().map(|r| r.get::<_, String>(1));
+        let row = recorded(ctl, ws)?;
+        let state = row.as_ref().map(|r| r.state.clone());
         match state.as_deref() {
             Some("suspended" | "purging") => {}
             Some("deleted") | None => return Ok(Deprovisioned::nothing(ws)),
@@ -427,13 +418,13 @@ impl Tenancy {
             }
         }
         let row = row.expect("a recorded workspace");
-        let names = WorkspaceNames::recorded(ws, row.get(2))?;
+        let names = WorkspaceNames::recorded(ws, &row.database)?;
         ctl.execute(
             "UPDATE workspaces SET state = 'purging', updated_at = now() WHERE id = $1",
             &[&ws],
         )?;
         crate::workspaces::fault_point("after_purge_record");
-        let server = self.load_server(ctl, row.get(0))?;
+        let server = self.load_server(ctl, &row.server_id)?;
         let mut admin = connect(&server.admin_conn, None)?;
         let mut out = Deprovisioned::nothing(ws);
         out.database = Some(names.database());
@@ -486,4 +477,24 @@ fn has_extension(admin_conn: &str, db: &str) -> Result<bool> {
         &[&EXTENSION],
     )?
     .is_some())
+}
+
+/// A workspace as the control database records it.
+struct Recorded {
+    server_id: String,
+    state: String,
+    database: String,
+}
+
+fn recorded(ctl: &mut Client, ws: &str) -> Result<Option<Recorded>> {
+    Ok(ctl
+        .query_opt(
+            "SELECT server_id, state, database_name FROM workspaces WHERE id = $1",
+            &[&ws],
+        )?
+        .map(|r| Recorded {
+            server_id: r.get(0),
+            state: r.get(1),
+            database: r.get(2),
+        }))
 }
