@@ -75,7 +75,7 @@ struct Args {
     /// statement_timeout of an extension COPY, in multiples of the plain COPY's time (at least 30 s)
     #[arg(long, value_name = "X", default_value_t = 10.0)]
     load_timeout_factor: f64,
-    /// The provisioning CLI for scenarios 7 and 8
+    /// The provisioning CLI for scenarios 7, 8 and 11
     #[arg(long, value_name = "PATH")]
     dl_tenancy_bin: Option<PathBuf>,
     /// Run only these scenarios (comma-separated names or numbers; the data set is always built)
@@ -242,6 +242,9 @@ fn run(cfg: &Config) -> R<()> {
     }
     if cfg.selected(ScenarioName::Provisioning) {
         results.extend(scenarios::provisioning::run(&bench)?);
+    }
+    if cfg.selected(ScenarioName::Fleet) {
+        results.push(scenarios::fleet::run(&bench)?);
     }
     results.sort_by_key(|s| s.id);
     write_report(cfg, &meta, &results)?;

@@ -2,6 +2,7 @@
 //! returns its [`crate::report::Scenario`] (provisioning returns two).
 
 pub mod filtered;
+pub mod fleet;
 pub mod load;
 pub mod memory;
 pub mod merge_patch;
@@ -41,6 +42,9 @@ pub enum ScenarioName {
     /// 10: pooled (PgBouncer) vs direct throughput of the seed's reads
     #[value(alias = "10")]
     Pooled,
+    /// 11: backup and move of a workspace vs pg_dump | pg_restore (needs --dl-tenancy-bin)
+    #[value(alias = "11")]
+    Fleet,
 }
 
 impl ScenarioName {
