@@ -75,7 +75,8 @@ pub fn run(b: &Bench) -> R<Scenario> {
         11,
         "Fleet: backup and move of a workspace",
         "One workspace provisioned with `dl-tenancy provision` on the tool's own local server (`local up`), loaded \
-         with the run's base people (COPY as dl_platform_runtime) and overrides; a second PostgreSQL 15 server \
+         with the first N of the run's base people (COPY as dl_platform_runtime; N = the run's people, at most \
+         100,000 unless --fleet-people says otherwise) and N/10 of its overrides; a second PostgreSQL 15 server \
          (TLS, registered with `server add`) on the same machine. Per repetition, interleaved: (a) `dl-tenancy \
          backup --workspace W --to FILE` (wall time of the CLI call); (b) the baseline, `pg_dump -Fc` of the \
          workspace's database piped into `pg_restore --single-transaction` into a fresh empty database on the server \
@@ -158,7 +159,7 @@ fn measure(b: &Bench, tool: &Tool, dir: &Path, sc: &mut Scenario) -> R<()> {
         .as_str()
         .ok_or("status: no database")?
         .to_string();
-    let (rows, db_bytes) = load_people(b, &local, &db)?;
+    let (rows, db_bytes) = load_people(b, &local, &db, b.cfg.fleet_people)?;
 
     let (second, second_socket) = start_second(b, dir)?;
     let url_file = dir.join("second.url");
@@ -308,10 +309,10 @@ fn path_str(p: &Path) -> R<&str> {
         .ok_or_else(|| format!("{}: not UTF-8", p.display()).into())
 }
 
-/// The run's overrides, then its base people, COPied from the run's database into the
-/// workspace's (the people as dl_platform_runtime, the runtime's bulk path). Returns the
-/// people's row count and the database's size.
-fn load_people(b: &Bench, local: &Socket, db: &str) -> R<(i64, u64)> {
+/// The first `people` of the run's base people and a tenth as many of its overrides, COPied
+/// from the run's database into the workspace's (the people as dl_platform_runtime, the
+/// runtime's bulk path). Returns the people's row count and the database's size.
+fn load_people(b: &Bench, local: &Socket, db: &str, people: u64) -> R<(i64, u64)> {
     log("scenario 11: loading the workspace");
     let t = Instant::now();
     let mut src = b.admin()?;
@@ -320,13 +321,16 @@ fn load_people(b: &Bench, local: &Socket, db: &str) -> R<(i64, u64)> {
         "identity_key, status, identity_payload_patch, raw_payload_patch, tombstoned, updated_at";
     for (from, into, role) in [
         (
-            format!("COPY (SELECT {OVERRIDE_COLUMNS} FROM bench.overrides_src) TO STDOUT"),
+            format!(
+                "COPY (SELECT {OVERRIDE_COLUMNS} FROM bench.overrides_src ORDER BY identity_key LIMIT {}) TO STDOUT",
+                people / 10
+            ),
             format!("COPY dl_override.person_overrides ({OVERRIDE_COLUMNS}) FROM STDIN"),
             "dl_tenant_override",
         ),
         (
             format!(
-                "COPY (SELECT {} FROM bench.people_src ORDER BY i) TO STDOUT",
+                "COPY (SELECT {} FROM bench.people_src WHERE i <= {people} ORDER BY i) TO STDOUT",
                 data::BASE_COLUMNS
             ),
             format!(
