@@ -396,13 +396,7 @@ impl Tenancy {
         let source = WorkspaceNames::recorded(&manifest.workspace, &manifest.database)?;
         let ours = names.all_roles();
         for role in source.all_roles() {
-            let exists = target
-                .query_opt(
-                    "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
-                    &[&role],
-                )?
-                .is_some();
-            if exists && !ours.contains(&role) {
+            if crate::servers::role_exists(target, &role)? && !ours.contains(&role) {
                 target.batch_execute(&format!(
                     "REASSIGN OWNED BY {r} TO dl_tenant_override; DROP OWNED BY {r}",
                     r = quote_ident(&role)

@@ -108,13 +108,7 @@ pub(crate) const LOCK_TEMPLATE: i32 = 0x646c_0003;
 /// Create the control database on a server when missing, and apply the schema.
 pub(crate) fn ensure_control_db(admin_conn: &str) -> Result<()> {
     let mut admin = connect(admin_conn, Some("postgres")).or_else(|_| connect(admin_conn, None))?;
-    let exists = admin
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
-            &[&CONTROL_DB],
-        )?
-        .is_some();
-    if !exists {
+    if !crate::servers::database_exists(&mut admin, CONTROL_DB)? {
         match admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(CONTROL_DB))) {
             Ok(()) => {}
             // Created concurrently by another call.

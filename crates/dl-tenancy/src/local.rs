@@ -422,13 +422,7 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
 
     let mut admin = connect(&admin_conn, None)?;
     let q = quote_ident(POOLER_AUTH_USER);
-    let exists = admin
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
-            &[&POOLER_AUTH_USER],
-        )?
-        .is_some();
-    if !exists {
+    if !crate::servers::role_exists(&mut admin, POOLER_AUTH_USER)? {
         admin.batch_execute(&format!("CREATE ROLE {q} LOGIN"))?;
     }
     // The pooler's auth role connects to the lookup database only (AUTH_DBNAME; before 0.5.0

@@ -14,6 +14,7 @@ use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{
     new_handle, quote_ident, validate_workspace_id, WorkspaceNames, LEGACY_PREFIX, OPAQUE_PREFIX,
 };
+use crate::servers::{database_exists, role_exists};
 use crate::workspaces::{fence_workspace, not_provisioned, with_workspace_lock};
 use crate::Tenancy;
 use postgres::Client;
@@ -107,7 +108,7 @@ impl Tenancy {
         let mut admin = connect(&server.admin_conn, None)?;
         rename_database(&mut admin, &old.database(), &new.database())?;
         for (from, to) in old.all_roles().iter().zip(new.all_roles()) {
-            if exists(&mut admin, ROLE, from)? && !exists(&mut admin, ROLE, &to)? {
+            if role_exists(&mut admin, from)? && !role_exists(&mut admin, &to)? {
                 admin.batch_execute(&format!(
                     "ALTER ROLE {} RENAME TO {}",
                     quote_ident(from),
@@ -136,19 +137,12 @@ impl Tenancy {
     }
 }
 
-const ROLE: &str = "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1";
-const DATABASE: &str = "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1";
-
-fn exists(admin: &mut Client, query: &str, name: &str) -> Result<bool> {
-    Ok(admin.query_opt(query, &[&name])?.is_some())
-}
-
 /// Rename a database that sessions may be using: closed to new connections first, its
 /// sessions ended, renamed once the last one is gone, and open again (also on a re-run after
 /// a crash in between).
 fn rename_database(admin: &mut Client, from: &str, to: &str) -> Result<()> {
-    if exists(admin, DATABASE, from)? {
-        if exists(admin, DATABASE, to)? {
+    if database_exists(admin, from)? {
+        if database_exists(admin, to)? {
             return Err(Error::new(
                 ErrorCode::Conflict,
                 format!("both {from} and {to} exist; refusing to choose"),
@@ -176,7 +170,7 @@ fn rename_database(admin: &mut Client, from: &str, to: &str) -> Result<()> {
             }
         }
     }
-    if !exists(admin, DATABASE, to)? {
+    if !database_exists(admin, to)? {
         return Err(Error::new(
             ErrorCode::Conflict,
             format!("neither {from} nor {to} exists on the server; run provision"),

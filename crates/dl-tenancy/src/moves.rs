@@ -21,7 +21,8 @@ use crate::pooler::{
     remote_auth_password, write_routes, write_server_tls, Console, Route, POOLER_REMOTE_AUTH_USER,
 };
 use crate::servers::EXTENSION;
-use crate::suspension::{database_exists, record_event};
+use crate::servers::{database_exists, role_exists};
+use crate::suspension::record_event;
 use crate::types::Server;
 use crate::workspaces::{fault_point, with_workspace_lock};
 use crate::Tenancy;
@@ -308,13 +309,7 @@ impl Tenancy {
         if pooler_home.is_some() {
             // The pooler looks logins up on the target as the remote auth user.
             let q = quote_ident(POOLER_REMOTE_AUTH_USER);
-            let exists = target_admin
-                .query_opt(
-                    "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
-                    &[&POOLER_REMOTE_AUTH_USER],
-                )?
-                .is_some();
-            if !exists {
+            if !role_exists(&mut target_admin, POOLER_REMOTE_AUTH_USER)? {
                 target_admin.batch_execute(&format!("CREATE ROLE {q} NOLOGIN"))?;
             }
             let verifier = crate::secret::scram_verifier(&remote_auth_password(&self.key));

@@ -55,6 +55,26 @@ pub(crate) fn read_ca_pem(path: &str) -> Result<String> {
     }
 }
 
+/// Whether a role of that name exists on the server `admin` is connected to.
+pub(crate) fn role_exists(admin: &mut Client, role: &str) -> Result<bool> {
+    Ok(admin
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+            &[&role],
+        )?
+        .is_some())
+}
+
+/// Whether a database of that name exists on the server `admin` is connected to.
+pub(crate) fn database_exists(admin: &mut Client, db: &str) -> Result<bool> {
+    Ok(admin
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&db],
+        )?
+        .is_some())
+}
+
 impl Tenancy {
     pub(crate) fn load_server(&self, ctl: &mut Client, id: &str) -> Result<Server> {
         let row = ctl
@@ -282,15 +302,9 @@ impl Tenancy {
                 ),
             ));
         };
-        let exists = |admin: &mut Client| -> Result<bool> {
-            Ok(admin
-                .query_opt(
-                    "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
-                    &[&TEMPLATE_DB],
-                )?
-                .is_some())
-        };
-        if server.template_version.as_deref() == Some(installed.as_str()) && exists(admin)? {
+        if server.template_version.as_deref() == Some(installed.as_str())
+            && database_exists(admin, TEMPLATE_DB)?
+        {
             return Ok(installed);
         }
         ctl.execute(
@@ -305,7 +319,7 @@ impl Tenancy {
                 )?
                 .get(0);
             let t = quote_ident(TEMPLATE_DB);
-            if exists(admin)? {
+            if database_exists(admin, TEMPLATE_DB)? {
                 if recorded.as_deref() == Some(installed.as_str()) {
                     return Ok(()); // done by a concurrent call
                 }

@@ -18,6 +18,7 @@ use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{quote_ident, validate_workspace_id, Kind, Slot, WorkspaceNames};
 use crate::secret::random_password;
 use crate::servers::EXTENSION;
+use crate::servers::{database_exists, role_exists};
 use crate::types::{Deprovisioned, Suspension, WorkspaceStatus};
 use crate::workspaces::{record_failure, with_workspace_lock};
 use crate::Tenancy;
@@ -129,24 +130,6 @@ fn shut_out(admin: &mut Client, names: &WorkspaceNames) -> Result<i64> {
         &[&db],
     )?;
     Ok(sessions)
-}
-
-fn role_exists(admin: &mut Client, role: &str) -> Result<bool> {
-    Ok(admin
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
-            &[&role],
-        )?
-        .is_some())
-}
-
-pub(crate) fn database_exists(admin: &mut Client, db: &str) -> Result<bool> {
-    Ok(admin
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
-            &[&db],
-        )?
-        .is_some())
 }
 
 impl Tenancy {

@@ -303,13 +303,7 @@ impl Tenancy {
             Some(_) => {}
         }
 
-        let exists = admin
-            .query_opt(
-                "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
-                &[&db],
-            )?
-            .is_some();
-        if !exists {
+        if !crate::servers::database_exists(&mut admin, &db)? {
             admin.batch_execute(&format!(
                 "CREATE DATABASE {qdb} TEMPLATE {}",
                 quote_ident(TEMPLATE_DB)
@@ -545,12 +539,7 @@ fn logins_usable(admin: &mut Client, names: &WorkspaceNames, logins: &[String]) 
 /// The extension version in the workspace database, `None` if the database or extension is gone.
 fn live_extension_version(server: &Server, names: &WorkspaceNames) -> Result<Option<String>> {
     let mut admin = connect(&server.admin_conn, None)?;
-    let exists = admin
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
-            &[&names.database()],
-        )?
-        .is_some();
+    let exists = crate::servers::database_exists(&mut admin, &names.database())?;
     drop(admin);
     if !exists {
         return Ok(None);
