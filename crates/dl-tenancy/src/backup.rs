@@ -79,13 +79,22 @@ pub(crate) fn count_rows(db: &mut impl postgres::GenericClient) -> Result<BTreeM
         .iter()
         .map(|r| r.get(0))
         .collect();
+    count_each(db, &tables)
+}
+
+/// Rows of each table, named as `regclass` text prints them with the search path
+/// `pg_catalog, pg_temp` (quoted and qualified).
+pub(crate) fn count_each(
+    db: &mut impl postgres::GenericClient,
+    tables: &[String],
+) -> Result<BTreeMap<String, i64>> {
+    db.batch_execute("SET search_path = pg_catalog, pg_temp")?;
     let mut rows = BTreeMap::new();
     for t in tables {
-        // regclass text: a quoted, qualified name (no schema of ours is on the path).
         let n: i64 = db
             .query_one(&format!("SELECT count(*) FROM {t}"), &[])?
             .get(0);
-        rows.insert(t, n);
+        rows.insert(t.clone(), n);
     }
     Ok(rows)
 }
@@ -308,16 +317,7 @@ impl Tenancy {
             .filter(|(t, n)| **n > 0 && t.as_str() != "dl_meta.schema_migrations")
             .map(|(t, _)| t)
             .collect();
-        let custom_objects: i64 = target
-            .query_one(
-                "SELECT (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = 'tenant_custom'::regnamespace)
-                      + (SELECT count(*) FROM pg_catalog.pg_proc WHERE pronamespace = 'tenant_custom'::regnamespace)
-                      + (SELECT count(*) FROM pg_catalog.pg_type WHERE typnamespace = 'tenant_custom'::regnamespace
-                           AND typrelid = 0 AND typelem = 0)",
-                &[],
-            )?
-            .get(0);
-        if !filled.is_empty() || custom_objects > 0 {
+        if !filled.is_empty() || has_tenant_objects(&mut target)? {
             return Err(Error::new(
                 ErrorCode::Conflict,
                 format!("workspace {ws} is not empty (it has data or tenant_custom objects); restore only into a new or empty workspace"),
@@ -414,11 +414,24 @@ pub(crate) fn dump_archive(
     snapshot: Option<&str>,
     out: &mut std::fs::File,
 ) -> Result<()> {
-    let mut cmd = pg_program("pg_dump", admin_conn)?;
-    cmd.args(["--format=custom", "--dbname", db]);
-    if let Some(s) = snapshot {
-        cmd.args(["--snapshot", s]);
+    match snapshot {
+        Some(s) => dump_with(admin_conn, db, &["--snapshot", s], out),
+        None => dump_with(admin_conn, db, &[], out),
     }
+}
+
+/// `pg_dump --format=custom` of the tenant's `tenant_custom` (objects and rows) only.
+pub(crate) fn dump_tenant_objects(
+    admin_conn: &str,
+    db: &str,
+    out: &mut std::fs::File,
+) -> Result<()> {
+    dump_with(admin_conn, db, &["--schema", "tenant_custom"], out)
+}
+
+fn dump_with(admin_conn: &str, db: &str, args: &[&str], out: &mut std::fs::File) -> Result<()> {
+    let mut cmd = pg_program("pg_dump", admin_conn)?;
+    cmd.args(["--format=custom", "--dbname", db]).args(args);
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let mut stdout = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
@@ -448,19 +461,7 @@ pub(crate) fn load_archive(
     archive: &Path,
     tmp: &Path,
 ) -> Result<String> {
-    let installed: String = target
-        .query_one(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
-            &[&EXTENSION],
-        )?
-        .get(0);
-    if installed != from_version {
-        target.batch_execute(&format!(
-            "DROP EXTENSION {ext} CASCADE; CREATE EXTENSION {ext} VERSION {}",
-            quote_literal(from_version),
-            ext = quote_ident(EXTENSION)
-        ))?;
-    }
+    install_version(target, from_version)?;
     let started: String = target
         .query_one("SELECT pg_catalog.clock_timestamp()::text", &[])?
         .get(0);
@@ -511,6 +512,49 @@ pub(crate) fn load_archive(
             &[&EXTENSION],
         )?
         .get(0))
+}
+
+/// Whether the tenant made anything in `tenant_custom` (an object of any kind: each one
+/// depends on its schema).
+pub(crate) fn has_tenant_objects(db: &mut Client) -> Result<bool> {
+    Ok(db
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_depend
+                             WHERE refclassid = 'pg_catalog.pg_namespace'::regclass
+                               AND refobjid = 'tenant_custom'::regnamespace)",
+            &[],
+        )?
+        .get(0))
+}
+
+/// The extension at `version` in the (empty) workspace database `target` is in: what a
+/// copy made at that version loads into.
+pub(crate) fn install_version(target: &mut Client, version: &str) -> Result<()> {
+    let installed: String = target
+        .query_one(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
+            &[&EXTENSION],
+        )?
+        .get(0);
+    if installed != version {
+        target.batch_execute(&format!(
+            "DROP EXTENSION {ext} CASCADE; CREATE EXTENSION {ext} VERSION {}",
+            quote_literal(version),
+            ext = quote_ident(EXTENSION)
+        ))?;
+    }
+    Ok(())
+}
+
+/// Load an archive of `tenant_custom` only ([`dump_tenant_objects`]) into `db` as the
+/// tenant (see [`run_pg_restore`]).
+pub(crate) fn load_tenant_objects(
+    admin_conn: &str,
+    db: &str,
+    archive: &Path,
+    tmp: &Path,
+) -> Result<()> {
+    run_pg_restore(admin_conn, db, archive, tmp, &[])
 }
 
 /// Split a backup file: the manifest, and the archive written to `tmp`.
@@ -603,6 +647,9 @@ fn run_pg_restore(
         ("extension data", platform, None),
         ("tenant objects", tenant, Some("dl_tenant_override")),
     ] {
+        if list.is_empty() {
+            continue;
+        }
         let path = tmp.join(format!("{}.list", name.replace(' ', "_")));
         std::fs::write(&path, list)?;
         let mut cmd = pg_program("pg_restore", admin_conn)?;

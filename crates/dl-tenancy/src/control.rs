@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, SERVER_CA_FILE),
     (6, crate::suspension::SOFT_DELETE_SCHEMA),
     (7, crate::moves::MOVES_SCHEMA),
+    (8, crate::moves::MOVE_METHOD_SCHEMA),
 ];
 
 const SERVERS_WORKSPACES_CREDENTIALS: &str = r#"

@@ -39,7 +39,7 @@ pub use connection::{connect, SslMode};
 pub use credentials::{GRACE_SWEEP_INTERVAL, MAX_GRACE_SECONDS};
 pub use error::{Error, ErrorCode, Result};
 pub use migrate_names::{NameMigration, NameMigrationReport};
-pub use moves::{DrainReport, MoveReport};
+pub use moves::{DrainReport, MoveMethod, MoveReport};
 pub use names::{validate_workspace_id, Kind, WorkspaceNames, WORKSPACE_ID_PATTERN};
 pub use pooler::{POOLER_ADMIN_USER, POOLER_REMOTE_AUTH_USER};
 pub use secret::SecretKey;

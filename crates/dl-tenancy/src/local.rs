@@ -166,6 +166,8 @@ impl Layout {
                 ("ssl_cert_file".into(), path(&certs.server_cert)),
                 ("ssl_key_file".into(), path(&certs.server_key)),
                 ("ssl_min_protocol_version".into(), "TLSv1.2".into()),
+                // A move streams a workspace off this server by logical replication.
+                ("wal_level".into(), "logical".into()),
             ],
             hba: Some(hba_conf()),
             ident: Some(ident_conf()),

@@ -268,6 +268,7 @@ impl TlsCluster {
             .conf("ssl", "on")
             .conf("ssl_cert_file", certs.server_cert.to_str().unwrap())
             .conf("ssl_key_file", certs.server_key.to_str().unwrap())
+            .conf("wal_level", "logical")
             .hba(TLS_ONLY_HBA)
             .start()
             .unwrap();
@@ -353,3 +354,35 @@ pub fn psql(conninfo: &str, command: &str) -> Output {
     .output()
     .expect("run psql")
 }
+
+/// A second cluster (TLS on, pg-harness) registered as server `second` with its CA (no
+/// pooler of its own: the local pooler keeps serving what moves there).
+pub fn add_second(env: &Env) -> TlsCluster {
+    let second = TlsCluster::start();
+    let url_file = env.dir.join("second.url");
+    std::fs::write(&url_file, second.pg.conn_string("postgres", "postgres")).unwrap();
+    env.cli(&[
+        "server",
+        "add",
+        "--name",
+        "second",
+        "--admin-url-file",
+        url_file.to_str().unwrap(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &second.pg.port().to_string(),
+        "--ca-file",
+        second.certs.ca_cert.to_str().unwrap(),
+    ])
+    .json();
+    second
+}
+
+/// A tenant's own objects in `tenant_custom`: a table with 40 rows, a view, grants.
+pub const CUSTOM_OBJECTS: &str = r#"
+    CREATE TABLE tenant_custom.segments (id text PRIMARY KEY, segment text NOT NULL);
+    INSERT INTO tenant_custom.segments SELECT 'acct-' || g, 'tier-' || (g % 3) FROM generate_series(1, 40) g;
+    CREATE VIEW tenant_custom.enterprise AS SELECT id FROM tenant_custom.segments WHERE segment = 'tier-0';
+    GRANT SELECT ON tenant_custom.segments, tenant_custom.enterprise TO dl_tenant_read;
+"#;

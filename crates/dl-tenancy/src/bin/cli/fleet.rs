@@ -23,8 +23,9 @@ pub enum FleetCmd {
     /// Restore a backup into a new workspace (fresh credentials) or an empty one, through
     /// ALTER EXTENSION UPDATE when the backup is of an older version.
     Restore(RestoreArgs),
-    /// Move a workspace to another server (copy with a short pause); its pooled URI stays the
-    /// same (the local pooler is repointed), its direct URI names the new server.
+    /// Move a workspace to another server (streamed while live, then a short pause); its
+    /// pooled URI stays the same (the local pooler is repointed), its direct URI names the new
+    /// server.
     Move(MoveArgs),
 }
 
@@ -35,6 +36,11 @@ pub struct MoveArgs {
     /// The server to move it to.
     #[arg(long)]
     to: String,
+    /// How to copy: `logical` streams the data while the workspace stays live and pauses only
+    /// to drain the last changes (the source needs wal_level = logical); `copy` dumps and
+    /// restores inside the pause; `auto` streams when it can.
+    #[arg(long, default_value = "auto")]
+    method: String,
 }
 
 #[derive(Args, Debug)]
@@ -144,7 +150,8 @@ pub fn run(cmd: FleetCmd, open: impl Fn() -> Result<Tenancy, Error>) -> Result<(
         }
         FleetCmd::Move(m) => {
             names::validate_workspace_id(&m.workspace)?;
-            print(&open()?.move_workspace(&m.workspace, &m.to)?)
+            let method: dl_tenancy_ctl::MoveMethod = m.method.parse()?;
+            print(&open()?.move_workspace_with(&m.workspace, &m.to, method)?)
         }
         FleetCmd::Restore(r) => {
             names::validate_workspace_id(&r.workspace)?;

@@ -1,16 +1,29 @@
 //! Moving a workspace to another server with its pooled URI unchanged, draining a server,
 //! removing an empty one.
 //!
-//! A move copies with a short pause: the pooler holds the workspace's queries (`PAUSE db`),
-//! direct logins are shut out of the source, `pg_dump`/`pg_restore` copy the database to the
-//! target (same names, same passwords), every table's count is compared, the control
-//! database switches the workspace to the target, the pooler is repointed (`routes.ini`,
-//! `RELOAD`) and resumes. Only then is the source copy dropped. A failure before the switch
-//! undoes everything (the pooler resumes, the source opens again, the target copy is
-//! dropped); a crash is undone (before the switch) or finished (after it) by running `move`
-//! again. Each attempt is recorded in `workspace_moves`.
+//! A move prepares the target (same names, same passwords, tenant logins shut out of it until
+//! the switch), copies the data, and pauses the workspace only for the switch: the pooler
+//! holds the workspace's queries (`PAUSE db`), direct logins are shut out of the source, the
+//! last changes are copied, every table's count is compared, the control database switches
+//! the workspace to the target, the pooler is repointed (`routes.ini`, `RELOAD`) and resumes.
+//! Only then is the source copy dropped.
+//!
+//! Two ways to copy ([`MoveMethod`]): `logical` streams the data by logical replication while
+//! the workspace stays live, so the pause only drains the last changes ([`logical`]); `copy`
+//! dumps and restores the whole database inside the pause, which is as long as the copy.
+//! `auto` streams when the source runs with `wal_level = logical` and copies otherwise.
+//!
+//! A failure before the switch undoes everything (the pooler resumes, the source opens again,
+//! the target copy and the stream's objects are dropped); a crash is undone (before the
+//! switch) or finished (after it) by running `move` again. Each attempt is recorded in
+//! `workspace_moves`.
 
-use crate::backup::{count_rows, dump_archive, load_archive, verify_rows, version_key, TempDir};
+mod logical;
+
+use crate::backup::{
+    count_rows, dump_archive, dump_tenant_objects, has_tenant_objects, load_archive,
+    load_tenant_objects, verify_rows, version_key, TempDir,
+};
 use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::local::LOCAL_SERVER_ID;
@@ -48,6 +61,37 @@ CREATE TABLE workspace_moves (
 );
 "#;
 
+/// Control migration 8: how each move copies, and the handle naming a stream's objects.
+pub(crate) const MOVE_METHOD_SCHEMA: &str = r#"
+ALTER TABLE workspace_moves
+    ADD COLUMN method text CHECK (method IN ('logical', 'copy')),
+    ADD COLUMN handle text CHECK (handle ~ '^dl_move_[0-9a-f]{16}$');
+"#;
+
+/// How a move copies the workspace's data (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MoveMethod {
+    /// `logical` when the source can stream, `copy` otherwise.
+    #[default]
+    Auto,
+    Logical,
+    Copy,
+}
+
+impl std::str::FromStr for MoveMethod {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<MoveMethod> {
+        match s {
+            "auto" => Ok(MoveMethod::Auto),
+            "logical" => Ok(MoveMethod::Logical),
+            "copy" => Ok(MoveMethod::Copy),
+            _ => Err(invalid(format!(
+                "unknown move method {s:?}: use auto, logical or copy"
+            ))),
+        }
+    }
+}
+
 /// `move`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct MoveReport {
@@ -57,6 +101,13 @@ pub struct MoveReport {
     /// `moved`, or `already_there`.
     pub status: String,
     pub database: String,
+    /// `logical` (streamed, then paused to drain the last changes) or `copy` (copied in the
+    /// pause); absent when nothing moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Why `auto` copied instead of streaming.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method_note: Option<String>,
     /// How long the workspace's queries were held (pooled) or refused (direct): from
     /// `PAUSE` to `RESUME`, in milliseconds.
     pub paused_ms: Option<u64>,
@@ -73,6 +124,14 @@ pub struct DrainReport {
     pub server: String,
     pub moved: Vec<MoveReport>,
     pub failed: Vec<crate::usage::UsageError>,
+}
+
+/// What the copy of a move did.
+struct Copied {
+    rows: std::collections::BTreeMap<String, i64>,
+    paused_ms: u64,
+    method: &'static str,
+    note: Option<String>,
 }
 
 impl Tenancy {
@@ -152,18 +211,34 @@ impl Tenancy {
         Ok(self.pooler_server(ctl, ws, server)?.pooler)
     }
 
-    /// `move --workspace W --to SERVER`.
+    /// `move --workspace W --to SERVER`, copying the way `auto` picks.
     pub fn move_workspace(&self, workspace: &str, to: &str) -> Result<MoveReport> {
+        self.move_workspace_with(workspace, to, MoveMethod::Auto)
+    }
+
+    /// `move --workspace W --to SERVER --method M`.
+    pub fn move_workspace_with(
+        &self,
+        workspace: &str,
+        to: &str,
+        method: MoveMethod,
+    ) -> Result<MoveReport> {
         validate_workspace_id(workspace)?;
         validate_server_name(to)?;
         let mut ctl = self.control()?;
         crate::control::apply_schema(&mut ctl)?;
         with_workspace_lock(&mut ctl, workspace, |ctl| {
-            self.move_locked(ctl, workspace, to)
+            self.move_locked(ctl, workspace, to, method)
         })
     }
 
-    fn move_locked(&self, ctl: &mut Client, ws: &str, to: &str) -> Result<MoveReport> {
+    fn move_locked(
+        &self,
+        ctl: &mut Client,
+        ws: &str,
+        to: &str,
+        method: MoveMethod,
+    ) -> Result<MoveReport> {
         let recovered = self.recover_move(ctl, ws)?;
         let (names, from) = self.active_workspace(ctl, ws)?;
         let db = names.database();
@@ -179,6 +254,8 @@ impl Tenancy {
                     "already_there".into()
                 },
                 database: db,
+                method: None,
+                method_note: None,
                 paused_ms: None,
                 rows: Default::default(),
                 recovered,
@@ -193,11 +270,12 @@ impl Tenancy {
              ON CONFLICT (workspace_id) DO UPDATE
                 SET from_server = EXCLUDED.from_server, to_server = EXCLUDED.to_server,
                     state = 'copying', error_message = NULL, paused_ms = NULL,
-                    started_at = now(), updated_at = now()",
+                    method = NULL, handle = NULL, started_at = now(), updated_at = now()",
             &[&ws, &from, &to],
         )?;
-        let attempt = self.copy_and_switch(ctl, &names, &source, &target, pooler_home.as_ref());
-        let (rows, paused_ms) = match attempt {
+        let attempt =
+            self.copy_and_switch(ctl, &names, &source, &target, pooler_home.as_ref(), method);
+        let copied = match attempt {
             Ok(done) => done,
             Err(e) => {
                 self.undo_copy(ctl, &names, &source, &target, pooler_home.is_some());
@@ -210,18 +288,14 @@ impl Tenancy {
             }
         };
         fault_point("after_move_switch");
-        self.drop_source(&names, &source)?;
-        self.progress
-            .step(|| format!("{ws}: dropped the copy on {from}"));
-        ctl.execute(
-            "UPDATE workspace_moves SET state = 'done', updated_at = now() WHERE workspace_id = $1",
-            &[&ws],
-        )?;
+        self.finish_move(ctl, &names, &source, &target)?;
         record_event(
             ctl,
             ws,
             "move",
-            serde_json::json!({"from": from, "to": to, "paused_ms": paused_ms}),
+            serde_json::json!({
+                "from": from, "to": to, "method": copied.method, "paused_ms": copied.paused_ms
+            }),
         )?;
         Ok(MoveReport {
             workspace: ws.into(),
@@ -229,8 +303,10 @@ impl Tenancy {
             to_server: to.into(),
             status: "moved".into(),
             database: db,
-            paused_ms: Some(paused_ms),
-            rows,
+            method: Some(copied.method.into()),
+            method_note: copied.note,
+            paused_ms: Some(copied.paused_ms),
+            rows: copied.rows,
             recovered,
         })
     }
@@ -271,17 +347,17 @@ impl Tenancy {
         Console::open(port, &self.key)
     }
 
-    /// Pause, shut the source, copy, verify, switch and repoint. Returns the row counts and
-    /// how long the workspace was paused.
-    fn copy_and_switch(
+    /// The target made ready while the workspace stays live: its database, logins with the
+    /// source's passwords (tenants shut out until the switch), the pooler's auth user. Returns
+    /// a superuser session in the source database and the source's extension version.
+    fn prepare_target(
         &self,
         ctl: &mut Client,
         names: &WorkspaceNames,
         source: &Server,
         target: &Server,
         pooler_home: Option<&String>,
-    ) -> Result<(std::collections::BTreeMap<String, i64>, u64)> {
-        let ws = names.workspace.as_str();
+    ) -> Result<(Client, String)> {
         let db = names.database();
         let mut target_admin = connect(&target.admin_conn, None)?;
         if database_exists(&mut target_admin, &db)? {
@@ -296,7 +372,6 @@ impl Tenancy {
                 &[&EXTENSION],
             )?
             .and_then(|r| r.get(0));
-        // Same names and passwords on the target (from the recorded credentials).
         if pooler_home.is_some() && target.id != LOCAL_SERVER_ID && target.ca_file.is_none() {
             // The pooler keeps serving the workspace and must verify the server it now talks
             // to over the network, as apps verify the pooler.
@@ -306,6 +381,12 @@ impl Tenancy {
             )));
         }
         self.ensure_workspace(ctl, target, names)?;
+        // A tenant who guesses the target must not write the copy before it is complete.
+        target_admin.batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {} FROM {}",
+            quote_ident(&db),
+            quote_ident(&names.workspace_role())
+        ))?;
         if pooler_home.is_some() {
             // The pooler looks logins up on the target as the remote auth user.
             let q = quote_ident(POOLER_REMOTE_AUTH_USER);
@@ -338,10 +419,67 @@ impl Tenancy {
                 ),
             ));
         }
-
         copy_verifiers(&mut source_admin, &mut target_admin, names)?;
+        Ok((source_db, from_version))
+    }
+
+    /// Copy (streaming first when it can), pause, drain or copy, verify, switch and repoint.
+    fn copy_and_switch(
+        &self,
+        ctl: &mut Client,
+        names: &WorkspaceNames,
+        source: &Server,
+        target: &Server,
+        pooler_home: Option<&String>,
+        method: MoveMethod,
+    ) -> Result<Copied> {
+        let ws = names.workspace.as_str();
+        let db = names.database();
+        let note = match method {
+            MoveMethod::Copy => None,
+            _ => logical::cannot_stream(&mut connect(&source.admin_conn, None)?)?,
+        };
+        if let (MoveMethod::Logical, Some(why)) = (method, &note) {
+            return Err(invalid(format!(
+                "cannot move by logical replication: {why}"
+            )));
+        }
+        let streaming = method != MoveMethod::Copy && note.is_none();
+        let (mut source_db, from_version) =
+            self.prepare_target(ctl, names, source, target, pooler_home)?;
+        let mut target_db = connect(&target.admin_conn, Some(&db))?;
+        let stream = if streaming {
+            let handle = logical::new_handle();
+            ctl.execute(
+                "UPDATE workspace_moves SET method = 'logical', handle = $2, updated_at = now()
+                  WHERE workspace_id = $1",
+                &[&ws, &handle],
+            )?;
+            self.progress
+                .step(|| format!("{ws}: logins ready on {}; streaming", target.id));
+            let stream = logical::Stream::start(
+                &handle,
+                source,
+                &mut source_db,
+                &mut target_db,
+                &db,
+                &from_version,
+            )?;
+            stream.wait_copied(&mut target_db, |done, all| {
+                self.progress
+                    .step(|| format!("{ws}: {done} of {all} tables copied while live"))
+            })?;
+            fault_point("after_move_sync");
+            Some(stream)
+        } else {
+            ctl.execute(
+                "UPDATE workspace_moves SET method = 'copy', updated_at = now() WHERE workspace_id = $1",
+                &[&ws],
+            )?;
+            None
+        };
         self.progress
-            .step(|| format!("{ws}: logins ready on {}; pausing", target.id));
+            .step(|| format!("{ws}: ready on {}; pausing", target.id));
 
         // The pause: pooled queries wait, direct logins are refused and their sessions end.
         let paused_at = Instant::now();
@@ -353,6 +491,7 @@ impl Tenancy {
             }
             None => None,
         };
+        let mut source_admin = connect(&source.admin_conn, None)?;
         source_admin.batch_execute(&format!(
             "REVOKE CONNECT ON DATABASE {} FROM {}",
             quote_ident(&db),
@@ -361,40 +500,76 @@ impl Tenancy {
         let counting: i32 = source_db
             .query_one("SELECT pg_catalog.pg_backend_pid()", &[])?
             .get(0);
+        // The stream's own sender stays: it carries the last changes.
         source_admin.execute(
             "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
-              WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid() AND pid <> $2",
+              WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid() AND pid <> $2
+                AND backend_type <> 'walsender'",
             &[&db, &counting],
         )?;
         fault_point("after_move_pause");
-        self.progress.step(|| {
-            format!(
-                "{ws}: paused (pooled queries wait); copying to {}",
-                target.id
-            )
-        });
         let tmp = TempDir::new()?;
-        let archive = tmp.0.join("move.dump");
-        {
-            let mut file = std::fs::File::create(&archive)?;
-            dump_archive(&source.admin_conn, &db, None, &mut file)?;
-        }
-        let mut target_db = connect(&target.admin_conn, Some(&db))?;
-        load_archive(
-            &mut target_db,
-            &target.admin_conn,
-            &db,
-            &from_version,
-            &archive,
-            &tmp.0,
-        )?;
-        let rows = count_rows(&mut source_db)?;
-        verify_rows(&rows, &count_rows(&mut target_db)?)?;
+        let rows = match &stream {
+            Some(stream) => {
+                self.progress.step(|| {
+                    format!("{ws}: paused (pooled queries wait); draining the last changes")
+                });
+                let mut rows = stream.catch_up(&mut source_db, &mut target_db)?;
+                if has_tenant_objects(&mut source_db)? {
+                    let archive = tmp.0.join("tenant_custom.dump");
+                    dump_tenant_objects(
+                        &source.admin_conn,
+                        &db,
+                        &mut std::fs::File::create(&archive)?,
+                    )?;
+                    load_tenant_objects(&target.admin_conn, &db, &archive, &tmp.0)?;
+                }
+                target_db.batch_execute(&format!(
+                    "ALTER EXTENSION {} UPDATE",
+                    quote_ident(EXTENSION)
+                ))?;
+                let counted = count_rows(&mut source_db)?;
+                verify_rows(&counted, &count_rows(&mut target_db)?)?;
+                rows.extend(counted);
+                rows
+            }
+            None => {
+                self.progress.step(|| {
+                    format!(
+                        "{ws}: paused (pooled queries wait); copying to {}",
+                        target.id
+                    )
+                });
+                let archive = tmp.0.join("move.dump");
+                dump_archive(
+                    &source.admin_conn,
+                    &db,
+                    None,
+                    &mut std::fs::File::create(&archive)?,
+                )?;
+                load_archive(
+                    &mut target_db,
+                    &target.admin_conn,
+                    &db,
+                    &from_version,
+                    &archive,
+                    &tmp.0,
+                )?;
+                let rows = count_rows(&mut source_db)?;
+                verify_rows(&rows, &count_rows(&mut target_db)?)?;
+                rows
+            }
+        };
         self.progress
             .step(|| format!("{ws}: copied, {} tables verified; switching", rows.len()));
         fault_point("after_move_copy");
 
         // The switch: from here on the target is the workspace.
+        connect(&target.admin_conn, None)?.batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {} TO {}",
+            quote_ident(&db),
+            quote_ident(&names.workspace_role())
+        ))?;
         let mut tx = ctl.transaction()?;
         tx.execute(
             "UPDATE workspaces SET server_id = $2, pooler_server_id = $3, updated_at = now() WHERE id = $1",
@@ -417,11 +592,27 @@ impl Tenancy {
             "UPDATE workspace_moves SET paused_ms = $2 WHERE workspace_id = $1",
             &[&ws, &(paused_ms as i64)],
         )?;
-        Ok((rows, paused_ms))
+        Ok(Copied {
+            rows,
+            paused_ms,
+            method: if stream.is_some() { "logical" } else { "copy" },
+            note,
+        })
     }
 
-    /// Back to before the attempt: the pooler resumes, the source opens again, the target
-    /// copy (database and roles) is dropped. Best effort: each step is tried.
+    /// The stream's objects recorded for the workspace's current move attempt.
+    fn move_handle(&self, ctl: &mut Client, ws: &str) -> Result<Option<String>> {
+        Ok(ctl
+            .query_opt(
+                "SELECT handle FROM workspace_moves WHERE workspace_id = $1",
+                &[&ws],
+            )?
+            .and_then(|r| r.get(0)))
+    }
+
+    /// Back to before the attempt: the pooler resumes, the source opens again, the stream's
+    /// objects and the target copy (database and roles) are dropped. Best effort: each step
+    /// is tried.
     fn undo_copy(
         &self,
         ctl: &mut Client,
@@ -442,6 +633,9 @@ impl Tenancy {
                 quote_ident(&db),
                 quote_ident(&names.workspace_role())
             ));
+        }
+        if let Ok(Some(handle)) = self.move_handle(ctl, &names.workspace) {
+            let _ = logical::remove(source, target, &db, &handle);
         }
         if let Ok(mut admin) = connect(&target.admin_conn, None) {
             let _ = drop_database_and_roles(&mut admin, names);
@@ -479,16 +673,31 @@ impl Tenancy {
                 c.resume(&names.database())?;
             }
         }
-        self.drop_source(&names, &source)?;
+        self.finish_move(ctl, &names, &source, &target)?;
+        Ok(Some("finished".into()))
+    }
+
+    /// After the switch: the stream's objects and then the source copy dropped (a database
+    /// with a replication slot cannot be dropped).
+    fn finish_move(
+        &self,
+        ctl: &mut Client,
+        names: &WorkspaceNames,
+        source: &Server,
+        target: &Server,
+    ) -> Result<()> {
+        let ws = names.workspace.as_str();
+        if let Some(handle) = self.move_handle(ctl, ws)? {
+            logical::remove(source, target, &names.database(), &handle)?;
+        }
+        drop_database_and_roles(&mut connect(&source.admin_conn, None)?, names)?;
+        self.progress
+            .step(|| format!("{ws}: dropped the copy on {}", source.id));
         ctl.execute(
             "UPDATE workspace_moves SET state = 'done', updated_at = now() WHERE workspace_id = $1",
             &[&ws],
         )?;
-        Ok(Some("finished".into()))
-    }
-
-    fn drop_source(&self, names: &WorkspaceNames, source: &Server) -> Result<()> {
-        drop_database_and_roles(&mut connect(&source.admin_conn, None)?, names)
+        Ok(())
     }
 
     /// `server drain NAME`: no new workspaces there, and every workspace moved to the other
