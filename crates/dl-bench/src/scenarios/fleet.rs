@@ -81,9 +81,10 @@ pub fn run(b: &Bench) -> R<Scenario> {
          backup --workspace W --to FILE` (wall time of the CLI call); (b) the baseline, `pg_dump -Fc` of the \
          workspace's database piped into `pg_restore --single-transaction` into a fresh empty database on the server \
          the move goes to (wall time; both over the unix sockets as postgres); (c) `dl-tenancy move --workspace W \
-         --to S` to that server (wall time of the CLI call, and its `paused_ms`, the write-unavailable window from \
-         PAUSE to RESUME), while an app writes overrides one after another through the workspace's pooled URI. \
-         Repetitions alternate the direction (local -> second, second -> local).",
+         --to second --method logical` (wall time of the CLI call, and its `paused_ms`, the write-unavailable \
+         window from PAUSE to RESUME); (d) `dl-tenancy move --workspace W --to local --method copy` back (the same \
+         two figures). An app writes overrides one after another through the workspace's pooled URI during each \
+         move.",
     );
     let bin = match &b.cfg.dl_tenancy_bin {
         Some(p) => p.clone(),
@@ -194,18 +195,15 @@ fn measure(b: &Bench, tool: &Tool, dir: &Path, sc: &mut Scenario) -> R<()> {
 
     let reps = if b.cfg.quick { 1 } else { b.cfg.reps };
     let load_before = load_average();
-    let (mut backup_s, mut dump_s, mut move_s, mut paused_s) = (vec![], vec![], vec![], vec![]);
+    let (mut backup_s, mut dump_s) = (vec![], vec![]);
+    // Per method: wall times and windows.
+    let (mut move_s, mut paused_s) = ([vec![], vec![]], [vec![], vec![]]);
     let (mut backup_bytes, mut dump_bytes) = (0u64, 0u64);
     let mut writes = Vec::new();
     let mut moved_rows = Value::Null;
     for rep in 0..reps {
-        let (from, to, to_name) = if rep % 2 == 0 {
-            (&local, &second_socket, SECOND)
-        } else {
-            (&second_socket, &local, LOCAL)
-        };
         log(format!(
-            "scenario 11: repetition {}/{reps}: backup, pg_dump | pg_restore, move to {to_name}",
+            "scenario 11: repetition {}/{reps}: backup, pg_dump | pg_restore, move there (logical) and back (copy)",
             rep + 1
         ));
         let file = dir.join("ws.backup");
@@ -215,25 +213,38 @@ fn measure(b: &Bench, tool: &Tool, dir: &Path, sc: &mut Scenario) -> R<()> {
         backup_bytes = v["bytes"].as_u64().unwrap_or(0);
         fs::remove_file(&file)?;
 
-        let (secs, bytes) = dump_restore(from, to, &db)?;
+        let (secs, bytes) = dump_restore(&local, &second_socket, &db)?;
         dump_s.push(secs);
         dump_bytes = bytes;
 
-        let writer = Writer::start(pooled.clone());
-        writer.wait_for_acks(5)?;
-        let (secs, m) = tool.run(&["move", "--workspace", WORKSPACE, "--to", to_name])?;
-        let moved_at = Instant::now();
-        if m["status"] != "moved" {
-            return fail(format!("move: {m}"));
+        let legs = [(&second_socket, SECOND, "logical"), (&local, LOCAL, "copy")];
+        for (i, (to, to_name, method)) in legs.into_iter().enumerate() {
+            let writer = Writer::start(pooled.clone());
+            writer.wait_for_acks(5)?;
+            let (secs, m) = tool.run(&[
+                "move",
+                "--workspace",
+                WORKSPACE,
+                "--to",
+                to_name,
+                "--method",
+                method,
+            ])?;
+            let moved_at = Instant::now();
+            if m["status"] != "moved" || m["method"] != method {
+                return fail(format!("move: {m}"));
+            }
+            writer.wait_for_acks(5)?;
+            let w = writer.stop(moved_at, secs)?;
+            check_acked(to, &db, &w.acked)?;
+            move_s[i].push(secs);
+            paused_s[i].push(m["paused_ms"].as_f64().ok_or("move: no paused_ms")? / 1000.0);
+            moved_rows = m["rows"].clone();
+            writes.push((method, w));
         }
-        writer.wait_for_acks(5)?;
-        let w = writer.stop(moved_at, secs)?;
-        check_acked(to, &db, &w.acked)?;
-        move_s.push(secs);
-        paused_s.push(m["paused_ms"].as_f64().ok_or("move: no paused_ms")? / 1000.0);
-        moved_rows = m["rows"].clone();
-        writes.push(w);
     }
+    let [logical_s, copy_s] = move_s;
+    let [logical_paused, copy_paused] = paused_s;
     let load_after = load_average();
 
     let base = sc.baseline(
@@ -248,27 +259,41 @@ fn measure(b: &Bench, tool: &Tool, dir: &Path, sc: &mut Scenario) -> R<()> {
         base,
         None,
     );
-    sc.compared(
-        "`dl-tenancy move` (wall time of the call)",
-        "s",
-        move_s,
-        base,
-        None,
-    );
-    sc.compared(
-        "write-unavailable window of the move (`paused_ms`, PAUSE to RESUME)",
-        "s",
-        paused_s,
-        base,
-        None,
-    );
-    let gaps: Vec<f64> = writes.iter().map(|w| w.longest_gap_s).collect();
-    sc.absolute(
-        "longest gap between two acknowledged writes of the app during the move",
-        "s",
-        gaps,
-        None,
-    );
+    for (label, secs) in [
+        (
+            "`dl-tenancy move --method logical` (wall time of the call)",
+            logical_s,
+        ),
+        (
+            "write-unavailable window of the logical move (`paused_ms`, PAUSE to RESUME)",
+            logical_paused,
+        ),
+        (
+            "`dl-tenancy move --method copy` (wall time of the call)",
+            copy_s,
+        ),
+        (
+            "write-unavailable window of the copy move (`paused_ms`, PAUSE to RESUME)",
+            copy_paused,
+        ),
+    ] {
+        sc.compared(label, "s", secs, base, None);
+    }
+    for method in ["logical", "copy"] {
+        let gaps: Vec<f64> = writes
+            .iter()
+            .filter(|(m, _)| *m == method)
+            .map(|(_, w)| w.longest_gap_s)
+            .collect();
+        sc.absolute(
+            &format!(
+                "longest gap between two acknowledged writes of the app during the {method} move"
+            ),
+            "s",
+            gaps,
+            None,
+        );
+    }
     let mb = |v: u64| v as f64 / 1e6;
     sc.notes.push(format!(
         "Workspace: {rows} rows in dl_cache.person_enrichments and the run's overrides; database size {:.1} MB \
@@ -284,8 +309,8 @@ fn measure(b: &Bench, tool: &Tool, dir: &Path, sc: &mut Scenario) -> R<()> {
          server after the move.",
         writes
             .iter()
-            .map(|w| format!(
-                "{} acknowledged, {} failed",
+            .map(|(method, w)| format!(
+                "{method}: {} acknowledged, {} failed",
                 w.acked.len(),
                 w.errors
             ))
@@ -294,11 +319,14 @@ fn measure(b: &Bench, tool: &Tool, dir: &Path, sc: &mut Scenario) -> R<()> {
     ));
     sc.notes.push(format!(
         "{reps} repetition(s); the machine's load average (1 min) before and after: {load_before} / {load_after}. \
-         The move copies with pg_dump/pg_restore inside its pause, so its window grows with the database; \
-         median ratios: backup {:.2}, move {:.2}, window {:.2} of the baseline.",
+         The logical move streams while the workspace stays live and pauses only to drain the last changes; the \
+         copy move dumps and restores inside its pause, so its window grows with the database. Median ratios to \
+         the baseline: backup {:.2}; logical move {:.2}, window {:.3}; copy move {:.2}, window {:.2}.",
         sc.ratio(base + 1).unwrap_or(f64::NAN),
         sc.ratio(base + 2).unwrap_or(f64::NAN),
         sc.ratio(base + 3).unwrap_or(f64::NAN),
+        sc.ratio(base + 4).unwrap_or(f64::NAN),
+        sc.ratio(base + 5).unwrap_or(f64::NAN),
     ));
     drop(second);
     Ok(())
@@ -379,6 +407,7 @@ fn start_second(b: &Bench, dir: &Path) -> R<(PgCluster, Socket)> {
             &format!("{}:$libdir", b.lib_dir.display()),
         )
         .conf("max_wal_size", "4GB")
+        .conf("wal_level", "logical")
         .hba(TLS_ONLY_HBA)
         .start()?;
     let socket = Socket {
