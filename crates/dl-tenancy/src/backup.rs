@@ -61,21 +61,40 @@ pub struct RestoreReport {
     pub rows: BTreeMap<String, i64>,
 }
 
+/// The tables of `tenant_custom` (a macro: [`COUNTED_TABLES`] is built on it).
+macro_rules! tenant_tables {
+    () => {
+        "SELECT c.oid::regclass::text FROM pg_catalog.pg_class AS c
+          WHERE c.relnamespace = 'tenant_custom'::regnamespace AND c.relkind IN ('r', 'p')"
+    };
+}
+
 /// Rows per table: the extension's data tables and the tables of `tenant_custom`.
-const COUNTED_TABLES: &str = "
-    SELECT c.oid::regclass::text FROM pg_catalog.pg_extension AS e
-     CROSS JOIN LATERAL pg_catalog.unnest(e.extconfig) AS t(oid)
-      JOIN pg_catalog.pg_class AS c ON c.oid = t.oid
-     WHERE e.extname = 'dl_tenancy'
-    UNION
-    SELECT c.oid::regclass::text FROM pg_catalog.pg_class AS c
-     WHERE c.relnamespace = 'tenant_custom'::regnamespace AND c.relkind IN ('r', 'p')
-    ORDER BY 1";
+const COUNTED_TABLES: &str = concat!(
+    "SELECT c.oid::regclass::text FROM pg_catalog.pg_extension AS e
+      CROSS JOIN LATERAL pg_catalog.unnest(e.extconfig) AS t(oid)
+       JOIN pg_catalog.pg_class AS c ON c.oid = t.oid
+      WHERE e.extname = 'dl_tenancy'
+     UNION ",
+    tenant_tables!(),
+    " ORDER BY 1"
+);
 
 pub(crate) fn count_rows(db: &mut impl postgres::GenericClient) -> Result<BTreeMap<String, i64>> {
     db.batch_execute("SET search_path = pg_catalog, pg_temp")?;
     let tables: Vec<String> = db
         .query(COUNTED_TABLES, &[])?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    count_each(db, &tables)
+}
+
+/// Rows per table of `tenant_custom`.
+pub(crate) fn count_tenant_rows(db: &mut Client) -> Result<BTreeMap<String, i64>> {
+    db.batch_execute("SET search_path = pg_catalog, pg_temp")?;
+    let tables: Vec<String> = db
+        .query(tenant_tables!(), &[])?
         .iter()
         .map(|r| r.get(0))
         .collect();

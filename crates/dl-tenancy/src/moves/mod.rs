@@ -21,8 +21,8 @@
 mod logical;
 
 use crate::backup::{
-    count_rows, dump_archive, dump_tenant_objects, has_tenant_objects, load_archive,
-    load_tenant_objects, verify_rows, version_key, TempDir,
+    count_rows, count_tenant_rows, dump_archive, dump_tenant_objects, has_tenant_objects,
+    load_archive, load_tenant_objects, verify_rows, version_key, TempDir,
 };
 use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
@@ -528,8 +528,9 @@ impl Tenancy {
                     "ALTER EXTENSION {} UPDATE",
                     quote_ident(EXTENSION)
                 ))?;
-                let counted = count_rows(&mut source_db)?;
-                verify_rows(&counted, &count_rows(&mut target_db)?)?;
+                // The streamed tables were compared in the catch-up; the tenant's now.
+                let counted = count_tenant_rows(&mut source_db)?;
+                verify_rows(&counted, &count_tenant_rows(&mut target_db)?)?;
                 rows.extend(counted);
                 rows
             }
