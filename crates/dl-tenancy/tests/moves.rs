@@ -515,3 +515,57 @@ fn a_tenant_cannot_touch_a_move_in_flight() {
     )
     .unwrap();
 }
+
+/// A source server without `wal_level = logical` cannot stream: `--method logical` is refused
+/// before anything is made, and `auto` copies inside the pause and says why.
+#[test]
+fn a_source_without_logical_wal_copies_and_says_why() {
+    let env = Env::new();
+    let t = &env.t;
+    t.provision("plainwal").unwrap();
+    let second = add_second_with_wal_level(&env, "replica");
+    env.cli(&[
+        "move",
+        "--workspace",
+        "plainwal",
+        "--to",
+        "second",
+        "--method",
+        "copy",
+    ])
+    .json();
+    let pooled = env.uri("plainwal", Kind::Override, true);
+    upsert(&mut connect(&pooled).unwrap(), "on-second", "ok").unwrap();
+    let back = ["move", "--workspace", "plainwal", "--to", "local"];
+    let mut logical = back.to_vec();
+    logical.extend(["--method", "logical"]);
+    let out = env.cli(&logical);
+    assert_eq!(out.error_code(), "invalid_argument", "{out:?}");
+    assert!(out.stderr.contains("wal_level = replica"), "{}", out.stderr);
+    assert_eq!(t.metadata("plainwal").unwrap().server_id, "second");
+    assert!(!databases(&mut env.admin("postgres")).contains(&env.database("plainwal")));
+    upsert(&mut connect(&pooled).unwrap(), "after-refusal", "ok").unwrap();
+    let m = env.cli(&back).json();
+    assert_eq!(
+        (m["status"].as_str(), m["method"].as_str()),
+        (Some("moved"), Some("copy")),
+        "{m}"
+    );
+    assert!(
+        m["method_note"]
+            .as_str()
+            .unwrap()
+            .contains("wal_level = replica"),
+        "{m}"
+    );
+    let mut c = connect(&pooled).unwrap();
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dl_override.person_overrides"),
+        2
+    );
+    assert_no_stream_left(
+        &mut second_admin(&second, "postgres"),
+        None,
+        "after the copy",
+    );
+}

@@ -258,7 +258,12 @@ pub const TLS_ONLY_HBA: &str = "local all all trust\n\
     hostssl all all 127.0.0.1/32 scram-sha-256\n";
 
 impl TlsCluster {
+    /// With `wal_level = logical` (a move can stream off it).
     pub fn start() -> TlsCluster {
+        TlsCluster::start_with_wal_level("logical")
+    }
+
+    pub fn start_with_wal_level(wal_level: &str) -> TlsCluster {
         let cert_dir = pg_harness::temp_dir("dl-tenancy-certs").unwrap();
         let (certs, made) =
             dl_tenancy_ctl::certs::ensure(&cert_dir.join("tls"), &["localhost", "127.0.0.1"])
@@ -268,7 +273,7 @@ impl TlsCluster {
             .conf("ssl", "on")
             .conf("ssl_cert_file", certs.server_cert.to_str().unwrap())
             .conf("ssl_key_file", certs.server_key.to_str().unwrap())
-            .conf("wal_level", "logical")
+            .conf("wal_level", wal_level)
             .hba(TLS_ONLY_HBA)
             .start()
             .unwrap();
@@ -358,7 +363,11 @@ pub fn psql(conninfo: &str, command: &str) -> Output {
 /// A second cluster (TLS on, pg-harness) registered as server `second` with its CA (no
 /// pooler of its own: the local pooler keeps serving what moves there).
 pub fn add_second(env: &Env) -> TlsCluster {
-    let second = TlsCluster::start();
+    add_second_with_wal_level(env, "logical")
+}
+
+pub fn add_second_with_wal_level(env: &Env, wal_level: &str) -> TlsCluster {
+    let second = TlsCluster::start_with_wal_level(wal_level);
     let url_file = env.dir.join("second.url");
     std::fs::write(&url_file, second.pg.conn_string("postgres", "postgres")).unwrap();
     env.cli(&[
