@@ -118,11 +118,7 @@ fn shut_out(admin: &mut Client, names: &WorkspaceNames) -> Result<i64> {
         }
     }
     if database_exists(admin, &db)? && role_exists(admin, &names.workspace_role())? {
-        admin.batch_execute(&format!(
-            "REVOKE CONNECT ON DATABASE {} FROM {}",
-            quote_ident(&db),
-            quote_ident(&names.workspace_role())
-        ))?;
+        crate::workspaces::set_tenant_connect(admin, names, false)?;
     }
     admin.execute(
         "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity

@@ -35,6 +35,26 @@ pub(crate) fn fault_point(name: &str) {
 #[cfg(not(feature = "fault-injection"))]
 pub(crate) fn fault_point(_name: &str) {}
 
+/// Whether the workspace's tenants may connect to its database on the server `admin` is on
+/// (CONNECT for its group role): shut while a move copies or a suspension holds.
+pub(crate) fn set_tenant_connect(
+    admin: &mut Client,
+    names: &WorkspaceNames,
+    allowed: bool,
+) -> Result<()> {
+    let (verb, prep) = if allowed {
+        ("GRANT", "TO")
+    } else {
+        ("REVOKE", "FROM")
+    };
+    admin.batch_execute(&format!(
+        "{verb} CONNECT ON DATABASE {} {prep} {}",
+        quote_ident(&names.database()),
+        quote_ident(&names.workspace_role())
+    ))?;
+    Ok(())
+}
+
 pub(crate) fn not_provisioned(ws: &str) -> Error {
     Error::new(
         ErrorCode::NotProvisioned,

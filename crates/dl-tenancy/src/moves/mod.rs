@@ -37,7 +37,7 @@ use crate::servers::EXTENSION;
 use crate::servers::{database_exists, role_exists};
 use crate::suspension::record_event;
 use crate::types::Server;
-use crate::workspaces::{fault_point, with_workspace_lock};
+use crate::workspaces::{fault_point, set_tenant_connect, with_workspace_lock};
 use crate::Tenancy;
 use postgres::Client;
 use serde::Serialize;
@@ -382,11 +382,7 @@ impl Tenancy {
         }
         self.ensure_workspace(ctl, target, names)?;
         // A tenant who guesses the target must not write the copy before it is complete.
-        target_admin.batch_execute(&format!(
-            "REVOKE CONNECT ON DATABASE {} FROM {}",
-            quote_ident(&db),
-            quote_ident(&names.workspace_role())
-        ))?;
+        set_tenant_connect(&mut target_admin, names, false)?;
         if pooler_home.is_some() {
             // The pooler looks logins up on the target as the remote auth user.
             let q = quote_ident(POOLER_REMOTE_AUTH_USER);
@@ -492,11 +488,7 @@ impl Tenancy {
             None => None,
         };
         let mut source_admin = connect(&source.admin_conn, None)?;
-        source_admin.batch_execute(&format!(
-            "REVOKE CONNECT ON DATABASE {} FROM {}",
-            quote_ident(&db),
-            quote_ident(&names.workspace_role())
-        ))?;
+        set_tenant_connect(&mut source_admin, names, false)?;
         let counting: i32 = source_db
             .query_one("SELECT pg_catalog.pg_backend_pid()", &[])?
             .get(0);
@@ -566,11 +558,7 @@ impl Tenancy {
         fault_point("after_move_copy");
 
         // The switch: from here on the target is the workspace.
-        connect(&target.admin_conn, None)?.batch_execute(&format!(
-            "GRANT CONNECT ON DATABASE {} TO {}",
-            quote_ident(&db),
-            quote_ident(&names.workspace_role())
-        ))?;
+        set_tenant_connect(&mut connect(&target.admin_conn, None)?, names, true)?;
         let mut tx = ctl.transaction()?;
         tx.execute(
             "UPDATE workspaces SET server_id = $2, pooler_server_id = $3, updated_at = now() WHERE id = $1",
@@ -629,11 +617,7 @@ impl Tenancy {
             }
         }
         if let Ok(mut admin) = connect(&source.admin_conn, None) {
-            let _ = admin.batch_execute(&format!(
-                "GRANT CONNECT ON DATABASE {} TO {}",
-                quote_ident(&db),
-                quote_ident(&names.workspace_role())
-            ));
+            let _ = set_tenant_connect(&mut admin, names, true);
         }
         if let Ok(Some(handle)) = self.move_handle(ctl, &names.workspace) {
             let _ = logical::remove(source, target, &db, &handle);
