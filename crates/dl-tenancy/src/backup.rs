@@ -6,9 +6,12 @@
 //! File layout: the line `dl-tenancy-backup 1`, the manifest as one line of JSON, then the
 //! archive's bytes (`tail -n +3 FILE | pg_restore -l` lists it).
 
+use crate::archive::{
+    count_rows, dump_archive, has_tenant_objects, load_archive, verify_rows, version_key, TempDir,
+};
 use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
-use crate::names::{quote_ident, quote_literal, validate_workspace_id, WorkspaceNames};
+use crate::names::{quote_ident, validate_workspace_id, WorkspaceNames};
 use crate::servers::EXTENSION;
 use crate::suspension::record_event;
 use crate::workspaces::with_workspace_lock;
@@ -16,9 +19,8 @@ use crate::Tenancy;
 use postgres::Client;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// First line of a backup file.
 pub const BACKUP_MAGIC: &str = "dl-tenancy-backup 1";
@@ -59,141 +61,6 @@ pub struct RestoreReport {
     pub extension_version: String,
     /// Rows per table after the restore, each checked against the manifest.
     pub rows: BTreeMap<String, i64>,
-}
-
-/// The tables of `tenant_custom` (a macro: [`COUNTED_TABLES`] is built on it).
-macro_rules! tenant_tables {
-    () => {
-        "SELECT c.oid::regclass::text FROM pg_catalog.pg_class AS c
-          WHERE c.relnamespace = 'tenant_custom'::regnamespace AND c.relkind IN ('r', 'p')"
-    };
-}
-
-/// Rows per table: the extension's data tables and the tables of `tenant_custom`.
-const COUNTED_TABLES: &str = concat!(
-    "SELECT c.oid::regclass::text FROM pg_catalog.pg_extension AS e
-      CROSS JOIN LATERAL pg_catalog.unnest(e.extconfig) AS t(oid)
-       JOIN pg_catalog.pg_class AS c ON c.oid = t.oid
-      WHERE e.extname = 'dl_tenancy'
-     UNION ",
-    tenant_tables!(),
-    " ORDER BY 1"
-);
-
-pub(crate) fn count_rows(db: &mut impl postgres::GenericClient) -> Result<BTreeMap<String, i64>> {
-    db.batch_execute("SET search_path = pg_catalog, pg_temp")?;
-    let tables: Vec<String> = db
-        .query(COUNTED_TABLES, &[])?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    count_each(db, &tables)
-}
-
-/// Rows per table of `tenant_custom`.
-pub(crate) fn count_tenant_rows(db: &mut Client) -> Result<BTreeMap<String, i64>> {
-    db.batch_execute("SET search_path = pg_catalog, pg_temp")?;
-    let tables: Vec<String> = db
-        .query(tenant_tables!(), &[])?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    count_each(db, &tables)
-}
-
-/// Rows of each table, named as `regclass` text prints them with the search path
-/// `pg_catalog, pg_temp` (quoted and qualified).
-pub(crate) fn count_each(
-    db: &mut impl postgres::GenericClient,
-    tables: &[String],
-) -> Result<BTreeMap<String, i64>> {
-    db.batch_execute("SET search_path = pg_catalog, pg_temp")?;
-    let mut rows = BTreeMap::new();
-    for t in tables {
-        let n: i64 = db
-            .query_one(&format!("SELECT count(*) FROM {t}"), &[])?
-            .get(0);
-        rows.insert(t.clone(), n);
-    }
-    Ok(rows)
-}
-
-/// The environment that points a PostgreSQL client program at a server as the admin: the
-/// password goes in `PGPASSWORD`, never on a command line.
-fn client_env(admin_conn: &str) -> Result<Vec<(&'static str, String)>> {
-    let (cfg, tls) = crate::connection::parse(admin_conn)?;
-    let mut env = vec![
-        ("PGAPPNAME", "dl-tenancy".to_string()),
-        ("PGSSLMODE", tls.sslmode.as_str().to_string()),
-    ];
-    if let Some(root) = tls.sslrootcert {
-        env.push(("PGSSLROOTCERT", root));
-    }
-    match cfg.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => env.push(("PGHOST", h.clone())),
-        Some(postgres::config::Host::Unix(p)) => env.push(("PGHOST", p.display().to_string())),
-        None => {}
-    }
-    if let Some(p) = cfg.get_ports().first() {
-        env.push(("PGPORT", p.to_string()));
-    }
-    if let Some(u) = cfg.get_user() {
-        env.push(("PGUSER", u.to_string()));
-    }
-    if let Some(pw) = cfg.get_password() {
-        env.push(("PGPASSWORD", String::from_utf8_lossy(pw).into_owned()));
-    }
-    Ok(env)
-}
-
-fn pg_program(name: &str, admin_conn: &str) -> Result<Command> {
-    let mut cmd = Command::new(pg_harness::pg_bin_dir().join(name));
-    for var in [
-        "PGPASSWORD",
-        "PGPASSFILE",
-        "PGSERVICE",
-        "PGOPTIONS",
-        "PGSSLMODE",
-        "PGSSLROOTCERT",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(client_env(admin_conn)?).arg("--no-password");
-    Ok(cmd)
-}
-
-/// A failed client program: its exit status and the end of its stderr.
-fn program_failed(what: &str, status: std::process::ExitStatus, stderr: &[u8]) -> Error {
-    let text = String::from_utf8_lossy(stderr);
-    let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-    Error::new(
-        ErrorCode::DatabaseError,
-        format!("{what} failed ({status}): {tail}"),
-    )
-}
-
-/// "0.10.2" > "0.4.0": compared number by number.
-pub(crate) fn version_key(v: &str) -> Vec<u64> {
-    v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
-}
-
-/// A private temporary directory, removed on drop.
-pub(crate) struct TempDir(pub(crate) PathBuf);
-
-impl TempDir {
-    pub(crate) fn new() -> Result<TempDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let name = format!("dl-tenancy-restore-{}", crate::names::new_handle());
-        let dir = std::env::temp_dir().join(name);
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 impl Tenancy {
@@ -367,7 +234,7 @@ impl Tenancy {
         let version = load_archive(
             &mut target,
             &server.admin_conn,
-            &db,
+            &names,
             &manifest.extension_version,
             archive,
             tmp,
@@ -426,156 +293,6 @@ impl Tenancy {
     }
 }
 
-/// `pg_dump --format=custom` of `db` appended to `out` (in `snapshot`, when given).
-pub(crate) fn dump_archive(
-    admin_conn: &str,
-    db: &str,
-    snapshot: Option<&str>,
-    out: &mut std::fs::File,
-) -> Result<()> {
-    match snapshot {
-        Some(s) => dump_with(admin_conn, db, &["--snapshot", s], out),
-        None => dump_with(admin_conn, db, &[], out),
-    }
-}
-
-/// `pg_dump --format=custom` of the tenant's `tenant_custom` (objects and rows) only.
-pub(crate) fn dump_tenant_objects(
-    admin_conn: &str,
-    db: &str,
-    out: &mut std::fs::File,
-) -> Result<()> {
-    dump_with(admin_conn, db, &["--schema", "tenant_custom"], out)
-}
-
-fn dump_with(admin_conn: &str, db: &str, args: &[&str], out: &mut std::fs::File) -> Result<()> {
-    let mut cmd = pg_program("pg_dump", admin_conn)?;
-    cmd.args(["--format=custom", "--dbname", db]).args(args);
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let stderr = std::thread::spawn(move || {
-        let mut buf = vec![];
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
-    std::io::copy(&mut stdout, out)?;
-    let status = child.wait()?;
-    let stderr = stderr.join().unwrap_or_default();
-    if !status.success() {
-        return Err(program_failed("pg_dump", status, &stderr));
-    }
-    Ok(())
-}
-
-/// Load an archive dumped at `from_version` into the empty database `db` (on `target`, a
-/// superuser session in it): the extension at that version, the archive in one transaction,
-/// the history rows the load replayed removed, then `ALTER EXTENSION UPDATE`. Returns the
-/// extension version it ends at. Nothing of the archive stays when it fails.
-pub(crate) fn load_archive(
-    target: &mut Client,
-    admin_conn: &str,
-    db: &str,
-    from_version: &str,
-    archive: &Path,
-    tmp: &Path,
-) -> Result<String> {
-    install_version(target, from_version)?;
-    let started: String = target
-        .query_one("SELECT pg_catalog.clock_timestamp()::text", &[])?
-        .get(0);
-    let extension_tables: Vec<String> = target
-        .query(
-            "SELECT n.nspname || ' ' || c.relname FROM pg_catalog.pg_extension AS e
-              CROSS JOIN LATERAL pg_catalog.unnest(e.extconfig) AS t(oid)
-               JOIN pg_catalog.pg_class AS c ON c.oid = t.oid
-               JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-              WHERE e.extname = $1",
-            &[&EXTENSION],
-        )?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if let Err(e) = run_pg_restore(admin_conn, db, archive, tmp, &extension_tables) {
-        // Back to an empty database at the server's version (the extension's data may have
-        // loaded before the tenant's objects failed).
-        let _ = target.batch_execute(&format!(
-            "DROP EXTENSION IF EXISTS {ext} CASCADE; CREATE EXTENSION {ext}",
-            ext = quote_ident(EXTENSION)
-        ));
-        return Err(e);
-    } // Loading the overrides recorded each once more in the history (the trigger); the
-      // dumped history is the truth.
-    let replayed = target.query(
-        "SELECT c.oid::regclass::text FROM pg_catalog.pg_class AS c
-          WHERE c.relnamespace = 'dl_override'::regnamespace
-            AND c.relname IN ('person_override_history', 'company_override_history')",
-        &[],
-    )?;
-    for r in replayed {
-        let table: String = r.get(0);
-        target.execute(
-            &format!(
-                "DELETE FROM {table} WHERE changed_at >= $1::text::timestamptz AND changed_by = SESSION_USER"
-            ),
-            &[&started],
-        )?;
-    }
-    target.batch_execute(&format!(
-        "ALTER EXTENSION {} UPDATE",
-        quote_ident(EXTENSION)
-    ))?;
-    Ok(target
-        .query_one(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
-            &[&EXTENSION],
-        )?
-        .get(0))
-}
-
-/// Whether the tenant made anything in `tenant_custom` (an object of any kind: each one
-/// depends on its schema).
-pub(crate) fn has_tenant_objects(db: &mut Client) -> Result<bool> {
-    Ok(db
-        .query_one(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_depend
-                             WHERE refclassid = 'pg_catalog.pg_namespace'::regclass
-                               AND refobjid = 'tenant_custom'::regnamespace)",
-            &[],
-        )?
-        .get(0))
-}
-
-/// The extension at `version` in the (empty) workspace database `target` is in: what a
-/// copy made at that version loads into.
-pub(crate) fn install_version(target: &mut Client, version: &str) -> Result<()> {
-    let installed: String = target
-        .query_one(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
-            &[&EXTENSION],
-        )?
-        .get(0);
-    if installed != version {
-        target.batch_execute(&format!(
-            "DROP EXTENSION {ext} CASCADE; CREATE EXTENSION {ext} VERSION {}",
-            quote_literal(version),
-            ext = quote_ident(EXTENSION)
-        ))?;
-    }
-    Ok(())
-}
-
-/// Load an archive of `tenant_custom` only ([`dump_tenant_objects`]) into `db` as the
-/// tenant (see [`run_pg_restore`]).
-pub(crate) fn load_tenant_objects(
-    admin_conn: &str,
-    db: &str,
-    archive: &Path,
-    tmp: &Path,
-) -> Result<()> {
-    run_pg_restore(admin_conn, db, archive, tmp, &[])
-}
-
 /// Split a backup file: the manifest, and the archive written to `tmp`.
 fn read_backup(from: &Path, tmp: &Path) -> Result<(Manifest, PathBuf)> {
     let bad = |why: &str| {
@@ -604,109 +321,4 @@ fn read_backup(from: &Path, tmp: &Path) -> Result<(Manifest, PathBuf)> {
     let mut out = std::fs::File::create(&archive)?;
     std::io::copy(&mut reader, &mut out)?;
     Ok((manifest, archive))
-}
-
-/// `pg_restore` of the archive into `db`, without the extension's own entry (the database
-/// has the extension at the archive's version already), in two transactions:
-///
-/// 1. the rows of the extension's data tables (`extension_tables`: "schema table"), as the
-///    admin: nobody else may write them all, and only the extension's own constraints and
-///    triggers (trusted code) run on them;
-/// 2. everything else, the tenant's `tenant_custom` objects and their rows, as
-///    `dl_tenant_override` (`--role`): the tenant's own code that loading runs (CHECK
-///    constraints, generated columns, domains calling its functions) runs with the tenant's
-///    privileges, never the admin's.
-fn run_pg_restore(
-    admin_conn: &str,
-    db: &str,
-    archive: &Path,
-    tmp: &Path,
-    extension_tables: &[String],
-) -> Result<()> {
-    let listed = pg_program("pg_restore", admin_conn)?
-        .arg("--list")
-        .arg(archive)
-        .output()?;
-    if !listed.status.success() {
-        return Err(program_failed(
-            "pg_restore --list",
-            listed.status,
-            &listed.stderr,
-        ));
-    }
-    let (mut platform, mut tenant) = (String::new(), String::new());
-    for line in String::from_utf8_lossy(&listed.stdout).lines() {
-        // "<id>; <catalog oid> <oid> <description>": only the extension itself (and its
-        // comment) has a description starting so; no tenant object can.
-        let what = line.splitn(4, ' ').nth(3).unwrap_or("");
-        if line.starts_with(';')
-            || what.starts_with("EXTENSION - ")
-            || what.starts_with("COMMENT - EXTENSION ")
-        {
-            continue;
-        }
-        // "TABLE DATA <schema> <table> <owner>": tenants cannot create in the extension's
-        // schemas, so a match names one of its tables.
-        let data_of = what.strip_prefix("TABLE DATA ").map(|rest| {
-            let mut parts = rest.split(' ');
-            format!(
-                "{} {}",
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or("")
-            )
-        });
-        let into = match data_of {
-            Some(table) if extension_tables.contains(&table) => &mut platform,
-            _ => &mut tenant,
-        };
-        into.push_str(line);
-        into.push('\n');
-    }
-    for (name, list, role) in [
-        ("extension data", platform, None),
-        ("tenant objects", tenant, Some("dl_tenant_override")),
-    ] {
-        if list.is_empty() {
-            continue;
-        }
-        let path = tmp.join(format!("{}.list", name.replace(' ', "_")));
-        std::fs::write(&path, list)?;
-        let mut cmd = pg_program("pg_restore", admin_conn)?;
-        cmd.args(["--single-transaction", "--exit-on-error", "--dbname", db]);
-        if let Some(role) = role {
-            cmd.arg(format!("--role={role}"));
-        }
-        let out = cmd.arg("--use-list").arg(&path).arg(archive).output()?;
-        if !out.status.success() {
-            return Err(program_failed(
-                &format!("pg_restore ({name})"),
-                out.status,
-                &out.stderr,
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Every table of the backup has as many rows after the restore (the migrations log may
-/// have more: the update appends to it).
-pub(crate) fn verify_rows(
-    expected: &BTreeMap<String, i64>,
-    got: &BTreeMap<String, i64>,
-) -> Result<()> {
-    for (table, n) in expected {
-        let have = got.get(table).copied().unwrap_or(-1);
-        let ok = if table == "dl_meta.schema_migrations" {
-            have >= *n
-        } else {
-            have == *n
-        };
-        if !ok {
-            return Err(Error::new(
-                ErrorCode::Internal,
-                format!("restore verification failed: {table} has {have} rows, the backup {n}"),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -11,6 +11,7 @@
 //! connections, so a [`Tenancy`] can be shared between threads (`Send + Sync`); call them from
 //! `spawn_blocking` in an async server.
 
+mod archive;
 mod backup;
 pub mod certs;
 pub mod connection;

@@ -189,6 +189,11 @@ impl WorkspaceNames {
     pub fn login(&self, kind: Kind, slot: Slot) -> String {
         format!("{}_{}_{}", self.database, kind.as_str(), slot.as_str())
     }
+    /// The login a load of the tenant's objects runs as (`archive::TenantLoader`), only
+    /// while it runs.
+    pub fn loader(&self) -> String {
+        format!("{}_load", self.database)
+    }
     pub fn all_logins(&self) -> Vec<String> {
         let mut v = Vec::new();
         for k in Kind::ALL {

@@ -7,7 +7,7 @@ mod common;
 use common::http::{check, cluster, Api, Server};
 use common::*;
 use dl_tenancy_ctl::progress::Progress;
-use dl_tenancy_ctl::{tokens, Kind};
+use dl_tenancy_ctl::{tokens, Kind, MoveMethod};
 use postgres::Client;
 use serde_json::{json, Value};
 
@@ -809,6 +809,11 @@ fn restored_tenant_code_runs_without_privileges() {
                IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
                    EXECUTE 'CREATE ROLE pwned_' || x || ' SUPERUSER LOGIN';
                END IF;
+               -- Behind a SET ROLE, the session user's rights come back with RESET ROLE.
+               IF (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN
+                   RESET ROLE;
+                   EXECUTE 'CREATE ROLE pwned_reset_' || x || ' SUPERUSER LOGIN';
+               END IF;
                RETURN true;
            END $$;
            CREATE FUNCTION tenant_custom.twice(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
@@ -826,8 +831,11 @@ fn restored_tenant_code_runs_without_privileges() {
     let r = t.restore(&file, "restored").unwrap();
     assert_eq!(r.rows["tenant_custom.trap"], 2);
     let second = add_second(&env);
-    let m = t.move_workspace("planter", "second").unwrap();
-    assert_eq!(m.rows["tenant_custom.trap"], 2);
+    // Both ways of moving load the tenant's objects: there by streaming, back by copying.
+    for (to, method) in [("second", MoveMethod::Logical), ("local", MoveMethod::Copy)] {
+        let m = t.move_workspace_with("planter", to, method).unwrap();
+        assert_eq!(m.rows["tenant_custom.trap"], 2);
+    }
     let mut admin = env.admin("postgres");
     let mut admin2 = postgres::Client::connect(
         &second.pg.conn_string("postgres", "postgres"),

@@ -18,7 +18,7 @@
 //! Every object is named `dl_move_<16 hex digits>` (the handle, recorded in the control
 //! database before any is made), so [`remove`] finds and drops them after a crash.
 
-use crate::backup::{count_each, install_version};
+use crate::archive::{count_each, install_version};
 use crate::connection::connect;
 use crate::error::{Error, ErrorCode, Result};
 use crate::names::{quote_ident, quote_literal};
@@ -33,6 +33,11 @@ pub(crate) const COPY_LIMIT: Duration = Duration::from_secs(6 * 3600);
 /// How long the pause may wait for the target to apply the last changes before the move
 /// gives up (and the workspace resumes where it was).
 pub(crate) const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+/// How long subscribing may wait (its slot waits for the source's running transactions).
+const SUBSCRIBE_LIMIT: Duration = Duration::from_secs(5 * 60);
+/// How long the first copy may go without a worker copying a table before the move gives up
+/// (the target's `max_logical_replication_workers` taken by other subscriptions, say).
+const WORKER_WAIT: Duration = Duration::from_secs(5 * 60);
 /// Parallel connections the move's login may hold on the source (one apply worker and the
 /// table-copy workers of its subscription).
 const MOVER_CONNECTION_LIMIT: i32 = 8;
@@ -165,11 +170,23 @@ impl Stream {
                 },
             ),
             ("sslrootcert", source.ca_file.as_deref().unwrap_or("")),
+            // Without a CA to verify against, SCRAM's channel binding still keeps a man in
+            // the middle from relaying the login.
+            (
+                "channel_binding",
+                if source.ca_file.is_some() {
+                    ""
+                } else {
+                    "require"
+                },
+            ),
         ]);
-        target_db.batch_execute(
+        // Creating the slot waits for every transaction running on the source to end: bounded.
+        target_db.batch_execute(&format!(
             "SET log_statement = 'none'; SET log_min_error_statement = 'panic';
-             SET log_min_duration_statement = -1",
-        )?;
+             SET log_min_duration_statement = -1; SET statement_timeout = {}",
+            SUBSCRIBE_LIMIT.as_millis()
+        ))?;
         target_db
             .batch_execute(&format!(
                 "CREATE SUBSCRIPTION {qrole} CONNECTION {} PUBLICATION {qrole}
@@ -197,6 +214,43 @@ impl Stream {
         })
     }
 
+    /// The streamed tables (regclass text), without the marker.
+    pub(crate) fn tables(&self) -> &[String] {
+        &self.tables[..self.tables.len() - 1]
+    }
+
+    /// After the catch-up: the subscription applies nothing more (whatever reached the source
+    /// late could only be applied onto the live target).
+    pub(crate) fn stop(&self, target_db: &mut Client) -> Result<()> {
+        target_db.batch_execute(&format!(
+            "ALTER SUBSCRIPTION {} DISABLE",
+            quote_ident(&self.handle)
+        ))?;
+        Ok(())
+    }
+
+    /// After [`Stream::stop`]: the publication, the marker and the move login's rights gone
+    /// from the source database, so that its dump holds nothing of the stream.
+    pub(crate) fn release_source(
+        &self,
+        source_admin: &mut Client,
+        source_db: &mut Client,
+    ) -> Result<()> {
+        let qh = quote_ident(&self.handle);
+        source_db.batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {qh}; DROP TABLE IF EXISTS {}; DROP OWNED BY {qh}",
+            marker(&self.handle)
+        ))?;
+        let db: String = source_db
+            .query_one("SELECT pg_catalog.current_database()::text", &[])?
+            .get(0);
+        source_admin.batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {} FROM {qh}",
+            quote_ident(&db)
+        ))?;
+        Ok(())
+    }
+
     /// Wait until every table's first copy is done (the workspace stays live meanwhile).
     /// `report` gets (tables copied, tables) when it changes.
     pub(crate) fn wait_copied(
@@ -206,6 +260,7 @@ impl Stream {
     ) -> Result<()> {
         let started = Instant::now();
         let mut last = -1;
+        let mut last_progress = Instant::now();
         loop {
             let row = target_db.query_one(
                 "SELECT count(*) FILTER (WHERE r.srsubstate = 'r'), count(*)
@@ -218,11 +273,27 @@ impl Stream {
             if ready != last {
                 report(ready, self.tables.len() as i64);
                 last = ready;
+                last_progress = Instant::now();
             }
             if all == self.tables.len() as i64 && ready == all {
                 return Ok(());
             }
             self.check_workers(target_db)?;
+            let copying: i64 = target_db
+                .query_one(
+                    "SELECT count(*) FROM pg_catalog.pg_stat_subscription
+                      WHERE subname = $1 AND relid IS NOT NULL",
+                    &[&self.handle],
+                )?
+                .get(0);
+            if copying > 0 {
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > WORKER_WAIT {
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    format!("no worker copied a table for {WORKER_WAIT:?} (the target's max_logical_replication_workers?)"),
+                ));
+            }
             if started.elapsed() > COPY_LIMIT {
                 return Err(Error::new(
                     ErrorCode::Internal,
@@ -264,7 +335,7 @@ impl Stream {
         }
         copy_sequences(source_db, target_db)?;
         // Both sides at once: on large tables the counts are most of the pause.
-        let streamed = &self.tables[..self.tables.len() - 1];
+        let streamed = self.tables();
         let (rows, copied) = std::thread::scope(|s| {
             let on_target = s.spawn(|| count_each(target_db, streamed));
             let on_source = count_each(source_db, streamed);
@@ -272,7 +343,7 @@ impl Stream {
         });
         let copied = copied.map_err(|_| Error::new(ErrorCode::Internal, "counting rows failed"))?;
         let rows = rows?;
-        crate::backup::verify_rows(&rows, &copied?)?;
+        crate::archive::verify_rows(&rows, &copied?)?;
         Ok(rows)
     }
 
@@ -371,7 +442,20 @@ fn remove_subscription(target: &Server, db: &str, handle: &str) -> Result<()> {
 fn remove_publication(source: &Server, db: &str, handle: &str) -> Result<()> {
     let qh = quote_ident(handle);
     let mut source_admin = connect(&source.admin_conn, None)?;
-    drop_slot(&mut source_admin, handle)?;
+    // The stream's slot, and those its table copies made (no other slot names a workspace's
+    // database: only a REPLICATION login can make one).
+    let slots: Vec<String> = source_admin
+        .query(
+            "SELECT slot_name::text FROM pg_catalog.pg_replication_slots
+              WHERE database = $1 OR slot_name = $2",
+            &[&db, &handle],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for slot in slots {
+        drop_slot(&mut source_admin, &slot)?;
+    }
     if database_exists(&mut source_admin, db)? {
         let mut source_db = connect(&source.admin_conn, Some(db))?;
         source_db.batch_execute(&format!(

@@ -20,8 +20,8 @@
 
 mod logical;
 
-use crate::backup::{
-    count_rows, count_tenant_rows, dump_archive, dump_tenant_objects, has_tenant_objects,
+use crate::archive::{
+    count_rows, count_tenant_rows, dump_archive, dump_without_data_of, has_tenant_state,
     load_archive, load_tenant_objects, verify_rows, version_key, TempDir,
 };
 use crate::connection::connect;
@@ -126,10 +126,12 @@ pub struct DrainReport {
     pub failed: Vec<crate::usage::UsageError>,
 }
 
-/// What the copy of a move did.
+/// What the copy of a move did, up to the switch.
 struct Copied {
     rows: std::collections::BTreeMap<String, i64>,
-    paused_ms: u64,
+    /// When the pause began (the pooler still holds the workspace's queries).
+    paused_at: Instant,
+    console: Option<Console>,
     method: &'static str,
     note: Option<String>,
 }
@@ -275,7 +277,7 @@ impl Tenancy {
         )?;
         let attempt =
             self.copy_and_switch(ctl, &names, &source, &target, pooler_home.as_ref(), method);
-        let copied = match attempt {
+        let mut copied = match attempt {
             Ok(done) => done,
             Err(e) => {
                 self.undo_copy(ctl, &names, &source, &target, pooler_home.is_some());
@@ -287,6 +289,17 @@ impl Tenancy {
                 return Err(e.with_context(&format!("move of {ws} to {to} undone")));
             }
         };
+        let paused_ms = self.repoint(&names, &mut copied).map_err(|e| {
+            e.with_context(&format!(
+                "move of {ws} switched to {to}; run it again to finish"
+            ))
+        })?;
+        self.progress
+            .step(|| format!("{ws}: on {to} and resumed after {paused_ms} ms"));
+        ctl.execute(
+            "UPDATE workspace_moves SET paused_ms = $2 WHERE workspace_id = $1",
+            &[&ws, &(paused_ms as i64)],
+        )?;
         fault_point("after_move_switch");
         self.finish_move(ctl, &names, &source, &target)?;
         record_event(
@@ -294,7 +307,7 @@ impl Tenancy {
             ws,
             "move",
             serde_json::json!({
-                "from": from, "to": to, "method": copied.method, "paused_ms": copied.paused_ms
+                "from": from, "to": to, "method": copied.method, "paused_ms": paused_ms
             }),
         )?;
         Ok(MoveReport {
@@ -305,7 +318,7 @@ impl Tenancy {
             database: db,
             method: Some(copied.method.into()),
             method_note: copied.note,
-            paused_ms: Some(copied.paused_ms),
+            paused_ms: Some(paused_ms),
             rows: copied.rows,
             recovered,
         })
@@ -381,8 +394,14 @@ impl Tenancy {
             )));
         }
         self.ensure_workspace(ctl, target, names)?;
-        // A tenant who guesses the target must not write the copy before it is complete.
-        set_tenant_connect(&mut target_admin, names, false)?;
+        // A tenant who guesses the target must not write the copy before it is complete: shut
+        // out until the switch (a session that got in meanwhile ends).
+        shut_out(
+            &mut target_admin,
+            &mut connect(&target.admin_conn, Some(&names.database()))?,
+            names,
+            true,
+        )?;
         if pooler_home.is_some() {
             // The pooler looks logins up on the target as the remote auth user.
             let q = quote_ident(POOLER_REMOTE_AUTH_USER);
@@ -419,7 +438,8 @@ impl Tenancy {
         Ok((source_db, from_version))
     }
 
-    /// Copy (streaming first when it can), pause, drain or copy, verify, switch and repoint.
+    /// Copy (streaming first when it can), pause, drain or copy, verify and switch. Returns
+    /// once the switch is committed: from there on nothing is undone.
     fn copy_and_switch(
         &self,
         ctl: &mut Client,
@@ -431,7 +451,7 @@ impl Tenancy {
     ) -> Result<Copied> {
         let ws = names.workspace.as_str();
         let db = names.database();
-        let note = match method {
+        let mut note = match method {
             MoveMethod::Copy => None,
             _ => logical::cannot_stream(&mut connect(&source.admin_conn, None)?)?,
         };
@@ -440,46 +460,44 @@ impl Tenancy {
                 "cannot move by logical replication: {why}"
             )));
         }
-        let streaming = method != MoveMethod::Copy && note.is_none();
         let (mut source_db, from_version) =
             self.prepare_target(ctl, names, source, target, pooler_home)?;
         let mut target_db = connect(&target.admin_conn, Some(&db))?;
-        let stream = if streaming {
-            let handle = logical::new_handle();
-            ctl.execute(
-                "UPDATE workspace_moves SET method = 'logical', handle = $2, updated_at = now()
-                  WHERE workspace_id = $1",
-                &[&ws, &handle],
-            )?;
-            self.progress
-                .step(|| format!("{ws}: logins ready on {}; streaming", target.id));
-            let stream = logical::Stream::start(
-                &handle,
-                source,
+        let stream = if method != MoveMethod::Copy && note.is_none() {
+            match self.stream(
+                ctl,
+                names,
+                (source, target),
                 &mut source_db,
                 &mut target_db,
-                &db,
                 &from_version,
-            )?;
-            stream.wait_copied(&mut target_db, |done, all| {
-                self.progress
-                    .step(|| format!("{ws}: {done} of {all} tables copied while live"))
-            })?;
-            fault_point("after_move_sync");
-            Some(stream)
+            ) {
+                Ok(stream) => Some(stream),
+                // `auto` copies when the target cannot stream from the source (it cannot
+                // reach it, say), once the attempt's objects are gone.
+                Err(e) if method == MoveMethod::Auto => {
+                    let handle = self.move_handle(ctl, ws)?.unwrap_or_default();
+                    logical::remove(source, target, &db, &handle)?;
+                    self.forget_handle(ctl, ws)?;
+                    crate::archive::reinstall(&mut target_db, &from_version)?;
+                    note = Some(format!("could not stream: {}", e.message));
+                    None
+                }
+                Err(e) => return Err(e),
+            }
         } else {
-            ctl.execute(
-                "UPDATE workspace_moves SET method = 'copy', updated_at = now() WHERE workspace_id = $1",
-                &[&ws],
-            )?;
             None
         };
+        ctl.execute(
+            "UPDATE workspace_moves SET method = $2, updated_at = now() WHERE workspace_id = $1",
+            &[&ws, &if stream.is_some() { "logical" } else { "copy" }],
+        )?;
         self.progress
             .step(|| format!("{ws}: ready on {}; pausing", target.id));
 
         // The pause: pooled queries wait, direct logins are refused and their sessions end.
         let paused_at = Instant::now();
-        let mut console = match pooler_home {
+        let console = match pooler_home {
             Some(home) => {
                 let mut c = self.console(ctl, home)?;
                 c.pause(&db)?;
@@ -488,17 +506,7 @@ impl Tenancy {
             None => None,
         };
         let mut source_admin = connect(&source.admin_conn, None)?;
-        set_tenant_connect(&mut source_admin, names, false)?;
-        let counting: i32 = source_db
-            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])?
-            .get(0);
-        // The stream's own sender stays: it carries the last changes.
-        source_admin.execute(
-            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
-              WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid() AND pid <> $2
-                AND backend_type <> 'walsender'",
-            &[&db, &counting],
-        )?;
+        shut_out(&mut source_admin, &mut source_db, names, true)?;
         fault_point("after_move_pause");
         let tmp = TempDir::new()?;
         let rows = match &stream {
@@ -507,14 +515,18 @@ impl Tenancy {
                     format!("{ws}: paused (pooled queries wait); draining the last changes")
                 });
                 let mut rows = stream.catch_up(&mut source_db, &mut target_db)?;
-                if has_tenant_objects(&mut source_db)? {
-                    let archive = tmp.0.join("tenant_custom.dump");
-                    dump_tenant_objects(
+                stream.stop(&mut target_db)?;
+                stream.release_source(&mut source_admin, &mut source_db)?;
+                same_version(&mut source_db, &from_version)?;
+                if has_tenant_state(&mut source_db)? {
+                    let archive = tmp.0.join("tenant.dump");
+                    dump_without_data_of(
                         &source.admin_conn,
                         &db,
+                        stream.tables(),
                         &mut std::fs::File::create(&archive)?,
                     )?;
-                    load_tenant_objects(&target.admin_conn, &db, &archive, &tmp.0)?;
+                    load_tenant_objects(&target.admin_conn, names, &archive, &tmp.0)?;
                 }
                 target_db.batch_execute(&format!(
                     "ALTER EXTENSION {} UPDATE",
@@ -543,7 +555,7 @@ impl Tenancy {
                 load_archive(
                     &mut target_db,
                     &target.admin_conn,
-                    &db,
+                    names,
                     &from_version,
                     &archive,
                     &tmp.0,
@@ -558,7 +570,9 @@ impl Tenancy {
         fault_point("after_move_copy");
 
         // The switch: from here on the target is the workspace.
-        set_tenant_connect(&mut connect(&target.admin_conn, None)?, names, true)?;
+        let mut target_admin = connect(&target.admin_conn, None)?;
+        shut_out(&mut target_admin, &mut target_db, names, false)?;
+        let_in(&mut target_admin, names)?;
         let mut tx = ctl.transaction()?;
         tx.execute(
             "UPDATE workspaces SET server_id = $2, pooler_server_id = $3, updated_at = now() WHERE id = $1",
@@ -569,24 +583,69 @@ impl Tenancy {
             &[&ws],
         )?;
         tx.commit()?;
-        if let (Some(console), Some(data_dir)) = (console.as_mut(), self.data_dir.as_ref()) {
+        Ok(Copied {
+            rows,
+            paused_at,
+            console,
+            method: if stream.is_some() { "logical" } else { "copy" },
+            note,
+        })
+    }
+
+    /// The live copy: the stream started, its handle recorded first, and every table's first
+    /// copy done.
+    fn stream(
+        &self,
+        ctl: &mut Client,
+        names: &WorkspaceNames,
+        (source, target): (&Server, &Server),
+        source_db: &mut Client,
+        target_db: &mut Client,
+        from_version: &str,
+    ) -> Result<logical::Stream> {
+        let ws = names.workspace.as_str();
+        let handle = logical::new_handle();
+        ctl.execute(
+            "UPDATE workspace_moves SET handle = $2, updated_at = now() WHERE workspace_id = $1",
+            &[&ws, &handle],
+        )?;
+        self.progress
+            .step(|| format!("{ws}: logins ready on {}; streaming", target.id));
+        let stream = logical::Stream::start(
+            &handle,
+            source,
+            source_db,
+            target_db,
+            &names.database(),
+            from_version,
+        )?;
+        stream.wait_copied(target_db, |done, all| {
+            self.progress
+                .step(|| format!("{ws}: {done} of {all} tables copied while live"))
+        })?;
+        fault_point("after_move_sync");
+        Ok(stream)
+    }
+
+    /// After the switch: the pooler repointed and resumed. An error here leaves the move
+    /// `switched`, which the next `move` finishes.
+    fn repoint(&self, names: &WorkspaceNames, copied: &mut Copied) -> Result<u64> {
+        let db = names.database();
+        if let (Some(console), Some(data_dir)) = (copied.console.as_mut(), self.data_dir.as_ref()) {
             self.write_local_routes(data_dir)?;
             console.reload()?;
             console.resume(&db)?;
         }
-        let paused_ms = paused_at.elapsed().as_millis() as u64;
-        self.progress
-            .step(|| format!("{ws}: on {} and resumed after {paused_ms} ms", target.id));
+        Ok(copied.paused_at.elapsed().as_millis() as u64)
+    }
+
+    /// The attempt's stream objects are gone: no handle to clean up after.
+    fn forget_handle(&self, ctl: &mut Client, ws: &str) -> Result<()> {
         ctl.execute(
-            "UPDATE workspace_moves SET paused_ms = $2 WHERE workspace_id = $1",
-            &[&ws, &(paused_ms as i64)],
+            "UPDATE workspace_moves SET handle = NULL, updated_at = now() WHERE workspace_id = $1",
+            &[&ws],
         )?;
-        Ok(Copied {
-            rows,
-            paused_ms,
-            method: if stream.is_some() { "logical" } else { "copy" },
-            note,
-        })
+        Ok(())
     }
 
     /// The stream's objects recorded for the workspace's current move attempt.
@@ -617,18 +676,42 @@ impl Tenancy {
             }
         }
         if let Ok(mut admin) = connect(&source.admin_conn, None) {
-            let _ = set_tenant_connect(&mut admin, names, true);
+            let _ = let_in(&mut admin, names);
         }
+        // A stream left behind keeps its handle, so the next move removes it (a slot holds
+        // the source's WAL until it is dropped).
         if let Ok(Some(handle)) = self.move_handle(ctl, &names.workspace) {
-            let _ = logical::remove(source, target, &db, &handle);
+            if logical::remove(source, target, &db, &handle).is_ok() {
+                let _ = self.forget_handle(ctl, &names.workspace);
+            }
         }
         if let Ok(mut admin) = connect(&target.admin_conn, None) {
             let _ = drop_database_and_roles(&mut admin, names);
         }
     }
 
+    /// The stream of an earlier failed attempt whose removal failed then: removed now, or
+    /// the move stops here.
+    fn remove_stale_stream(&self, ctl: &mut Client, ws: &str) -> Result<()> {
+        let row = ctl.query_opt(
+            "SELECT m.from_server, m.to_server, m.handle, w.database_name
+               FROM workspace_moves AS m JOIN workspaces AS w ON w.id = m.workspace_id
+              WHERE m.workspace_id = $1 AND m.state = 'failed' AND m.handle IS NOT NULL",
+            &[&ws],
+        )?;
+        let Some(row) = row else { return Ok(()) };
+        let source = self.load_server(ctl, row.get(0))?;
+        let target = self.load_server(ctl, row.get(1))?;
+        let handle: String = row.get(2);
+        logical::remove(&source, &target, row.get(3), &handle).map_err(|e| {
+            e.with_context("removing the replication stream of an earlier failed move")
+        })?;
+        self.forget_handle(ctl, ws)
+    }
+
     /// A move that stopped half-way: undone when it had not switched, finished when it had.
     fn recover_move(&self, ctl: &mut Client, ws: &str) -> Result<Option<String>> {
+        self.remove_stale_stream(ctl, ws)?;
         let row = ctl.query_opt(
             "SELECT m.from_server, m.to_server, m.state, w.database_name
                FROM workspace_moves AS m JOIN workspaces AS w ON w.id = m.workspace_id
@@ -790,6 +873,78 @@ impl Tenancy {
     }
 }
 
+/// Nobody but the admin in the workspace's database on a server: CONNECT revoked from the
+/// workspace's logins and the platform's (when `revoke`), their sessions ended, and waited for
+/// until they are gone (a session ending mid-commit could otherwise still write). `own` is
+/// the admin's session in that database; a stream's sender stays.
+fn shut_out(
+    admin: &mut Client,
+    own: &mut Client,
+    names: &WorkspaceNames,
+    revoke: bool,
+) -> Result<()> {
+    let db = names.database();
+    if revoke {
+        set_tenant_connect(admin, names, false)?;
+        admin.batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {} FROM dl_platform_runtime",
+            quote_ident(&db)
+        ))?;
+    }
+    let own_pid: i32 = own
+        .query_one("SELECT pg_catalog.pg_backend_pid()", &[])?
+        .get(0);
+    let started = Instant::now();
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity
+                  WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid() AND pid <> $2
+                    AND backend_type = 'client backend'",
+                &[&db, &own_pid],
+            )?
+            .get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > logical::CATCH_UP_LIMIT {
+            return Err(Error::new(
+                ErrorCode::Internal,
+                format!("sessions of {db} did not end"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The workspace's logins and the platform's may connect again (what [`shut_out`] revoked).
+fn let_in(admin: &mut Client, names: &WorkspaceNames) -> Result<()> {
+    set_tenant_connect(admin, names, true)?;
+    admin.batch_execute(&format!(
+        "GRANT CONNECT ON DATABASE {} TO dl_platform_runtime",
+        quote_ident(&names.database())
+    ))?;
+    Ok(())
+}
+
+/// The source's extension is still at the version the copy started from (an `upgrade` could
+/// have run meanwhile; its changes would not be in the stream).
+fn same_version(source_db: &mut Client, from_version: &str) -> Result<()> {
+    let now: String = source_db
+        .query_one(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
+            &[&EXTENSION],
+        )?
+        .get(0);
+    if now != from_version {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            format!("the source's {EXTENSION} went from {from_version} to {now} during the move; run it again"),
+        ));
+    }
+    Ok(())
+}
+
 /// The logins' SCRAM verifiers as they are on the source (same salt and keys): a client the
 /// pooler authenticated before the move logs in to the target with the keys it has.
 fn copy_verifiers(source: &mut Client, target: &mut Client, names: &WorkspaceNames) -> Result<()> {
@@ -820,6 +975,7 @@ fn copy_verifiers(source: &mut Client, target: &mut Client, names: &WorkspaceNam
 }
 
 fn drop_database_and_roles(admin: &mut Client, names: &WorkspaceNames) -> Result<()> {
+    crate::archive::remove_loader(admin, &names.database(), &names.loader())?;
     admin.batch_execute(&format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
         quote_ident(&names.database())
