@@ -114,7 +114,9 @@ fn move_keeps_the_pooled_uri_and_every_acknowledged_write() {
     let db = env.database("mover");
     connect(&env.uri("mover", Kind::Override, false))
         .unwrap()
-        .batch_execute(CUSTOM_OBJECTS)
+        .batch_execute(&format!(
+            "{CUSTOM_OBJECTS}; ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO dl_tenant_read"
+        ))
         .unwrap();
     let pooled = env.uri("mover", Kind::Override, true);
     let pooled_read = env.uri("mover", Kind::Read, true);
@@ -174,6 +176,8 @@ fn move_keeps_the_pooled_uri_and_every_acknowledged_write() {
         count(&mut moved, "SELECT count(*) FROM tenant_custom.segments"),
         40
     );
+    // What the tenant set outside tenant_custom moved too.
+    assert_eq!(count(&mut moved, "SELECT count(*) FROM pg_default_acl"), 1);
     // Reads through the unchanged pooled URI and the new direct one see the new server.
     for uri in [&pooled_read, &direct] {
         let mut c = connect(uri).unwrap();
