@@ -76,6 +76,14 @@ impl Tenancy {
         }
         let mut ctl = self.control()?;
         crate::control::apply_schema(&mut ctl)?;
+        // Under the workspace's lock: never in the middle of a move (a stream's publication
+        // and grants in the database would make the backup impossible to restore).
+        with_workspace_lock(&mut ctl, workspace, |ctl| {
+            self.backup_locked(ctl, workspace, to)
+        })
+    }
+
+    fn backup_locked(&self, ctl: &mut Client, workspace: &str, to: &Path) -> Result<BackupReport> {
         let row = ctl
             .query_opt(
                 "SELECT server_id, database_name FROM workspaces
@@ -83,7 +91,7 @@ impl Tenancy {
                 &[&workspace],
             )?
             .ok_or_else(|| crate::workspaces::not_provisioned(workspace))?;
-        let server = self.load_server(&mut ctl, row.get(0))?;
+        let server = self.load_server(ctl, row.get(0))?;
         let names = WorkspaceNames::recorded(workspace, row.get(1))?;
         let db = names.database();
 
@@ -154,7 +162,7 @@ impl Tenancy {
         self.progress
             .step(|| format!("{workspace}: wrote {} ({bytes} bytes)", to.display()));
         record_event(
-            &mut ctl,
+            ctl,
             workspace,
             "backup",
             serde_json::json!({"file": to.display().to_string(), "bytes": bytes,
