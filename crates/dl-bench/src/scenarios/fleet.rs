@@ -104,7 +104,9 @@ pub fn run(b: &Bench) -> R<Scenario> {
     };
     let result = measure(b, &tool, &dir, &mut sc);
     let _ = tool.run(&["local", "down"]);
-    let _ = fs::remove_dir_all(&dir);
+    if std::env::var_os("PG_HARNESS_KEEP").is_none() {
+        let _ = fs::remove_dir_all(&dir);
+    }
     result?;
     Ok(sc)
 }

@@ -103,10 +103,9 @@ impl Stream {
         // The target: the extension at the source's version, its tables empty (the install
         // fills some), and the marker.
         install_version(target_db, from_version)?;
-        target_db.batch_execute(&format!(
-            "SET search_path = pg_catalog, pg_temp; TRUNCATE {}; {create_marker}",
-            tables.join(", ")
-        ))?;
+        target_db.batch_execute("SET search_path = pg_catalog, pg_temp")?;
+        target_db.batch_execute(&format!("TRUNCATE {}", tables.join(", ")))?;
+        target_db.batch_execute(&create_marker)?;
         tables.push(marker.clone());
 
         // The source: the move's login, its read rights, the publication.
@@ -142,16 +141,17 @@ impl Stream {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        source_db.batch_execute(&format!(
-            "{create_marker};
-             GRANT USAGE ON SCHEMA {} TO {qrole};
-             GRANT SELECT ON {} TO {qrole};
-             DROP PUBLICATION IF EXISTS {qrole};
-             CREATE PUBLICATION {qrole} FOR TABLE {}",
-            schemas.join(", "),
-            tables.join(", "),
-            tables.join(", "),
-        ))?;
+        // One statement per transaction: holding catalog row locks from the GRANTs while
+        // waiting for a table lock deadlocks with an autovacuum that updates those rows.
+        for sql in [
+            create_marker,
+            format!("GRANT USAGE ON SCHEMA {} TO {qrole}", schemas.join(", ")),
+            format!("GRANT SELECT ON {} TO {qrole}", tables.join(", ")),
+            format!("DROP PUBLICATION IF EXISTS {qrole}"),
+            format!("CREATE PUBLICATION {qrole} FOR TABLE {}", tables.join(", ")),
+        ] {
+            source_db.batch_execute(&sql)?;
+        }
 
         // The target subscribes. The statement holds the password: not logged, never echoed.
         let conninfo = conninfo(&[
@@ -237,10 +237,13 @@ impl Stream {
         source_db: &mut Client,
     ) -> Result<()> {
         let qh = quote_ident(&self.handle);
-        source_db.batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {qh}; DROP TABLE IF EXISTS {}; DROP OWNED BY {qh}",
-            marker(&self.handle)
-        ))?;
+        for sql in [
+            format!("DROP PUBLICATION IF EXISTS {qh}"),
+            format!("DROP TABLE IF EXISTS {}", marker(&self.handle)),
+            format!("DROP OWNED BY {qh}"),
+        ] {
+            source_db.batch_execute(&sql)?;
+        }
         let db: String = source_db
             .query_one("SELECT pg_catalog.current_database()::text", &[])?
             .get(0);
@@ -458,10 +461,8 @@ fn remove_publication(source: &Server, db: &str, handle: &str) -> Result<()> {
     }
     if database_exists(&mut source_admin, db)? {
         let mut source_db = connect(&source.admin_conn, Some(db))?;
-        source_db.batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {qh}; DROP TABLE IF EXISTS {}",
-            marker(handle)
-        ))?;
+        source_db.batch_execute(&format!("DROP PUBLICATION IF EXISTS {qh}"))?;
+        source_db.batch_execute(&format!("DROP TABLE IF EXISTS {}", marker(handle)))?;
         if role_exists(&mut source_admin, handle)? {
             source_db.batch_execute(&format!("DROP OWNED BY {qh}"))?;
             source_admin.batch_execute(&format!(
