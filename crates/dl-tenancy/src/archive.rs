@@ -304,11 +304,7 @@ pub(crate) fn install_version(target: &mut Client, version: &str) -> Result<()> 
         )?
         .get(0);
     if installed != version {
-        target.batch_execute(&format!(
-            "DROP EXTENSION {ext} CASCADE; CREATE EXTENSION {ext} VERSION {}",
-            quote_literal(version),
-            ext = quote_ident(EXTENSION)
-        ))?;
+        reinstall(target, version)?;
     }
     Ok(())
 }
