@@ -6,7 +6,7 @@
 use crate::connection::connect;
 use crate::error::{Error, ErrorCode, Result};
 use crate::names::{quote_ident, quote_literal, WorkspaceNames};
-use crate::servers::{role_exists, EXTENSION};
+use crate::servers::{ensure_tool_login, role_exists, EXTENSION};
 use postgres::Client;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -352,27 +352,19 @@ impl TenantLoader {
     pub(crate) fn create(admin_conn: &str, names: &WorkspaceNames) -> Result<TenantLoader> {
         let role = names.loader();
         let password = crate::secret::random_password();
-        let q = quote_ident(&role);
         let mut admin = connect(admin_conn, None)?;
-        if !role_exists(&mut admin, &role)? {
-            admin.batch_execute(&format!("CREATE ROLE {q} NOLOGIN"))?;
-        }
-        admin
-            .batch_execute(&format!(
-                "ALTER ROLE {q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
-                     INHERIT CONNECTION LIMIT 2 PASSWORD {};
-                 GRANT {}, dl_tenant_override TO {q};
-                 GRANT CONNECT ON DATABASE {} TO {q}",
-                quote_literal(&crate::secret::scram_verifier(&password)),
-                quote_ident(&names.workspace_role()),
-                quote_ident(&names.database()),
-            ))
-            .map_err(|e| {
-                Error::new(
-                    Error::from(e).code,
-                    format!("making the login {role} failed"),
-                )
-            })?;
+        ensure_tool_login(
+            &mut admin,
+            &role,
+            "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT 2",
+            &password,
+        )?;
+        admin.batch_execute(&format!(
+            "GRANT {}, dl_tenant_override TO {q}; GRANT CONNECT ON DATABASE {} TO {q}",
+            quote_ident(&names.workspace_role()),
+            quote_ident(&names.database()),
+            q = quote_ident(&role),
+        ))?;
         Ok(TenantLoader {
             admin_conn: admin_conn.into(),
             db: names.database(),

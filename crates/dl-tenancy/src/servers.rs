@@ -5,7 +5,7 @@
 use crate::connection::connect;
 use crate::control::LOCK_TEMPLATE;
 use crate::error::{invalid, Error, ErrorCode, Result};
-use crate::names::{quote_ident, validate_server_name};
+use crate::names::{quote_ident, quote_literal, validate_server_name};
 use crate::types::{Endpoint, Server, ServerInfo, ServerList, ServerSpec};
 use crate::Tenancy;
 use postgres::Client;
@@ -63,6 +63,33 @@ pub(crate) fn role_exists(admin: &mut Client, role: &str) -> Result<bool> {
             &[&role],
         )?
         .is_some())
+}
+
+/// A login the tool makes for its own use: created NOLOGIN when missing, then made a login
+/// with `attributes` and the SCRAM verifier of `password` (the plaintext never reaches the
+/// server, and a failure never echoes the statement).
+pub(crate) fn ensure_tool_login(
+    admin: &mut Client,
+    role: &str,
+    attributes: &str,
+    password: &str,
+) -> Result<()> {
+    let q = quote_ident(role);
+    if !role_exists(admin, role)? {
+        admin.batch_execute(&format!("CREATE ROLE {q} NOLOGIN"))?;
+    }
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {q} LOGIN {attributes} PASSWORD {}",
+            quote_literal(&crate::secret::scram_verifier(password))
+        ))
+        .map_err(|e| {
+            Error::new(
+                Error::from(e).code,
+                format!("setting up the login {role} failed"),
+            )
+        })?;
+    Ok(())
 }
 
 /// Whether a database of that name exists on the server `admin` is connected to.

@@ -22,7 +22,7 @@ use crate::archive::{count_each, install_version};
 use crate::connection::connect;
 use crate::error::{Error, ErrorCode, Result};
 use crate::names::{quote_ident, quote_literal};
-use crate::servers::{database_exists, role_exists, EXTENSION};
+use crate::servers::{database_exists, ensure_tool_login, role_exists, EXTENSION};
 use crate::types::Server;
 use postgres::Client;
 use std::collections::BTreeMap;
@@ -75,6 +75,8 @@ fn marker(handle: &str) -> String {
 /// A running subscription of the target database to the source's.
 pub(crate) struct Stream {
     pub handle: String,
+    /// The workspace database (the same name on both servers).
+    db: String,
     /// The streamed tables and the marker.
     tables: Vec<String>,
 }
@@ -112,21 +114,12 @@ impl Stream {
         let password = crate::secret::random_password();
         let mut source_admin = connect(&source.admin_conn, None)?;
         let qrole = quote_ident(handle);
-        if !role_exists(&mut source_admin, handle)? {
-            source_admin
-                .batch_execute(&format!(
-                    "CREATE ROLE {qrole} LOGIN REPLICATION NOINHERIT CONNECTION LIMIT {MOVER_CONNECTION_LIMIT} PASSWORD {}",
-                    quote_literal(&crate::secret::scram_verifier(&password))
-                ))
-                .map_err(|e| Error::new(Error::from(e).code, "creating the move's login failed"))?;
-        } else {
-            source_admin
-                .batch_execute(&format!(
-                    "ALTER ROLE {qrole} PASSWORD {}",
-                    quote_literal(&crate::secret::scram_verifier(&password))
-                ))
-                .map_err(|e| Error::new(Error::from(e).code, "setting the move's login failed"))?;
-        }
+        ensure_tool_login(
+            &mut source_admin,
+            handle,
+            &format!("REPLICATION NOINHERIT CONNECTION LIMIT {MOVER_CONNECTION_LIMIT}"),
+            &password,
+        )?;
         source_admin.batch_execute(&format!(
             "GRANT CONNECT ON DATABASE {} TO {qrole}",
             quote_ident(db)
@@ -210,6 +203,7 @@ impl Stream {
         )?;
         Ok(Stream {
             handle: handle.into(),
+            db: db.into(),
             tables,
         })
     }
@@ -236,22 +230,7 @@ impl Stream {
         source_admin: &mut Client,
         source_db: &mut Client,
     ) -> Result<()> {
-        let qh = quote_ident(&self.handle);
-        for sql in [
-            format!("DROP PUBLICATION IF EXISTS {qh}"),
-            format!("DROP TABLE IF EXISTS {}", marker(&self.handle)),
-            format!("DROP OWNED BY {qh}"),
-        ] {
-            source_db.batch_execute(&sql)?;
-        }
-        let db: String = source_db
-            .query_one("SELECT pg_catalog.current_database()::text", &[])?
-            .get(0);
-        source_admin.batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {} FROM {qh}",
-            quote_ident(&db)
-        ))?;
-        Ok(())
+        release_database(source_admin, source_db, &self.db, &self.handle)
     }
 
     /// Wait until every table's first copy is done (the workspace stays live meanwhile).
@@ -461,15 +440,7 @@ fn remove_publication(source: &Server, db: &str, handle: &str) -> Result<()> {
     }
     if database_exists(&mut source_admin, db)? {
         let mut source_db = connect(&source.admin_conn, Some(db))?;
-        source_db.batch_execute(&format!("DROP PUBLICATION IF EXISTS {qh}"))?;
-        source_db.batch_execute(&format!("DROP TABLE IF EXISTS {}", marker(handle)))?;
-        if role_exists(&mut source_admin, handle)? {
-            source_db.batch_execute(&format!("DROP OWNED BY {qh}"))?;
-            source_admin.batch_execute(&format!(
-                "REVOKE ALL ON DATABASE {} FROM {qh}",
-                quote_ident(db)
-            ))?;
-        }
+        release_database(&mut source_admin, &mut source_db, db, handle)?;
     }
     if role_exists(&mut source_admin, handle)? {
         source_admin.execute(
@@ -477,6 +448,27 @@ fn remove_publication(source: &Server, db: &str, handle: &str) -> Result<()> {
             &[&handle],
         )?;
         source_admin.batch_execute(&format!("DROP ROLE {qh}"))?;
+    }
+    Ok(())
+}
+
+/// The publication, the marker and the move login's rights gone from the source database
+/// `db` (`source_db` a session in it). One statement per transaction (see `Stream::start`).
+fn release_database(
+    source_admin: &mut Client,
+    source_db: &mut Client,
+    db: &str,
+    handle: &str,
+) -> Result<()> {
+    let qh = quote_ident(handle);
+    source_db.batch_execute(&format!("DROP PUBLICATION IF EXISTS {qh}"))?;
+    source_db.batch_execute(&format!("DROP TABLE IF EXISTS {}", marker(handle)))?;
+    if role_exists(source_admin, handle)? {
+        source_db.batch_execute(&format!("DROP OWNED BY {qh}"))?;
+        source_admin.batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {} FROM {qh}",
+            quote_ident(db)
+        ))?;
     }
     Ok(())
 }

@@ -34,7 +34,7 @@ use crate::pooler::{
     remote_auth_password, write_routes, write_server_tls, Console, Route, POOLER_REMOTE_AUTH_USER,
 };
 use crate::servers::EXTENSION;
-use crate::servers::{database_exists, role_exists};
+use crate::servers::{database_exists, ensure_tool_login};
 use crate::suspension::record_event;
 use crate::types::Server;
 use crate::workspaces::{fault_point, set_tenant_connect, with_workspace_lock};
@@ -404,18 +404,16 @@ impl Tenancy {
         )?;
         if pooler_home.is_some() {
             // The pooler looks logins up on the target as the remote auth user.
-            let q = quote_ident(POOLER_REMOTE_AUTH_USER);
-            if !role_exists(&mut target_admin, POOLER_REMOTE_AUTH_USER)? {
-                target_admin.batch_execute(&format!("CREATE ROLE {q} NOLOGIN"))?;
-            }
-            let verifier = crate::secret::scram_verifier(&remote_auth_password(&self.key));
-            target_admin
-                .batch_execute(&format!(
-                    "ALTER ROLE {q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {};
-                     GRANT dl_pooler_auth TO {q}",
-                    quote_literal(&verifier)
-                ))
-                .map_err(|e| Error::new(Error::from(e).code, "setting up the pooler's auth user on the target failed"))?;
+            ensure_tool_login(
+                &mut target_admin,
+                POOLER_REMOTE_AUTH_USER,
+                "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
+                &remote_auth_password(&self.key),
+            )?;
+            target_admin.batch_execute(&format!(
+                "GRANT dl_pooler_auth TO {}",
+                quote_ident(POOLER_REMOTE_AUTH_USER)
+            ))?;
         }
         let mut source_admin = connect(&source.admin_conn, None)?;
         let mut source_db = connect(&source.admin_conn, Some(&db))?;
