@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::bench::{fail, log, Bench, R};
 use crate::data;
 use crate::report::Scenario;
+use crate::scenarios::tool::Tool;
 
 /// The workspace the scenario provisions.
 const WORKSPACE: &str = "bench-fleet";
@@ -109,39 +110,6 @@ pub fn run(b: &Bench) -> R<Scenario> {
     }
     result?;
     Ok(sc)
-}
-
-/// The CLI on the scenario's data directory.
-struct Tool {
-    bin: PathBuf,
-    data: PathBuf,
-}
-
-impl Tool {
-    /// Runs one command; returns its wall time in seconds and its JSON output.
-    fn run(&self, args: &[&str]) -> R<(f64, Value)> {
-        let t = Instant::now();
-        let out = Command::new(&self.bin)
-            .env_remove("DL_TENANCY_ADMIN_URL")
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
-        let secs = t.elapsed().as_secs_f64();
-        if !out.status.success() {
-            return fail(format!(
-                "dl-tenancy {} failed ({}): {}{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("dl-tenancy {}: output is not JSON: {e}", args.join(" ")))?;
-        Ok((secs, v))
-    }
 }
 
 fn measure(b: &Bench, tool: &Tool, dir: &Path, sc: &mut Scenario) -> R<()> {

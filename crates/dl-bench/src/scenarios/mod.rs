@@ -10,6 +10,7 @@ pub mod override_write;
 pub mod point;
 pub mod pooled;
 pub mod provisioning;
+pub mod tool;
 pub mod topn;
 
 /// The names `--only` takes (or the scenario numbers, as aliases).

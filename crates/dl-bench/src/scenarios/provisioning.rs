@@ -5,11 +5,10 @@ use std::fs;
 use std::time::Instant;
 
 use postgres::Client;
-use serde_json::Value;
-use std::process::Command;
 
 use crate::bench::{fail, log, Bench, R};
 use crate::report::{self, median, Scenario, Target};
+use crate::scenarios::tool::Tool;
 
 /// Scenarios 7 and 8 need the provisioning tool (crates/dl-tenancy, binary dl-tenancy).
 pub fn run(b: &Bench) -> R<Vec<Scenario>> {
@@ -43,28 +42,11 @@ pub fn run(b: &Bench) -> R<Vec<Scenario>> {
     log("scenario 7: provisioning (dl-tenancy local up)");
     let dir = pg_harness::temp_dir("dl-bench-tenancy")?;
     let data = dir.join("dt");
-    let run = |args: &[&str]| -> R<(f64, Value)> {
-        let t = Instant::now();
-        let out = Command::new(&bin)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-        let secs = t.elapsed().as_secs_f64();
-        if !out.status.success() {
-            return fail(format!(
-                "dl-tenancy {} failed ({}): {}{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("dl-tenancy {}: output is not JSON: {e}", args.join(" ")))?;
-        Ok((secs, v))
+    let tool = Tool {
+        bin,
+        data: data.clone(),
     };
+    let run = |args: &[&str]| tool.run(args);
     let result = (|| -> R<()> {
         run(&["local", "up"])?;
         let (single, totals, window): (usize, Vec<usize>, usize) = if b.cfg.quick {
