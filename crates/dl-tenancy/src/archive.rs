@@ -6,51 +6,89 @@
 use crate::connection::connect;
 use crate::error::{Error, ErrorCode, Result};
 use crate::names::{quote_ident, quote_literal, WorkspaceNames};
-use crate::servers::{ensure_tool_login, role_exists, EXTENSION};
+use crate::servers::{drop_role_everywhere, ensure_tool_login, role_exists, EXTENSION};
 use postgres::Client;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The tables of `tenant_custom` (a macro: [`COUNTED_TABLES`] is built on it).
-macro_rules! tenant_tables {
-    () => {
-        "SELECT c.oid::regclass::text FROM pg_catalog.pg_class AS c
-          WHERE c.relnamespace = 'tenant_custom'::regnamespace AND c.relkind IN ('r', 'p')"
-    };
-}
+/// The tables of `tenant_custom`, as `regclass` text (read from the catalog only).
+const TENANT_TABLES: &str = "SELECT c.oid::regclass::text FROM pg_catalog.pg_class AS c
+      WHERE c.relnamespace = 'tenant_custom'::regnamespace AND c.relkind IN ('r', 'p')
+      ORDER BY 1";
 
-/// Rows per table: the extension's data tables and the tables of `tenant_custom`.
-const COUNTED_TABLES: &str = concat!(
-    "SELECT c.oid::regclass::text FROM pg_catalog.pg_extension AS e
+/// The extension's data tables (those it registers with `pg_extension_config_dump`).
+const EXTENSION_TABLES: &str = "SELECT c.oid::regclass::text FROM pg_catalog.pg_extension AS e
       CROSS JOIN LATERAL pg_catalog.unnest(e.extconfig) AS t(oid)
        JOIN pg_catalog.pg_class AS c ON c.oid = t.oid
-      WHERE e.extname = 'dl_tenancy'
-     UNION ",
-    tenant_tables!(),
-    " ORDER BY 1"
-);
+      WHERE e.extname = 'dl_tenancy' ORDER BY 1";
 
-pub(crate) fn count_rows(db: &mut impl postgres::GenericClient) -> Result<BTreeMap<String, i64>> {
+/// Rows of each of the extension's data tables, on a platform session. Safe to plan there:
+/// tenants cannot put code on these tables (indexes, statistics, policies, rules and
+/// triggers need ownership or TRIGGER, which no tenant role has).
+pub(crate) fn count_extension_rows(
+    db: &mut impl postgres::GenericClient,
+) -> Result<BTreeMap<String, i64>> {
     db.batch_execute("SET search_path = pg_catalog, pg_temp")?;
     let tables: Vec<String> = db
-        .query(COUNTED_TABLES, &[])?
+        .query(EXTENSION_TABLES, &[])?
         .iter()
         .map(|r| r.get(0))
         .collect();
     count_each(db, &tables)
 }
 
-/// Rows per table of `tenant_custom`.
-pub(crate) fn count_tenant_rows(db: &mut Client) -> Result<BTreeMap<String, i64>> {
-    db.batch_execute("SET search_path = pg_catalog, pg_temp")?;
+/// Rows of each table of `tenant_custom`, counted in a session of the workspace's
+/// [`TenantLoader`] (the tenant's own powers), never on a platform session: planning a query
+/// over a tenant's table runs the tenant's code (the planner folds IMMUTABLE calls of its
+/// expression indexes and statistics), which would run as whoever plans it. In `snapshot`
+/// (exported by the platform session that dumps) when given. `db` is a platform session on the
+/// workspace database, used only to read the catalog.
+pub(crate) fn count_tenant_rows(
+    db: &mut impl postgres::GenericClient,
+    admin_conn: &str,
+    names: &WorkspaceNames,
+    snapshot: Option<&str>,
+) -> Result<BTreeMap<String, i64>> {
     let tables: Vec<String> = db
-        .query(tenant_tables!(), &[])?
+        .query(TENANT_TABLES, &[])?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    count_each(db, &tables)
+    if tables.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let loader = TenantLoader::create(admin_conn, names)?;
+    let counted = loader.connect().and_then(|mut tenant| {
+        let mut tx = tenant
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        if let Some(s) = snapshot {
+            tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", quote_literal(s)))?;
+        }
+        let rows = count_each(&mut tx, &tables)?;
+        tx.commit()?;
+        Ok(rows)
+    });
+    let removed = loader.remove();
+    let counted = counted?;
+    removed?;
+    Ok(counted)
+}
+
+/// Rows of every table a copy must carry: the extension's data tables (counted on the
+/// platform session `db`) and the tenant's (counted as the tenant: [`count_tenant_rows`]).
+pub(crate) fn count_all_rows(
+    db: &mut impl postgres::GenericClient,
+    admin_conn: &str,
+    names: &WorkspaceNames,
+) -> Result<BTreeMap<String, i64>> {
+    let mut rows = count_extension_rows(db)?;
+    rows.extend(count_tenant_rows(db, admin_conn, names, None)?);
+    Ok(rows)
 }
 
 /// Rows of each table, named as `regclass` text prints them with the search path
@@ -122,6 +160,11 @@ fn pg_program_with(name: &str, env: Vec<(&'static str, String)>) -> Command {
 /// A failed client program: its exit status and the end of its stderr.
 fn program_failed(what: &str, status: std::process::ExitStatus, stderr: &[u8]) -> Error {
     let text = String::from_utf8_lossy(stderr);
+    // pg_dump's --lock-wait-timeout, or the platform's lock timeout in a load: a lock held in
+    // the workspace, not a broken archive.
+    if text.contains("could not obtain lock") || text.contains("due to lock timeout") {
+        return crate::error::busy();
+    }
     let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
     Error::new(
         ErrorCode::DatabaseError,
@@ -185,7 +228,13 @@ pub(crate) fn dump_without_data_of(
 
 fn dump_with(admin_conn: &str, db: &str, args: &[&str], out: &mut std::fs::File) -> Result<()> {
     let mut cmd = pg_program("pg_dump", admin_conn)?;
-    cmd.args(["--format=custom", "--dbname", db]).args(args);
+    // A tenant holding a lock on one of its tables makes the dump answer `busy`, not wait.
+    let lock_wait = format!(
+        "--lock-wait-timeout={}",
+        crate::fences::PLATFORM_LOCK_TIMEOUT_MS
+    );
+    cmd.args(["--format=custom", &lock_wait, "--dbname", db])
+        .args(args);
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let mut stdout = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
@@ -384,32 +433,38 @@ impl TenantLoader {
         Ok(pg_program_with(name, env))
     }
 
+    /// A session as this login on the workspace database (the admin's host, port and TLS),
+    /// with the platform's lock and statement timeouts: the tenant's code may run in it.
+    pub(crate) fn connect(&self) -> Result<Client> {
+        let (mut cfg, tls) = crate::connection::client_config(&self.admin_conn)?;
+        cfg.user(&self.role)
+            .password(&self.password)
+            .dbname(&self.db)
+            .application_name("dl-tenancy")
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .options(&format!(
+                "-c lock_timeout={} -c statement_timeout={}",
+                crate::fences::PLATFORM_LOCK_TIMEOUT_MS,
+                crate::fences::PLATFORM_STATEMENT_TIMEOUT_MS
+            ));
+        Ok(cfg.connect(tls)?)
+    }
+
     /// The login and its sessions gone.
     pub(crate) fn remove(&self) -> Result<()> {
         let mut admin = connect(&self.admin_conn, None)?;
-        remove_loader(&mut admin, &self.db, &self.role)
+        remove_loader(&self.admin_conn, &mut admin, &self.role)
     }
 }
 
-/// Drop a workspace's load login, if a load (or a crash during one) left it.
-pub(crate) fn remove_loader(admin: &mut Client, db: &str, role: &str) -> Result<()> {
-    if !role_exists(admin, role)? {
-        return Ok(());
+/// Drop a workspace's load login, if a load (or a crash during one) left it. The tenant may
+/// have granted it something while it existed (it is one of the workspace's own roles):
+/// [`drop_role_everywhere`] takes that away first.
+pub(crate) fn remove_loader(admin_conn: &str, admin: &mut Client, role: &str) -> Result<()> {
+    if role_exists(admin, role)? {
+        admin.batch_execute(&format!("ALTER ROLE {} NOLOGIN", quote_ident(role)))?;
     }
-    let q = quote_ident(role);
-    admin.batch_execute(&format!("ALTER ROLE {q} NOLOGIN"))?;
-    admin.execute(
-        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1",
-        &[&role],
-    )?;
-    if crate::servers::database_exists(admin, db)? {
-        admin.batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {} FROM {q}",
-            quote_ident(db)
-        ))?;
-    }
-    admin.batch_execute(&format!("DROP ROLE {q}"))?;
-    Ok(())
+    drop_role_everywhere(admin_conn, admin, role)
 }
 
 /// Run a program to its end, or kill it at `limit`.

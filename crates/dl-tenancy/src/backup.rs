@@ -7,11 +7,12 @@
 //! archive's bytes (`tail -n +3 FILE | pg_restore -l` lists it).
 
 use crate::archive::{
-    count_rows, dump_archive, has_tenant_objects, load_archive, verify_rows, version_key, TempDir,
+    count_all_rows, count_extension_rows, count_tenant_rows, dump_archive, has_tenant_objects,
+    load_archive, verify_rows, version_key, TempDir,
 };
 use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
-use crate::names::{quote_ident, validate_workspace_id, WorkspaceNames};
+use crate::names::{validate_workspace_id, WorkspaceNames};
 use crate::servers::EXTENSION;
 use crate::suspension::record_event;
 use crate::workspaces::with_workspace_lock;
@@ -109,6 +110,15 @@ impl Tenancy {
             &[&EXTENSION],
         )?;
         let snapshot: String = facts.get(0);
+        // The extension's tables counted here, the tenant's in the same snapshot as the
+        // tenant (archive::count_tenant_rows: counting plans the tenant's code).
+        let mut rows = count_extension_rows(&mut tx)?;
+        rows.extend(count_tenant_rows(
+            &mut tx,
+            &server.admin_conn,
+            &names,
+            Some(&snapshot),
+        )?);
         let manifest = Manifest {
             format: 1,
             workspace: workspace.into(),
@@ -122,7 +132,7 @@ impl Tenancy {
             })?,
             server_version: facts.get(2),
             created_at: facts.get(3),
-            rows: count_rows(&mut tx)?,
+            rows,
         };
 
         self.progress.step(|| {
@@ -205,13 +215,12 @@ impl Tenancy {
         let server = self.load_server(ctl, &server_id)?;
         let db = names.database();
         let mut target = connect(&server.admin_conn, Some(&db))?;
-        let before = count_rows(&mut target)?;
-        let filled: Vec<&String> = before
-            .iter()
-            .filter(|(t, n)| **n > 0 && t.as_str() != "dl_meta.schema_migrations")
-            .map(|(t, _)| t)
-            .collect();
-        if !filled.is_empty() || has_tenant_objects(&mut target)? {
+        // The catalog first: with no tenant object, only the extension's tables hold rows.
+        let filled = has_tenant_objects(&mut target)?
+            || count_extension_rows(&mut target)?
+                .iter()
+                .any(|(t, n)| *n > 0 && t.as_str() != "dl_meta.schema_migrations");
+        if filled {
             return Err(Error::new(
                 ErrorCode::Conflict,
                 format!("workspace {ws} is not empty (it has data or tenant_custom objects); restore only into a new or empty workspace"),
@@ -247,8 +256,9 @@ impl Tenancy {
             archive,
             tmp,
         )?;
-        self.disown_source_roles(&mut target, manifest, &names)?;
-        let rows = count_rows(&mut target)?;
+        // Grants and owners naming the source's roles never landed: the extension's guard
+        // skips them in a load session. The manifest names no database we act on.
+        let rows = count_all_rows(&mut target, &server.admin_conn, &names)?;
         verify_rows(&manifest.rows, &rows)?;
         self.progress.step(|| {
             format!(
@@ -276,28 +286,6 @@ impl Tenancy {
             extension_version: version,
             rows,
         })
-    }
-
-    /// Objects the source's own roles owned go to the group role (as `provision` intends for
-    /// everything in `tenant_custom`), and privileges granted to them are dropped: a restore
-    /// on the source's server must not give the source's logins anything here.
-    fn disown_source_roles(
-        &self,
-        target: &mut Client,
-        manifest: &Manifest,
-        names: &WorkspaceNames,
-    ) -> Result<()> {
-        let source = WorkspaceNames::recorded(&manifest.workspace, &manifest.database)?;
-        let ours = names.all_roles();
-        for role in source.all_roles() {
-            if crate::servers::role_exists(target, &role)? && !ours.contains(&role) {
-                target.batch_execute(&format!(
-                    "REASSIGN OWNED BY {r} TO dl_tenant_override; DROP OWNED BY {r}",
-                    r = quote_ident(&role)
-                ))?;
-            }
-        }
-        Ok(())
     }
 }
 

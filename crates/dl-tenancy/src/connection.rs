@@ -18,12 +18,14 @@
 //! store.
 
 use crate::error::{invalid, Error, ErrorCode, Result};
+use crate::fences::{PLATFORM_LOCK_TIMEOUT_MS, PLATFORM_STATEMENT_TIMEOUT_MS};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::X509;
 use postgres::config::{Host, SslMode as PgSslMode};
 use postgres::Client;
 use postgres_openssl::MakeTlsConnector;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// libpq's `sslmode` values.
@@ -154,11 +156,51 @@ pub fn connector(tls: &TlsOptions) -> Result<MakeTlsConnector> {
     Ok(connector)
 }
 
+/// The statement timeout of platform sessions in this process (see
+/// [`crate::fences::PLATFORM_STATEMENT_TIMEOUT_MS`]).
+static STATEMENT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(PLATFORM_STATEMENT_TIMEOUT_MS);
+
+/// Lower the statement timeout of every platform session this process opens from now on
+/// (`serve`: to its call timeout, so a backend never outlives the call that gave up on it).
+pub fn limit_platform_statements(limit: Duration) {
+    let ms = (limit.as_millis() as u64).clamp(1_000, PLATFORM_STATEMENT_TIMEOUT_MS);
+    STATEMENT_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+/// The startup `options` of a platform session: the connection string's own, then the
+/// platform's lock and statement timeouts, so no tenant lock or slow statement can keep a
+/// session of ours waiting (an operation that needs longer sets its own, as upgrade does).
+fn platform_options(own: Option<&str>) -> String {
+    let ours = format!(
+        "-c lock_timeout={PLATFORM_LOCK_TIMEOUT_MS} -c statement_timeout={}",
+        STATEMENT_TIMEOUT_MS.load(Ordering::Relaxed)
+    );
+    match own {
+        Some(o) if !o.trim().is_empty() => format!("{o} {ours}"),
+        _ => ours,
+    }
+}
+
+/// A platform session on a PostgreSQL server: [`connect_plain`] with the platform's lock and
+/// statement timeouts ([`platform_options`]).
+pub fn connect(conn: &str, dbname: Option<&str>) -> Result<Client> {
+    open(conn, dbname, true)
+}
+
 /// Connect with a connection string (URL or key/value), optionally to another database:
 /// TLS as its `sslmode`/`sslrootcert` say ([`client_config`]), a 10 s connect timeout and
-/// `application_name=dl-tenancy` unless it sets them.
-pub fn connect(conn: &str, dbname: Option<&str>) -> Result<Client> {
+/// `application_name=dl-tenancy` unless it sets them. For PgBouncer's console, which takes
+/// no startup options.
+pub fn connect_plain(conn: &str, dbname: Option<&str>) -> Result<Client> {
+    open(conn, dbname, false)
+}
+
+fn open(conn: &str, dbname: Option<&str>, platform: bool) -> Result<Client> {
     let (mut cfg, tls, opts) = prepare(conn)?;
+    if platform {
+        let options = platform_options(cfg.get_options());
+        cfg.options(&options);
+    }
     if let Some(db) = dbname {
         cfg.dbname(db);
     }

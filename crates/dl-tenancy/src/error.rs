@@ -19,6 +19,9 @@ pub enum ErrorCode {
     NotProvisioned,
     /// Another call holds the workspace's lock for too long, or the workspace is half-way.
     ProvisioningInProgress,
+    /// Something in the workspace (a tenant's lock or open transaction) kept the operation
+    /// waiting past the platform's lock or statement timeout; nothing was changed, retry.
+    Busy,
     /// The last provisioning attempt failed; run provision again.
     ProvisioningFailed,
     /// No active server is registered to place a workspace on.
@@ -70,6 +73,7 @@ impl ErrorCode {
             ErrorCode::ConfirmationRequired => "confirmation_required",
             ErrorCode::NotProvisioned => "not_provisioned",
             ErrorCode::ProvisioningInProgress => "provisioning_in_progress",
+            ErrorCode::Busy => "busy",
             ErrorCode::ProvisioningFailed => "provisioning_failed",
             ErrorCode::NoServer => "no_server",
             ErrorCode::ServerNotFound => "server_not_found",
@@ -121,6 +125,7 @@ impl ErrorCode {
             ErrorCode::NoServer
             | ErrorCode::ServerUnreachable
             | ErrorCode::LocalNotInitialized
+            | ErrorCode::Busy
             | ErrorCode::Timeout => 503,
             ErrorCode::ProvisioningFailed
             | ErrorCode::ExtensionUnavailable
@@ -202,12 +207,10 @@ impl From<postgres::Error> for Error {
     fn from(e: postgres::Error) -> Self {
         if let Some(db) = e.as_db_error() {
             let code = db.code().code();
-            let mut error = if code == "55P03" {
-                // lock_not_available: our lock_timeout on a workspace lock.
-                Error::new(
-                    ErrorCode::ProvisioningInProgress,
-                    "another operation on this workspace is still running; retry later",
-                )
+            let mut error = if code == "55P03" || code == "57014" {
+                // lock_not_available / query_canceled: the platform's lock or statement
+                // timeout (connection.rs) ran out while something held the workspace.
+                busy()
             } else {
                 let class = &code[..2];
                 let c = if class == "08" || code == "57P01" || code == "57P03" || code == "3D000" {
@@ -241,6 +244,14 @@ impl From<pg_harness::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The answer when a workspace kept a platform operation waiting past its timeouts.
+pub(crate) fn busy() -> Error {
+    Error::new(
+        ErrorCode::Busy,
+        "the workspace is busy: a lock or transaction in it kept this operation waiting; retry later",
+    )
+}
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorCode::InvalidArgument, msg)

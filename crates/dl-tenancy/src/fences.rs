@@ -240,3 +240,31 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     // prepare by default work through the pooled URI.
     ("max_prepared_statements", "200"),
 ];
+
+/// How long a session of the platform's own (the tool, `serve`) waits for a lock before it
+/// gives up with `busy`: a tenant can hold locks on its own tables (and row locks on the
+/// override tables), and no platform operation may wait on a tenant for ever.
+pub const PLATFORM_LOCK_TIMEOUT_MS: u64 = 5_000;
+
+/// The longest one statement of a platform session may run. `serve` lowers it to its call
+/// timeout, so a call the API gave up on ends its backend too instead of leaving it behind.
+pub const PLATFORM_STATEMENT_TIMEOUT_MS: u64 = 15 * 60 * 1_000;
+
+/// The longest a workspace login's transaction may stay open, whatever it set in its session
+/// (PostgreSQL 15 has no `transaction_timeout`): the extension's watchdog ends the session
+/// past it, so an open tenant transaction cannot hold up logical slot creation, vacuum or a
+/// move server-wide for longer. `local up` writes it as `dl_tenancy.transaction_limit`.
+pub const TENANT_TRANSACTION_LIMIT_MS: u64 = 5 * 60 * 1_000;
+
+/// The extension's watchdog (a background worker; `shared_preload_libraries`) ends the
+/// sessions of retired logins (NOLOGIN, or past their VALID UNTIL: a rotation's grace) and
+/// tenant transactions past [`TENANT_TRANSACTION_LIMIT_MS`], whether or not `serve` runs.
+pub fn watchdog_settings() -> Vec<(String, String)> {
+    vec![
+        ("shared_preload_libraries".into(), "dl_tenancy".into()),
+        (
+            "dl_tenancy.transaction_limit".into(),
+            TENANT_TRANSACTION_LIMIT_MS.to_string(),
+        ),
+    ]
+}

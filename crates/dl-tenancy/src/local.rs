@@ -168,7 +168,10 @@ impl Layout {
                 ("ssl_min_protocol_version".into(), "TLSv1.2".into()),
                 // A move streams a workspace off this server by logical replication.
                 ("wal_level".into(), "logical".into()),
-            ],
+            ]
+            .into_iter()
+            .chain(crate::fences::watchdog_settings())
+            .collect(),
             hba: Some(hba_conf()),
             ident: Some(ident_conf()),
         }

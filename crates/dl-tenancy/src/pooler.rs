@@ -171,7 +171,7 @@ impl Console {
             "host=127.0.0.1 port={port} user={POOLER_ADMIN_USER} dbname=pgbouncer sslmode=require password={}",
             admin_password(key)
         );
-        let client = crate::connection::connect(&conn, None).map_err(|e| {
+        let client = crate::connection::connect_plain(&conn, None).map_err(|e| {
             Error::new(
                 ErrorCode::ServerUnreachable,
                 format!(

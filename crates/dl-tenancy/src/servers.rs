@@ -92,6 +92,41 @@ pub(crate) fn ensure_tool_login(
     Ok(())
 }
 
+/// Drop a role of a workspace (or one the tool made for it), if it exists: its sessions
+/// ended, then, in every database that names it (`pg_shdepend`), whatever it owns there and
+/// was granted there taken away, then `DROP ROLE`. A tenant can name any role in a GRANT (role
+/// names are visible), so without this sweep a grant in another database would make `DROP
+/// ROLE` fail with 2BP01 for good. Nothing of a tenant's is evaluated: `DROP OWNED` only
+/// revokes and drops catalog entries.
+pub(crate) fn drop_role_everywhere(admin_conn: &str, admin: &mut Client, role: &str) -> Result<()> {
+    if !role_exists(admin, role)? {
+        return Ok(());
+    }
+    admin.execute(
+        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+          WHERE usename = $1 AND pid <> pg_catalog.pg_backend_pid()",
+        &[&role],
+    )?;
+    let named_in: Vec<String> = admin
+        .query(
+            "SELECT DISTINCT d.datname::text FROM pg_catalog.pg_shdepend AS s
+               JOIN pg_catalog.pg_database AS d ON d.oid = s.dbid
+              WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+                AND s.refobjid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1)
+                AND d.datallowconn",
+            &[&role],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for db in named_in {
+        connect(admin_conn, Some(&db))?
+            .batch_execute(&format!("DROP OWNED BY {}", quote_ident(role)))?;
+    }
+    admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))?;
+    Ok(())
+}
+
 /// Whether a database of that name exists on the server `admin` is connected to.
 pub(crate) fn database_exists(admin: &mut Client, db: &str) -> Result<bool> {
     Ok(admin

@@ -416,9 +416,10 @@ impl Tenancy {
             ))?;
             out.dropped_database = true;
         }
+        crate::archive::remove_loader(&server.admin_conn, &mut admin, &names.loader())?;
         for role in names.all_roles() {
             if role_exists(&mut admin, &role)? {
-                admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(&role)))?;
+                crate::servers::drop_role_everywhere(&server.admin_conn, &mut admin, &role)?;
                 out.dropped_roles.push(role);
             }
         }

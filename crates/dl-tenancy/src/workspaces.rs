@@ -87,7 +87,14 @@ fn lock_workspace(ctl: &mut Client, ws: &str) -> Result<()> {
     ctl.execute(
         "SELECT pg_catalog.pg_advisory_lock($1, pg_catalog.hashtext($2))",
         &[&LOCK_WORKSPACE, &ws],
-    )?;
+    )
+    .map_err(|e| match Error::from(e) {
+        e if e.sqlstate() == Some("55P03") => Error::new(
+            ErrorCode::ProvisioningInProgress,
+            "another operation on this workspace is still running; retry later",
+        ),
+        e => e,
+    })?;
     ctl.batch_execute("RESET lock_timeout")?;
     Ok(())
 }

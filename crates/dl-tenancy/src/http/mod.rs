@@ -395,15 +395,12 @@ pub fn init_logging() {
 /// do not outlive its grace by more than [`crate::GRACE_SWEEP_INTERVAL`]. Runs until the
 /// process exits; a failed round is logged and retried.
 fn spawn_grace_sweeper(tenancy: Tenancy) {
-    std::thread::spawn(move || loop {
-        std::thread::sleep(crate::GRACE_SWEEP_INTERVAL);
-        match tenancy.expire_grace_periods() {
-            Ok(revoked) if !revoked.is_empty() => {
-                tracing::info!(logins = revoked.len(), "grace periods ended")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(code = e.code.as_str(), "ending grace periods failed"),
+    spawn_sweeper("grace", crate::GRACE_SWEEP_INTERVAL, false, move || {
+        let revoked = tenancy.expire_grace_periods()?;
+        if !revoked.is_empty() {
+            tracing::info!(logins = revoked.len(), "grace periods ended");
         }
+        Ok(())
     });
 }
 
@@ -411,16 +408,37 @@ fn spawn_grace_sweeper(tenancy: Tenancy) {
 /// at start, then every `interval`. Runs until the process exits; a failed round is logged
 /// and retried.
 fn spawn_purge_sweeper(tenancy: Tenancy, interval: Duration) {
-    std::thread::spawn(move || loop {
-        match tenancy.purge_expired() {
-            Ok(purged) => {
-                for p in purged {
-                    tracing::info!(workspace = %p.workspace, "deleted workspace purged");
-                }
-            }
-            Err(e) => tracing::warn!(code = e.code.as_str(), "purging deleted workspaces failed"),
+    spawn_sweeper("purge", interval, true, move || {
+        for p in tenancy.purge_expired()? {
+            tracing::info!(workspace = %p.workspace, "deleted workspace purged");
         }
-        std::thread::sleep(interval);
+        Ok(())
+    });
+}
+
+/// A background loop that never dies silently: a round that fails, or panics (a client
+/// library can panic when the process runs out of file descriptors), is logged, and the
+/// next round runs after `interval` as usual.
+fn spawn_sweeper(
+    name: &'static str,
+    interval: Duration,
+    first_at_once: bool,
+    mut round: impl FnMut() -> crate::Result<()> + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        if !first_at_once {
+            std::thread::sleep(interval);
+        }
+        loop {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut round)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(sweeper = name, code = e.code.as_str(), "round failed")
+                }
+                Err(_) => tracing::error!(sweeper = name, "round panicked; retrying"),
+            }
+            std::thread::sleep(interval);
+        }
     });
 }
 
@@ -428,6 +446,8 @@ fn spawn_purge_sweeper(tenancy: Tenancy, interval: Duration) {
 /// serve until SIGTERM/SIGINT. Blocking.
 pub fn run(config: &Config, opts: &ServeOptions) -> crate::Result<()> {
     init_logging();
+    // A call the API gives up on must not leave its backend running behind it.
+    crate::connection::limit_platform_statements(opts.call_timeout);
     let tenancy = Tenancy::open(config)?;
     spawn_grace_sweeper(tenancy.clone());
     spawn_purge_sweeper(tenancy.clone(), opts.purge_sweep_interval);

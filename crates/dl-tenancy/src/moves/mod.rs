@@ -21,7 +21,7 @@
 mod logical;
 
 use crate::archive::{
-    count_rows, count_tenant_rows, dump_archive, dump_without_data_of, has_tenant_state,
+    count_all_rows, count_tenant_rows, dump_archive, dump_without_data_of, has_tenant_state,
     load_archive, load_tenant_objects, verify_rows, version_key, TempDir,
 };
 use crate::connection::connect;
@@ -531,8 +531,11 @@ impl Tenancy {
                     quote_ident(EXTENSION)
                 ))?;
                 // The streamed tables were compared in the catch-up; the tenant's now.
-                let counted = count_tenant_rows(&mut source_db)?;
-                verify_rows(&counted, &count_tenant_rows(&mut target_db)?)?;
+                let counted = count_tenant_rows(&mut source_db, &source.admin_conn, names, None)?;
+                verify_rows(
+                    &counted,
+                    &count_tenant_rows(&mut target_db, &target.admin_conn, names, None)?,
+                )?;
                 rows.extend(counted);
                 rows
             }
@@ -558,8 +561,11 @@ impl Tenancy {
                     &archive,
                     &tmp.0,
                 )?;
-                let rows = count_rows(&mut source_db)?;
-                verify_rows(&rows, &count_rows(&mut target_db)?)?;
+                let rows = count_all_rows(&mut source_db, &source.admin_conn, names)?;
+                verify_rows(
+                    &rows,
+                    &count_all_rows(&mut target_db, &target.admin_conn, names)?,
+                )?;
                 rows
             }
         };
@@ -684,7 +690,7 @@ impl Tenancy {
             }
         }
         if let Ok(mut admin) = connect(&target.admin_conn, None) {
-            let _ = drop_database_and_roles(&mut admin, names);
+            let _ = drop_database_and_roles(&target.admin_conn, &mut admin, names);
         }
     }
 
@@ -756,7 +762,11 @@ impl Tenancy {
         if let Some(handle) = self.move_handle(ctl, ws)? {
             logical::remove(source, target, &names.database(), &handle)?;
         }
-        drop_database_and_roles(&mut connect(&source.admin_conn, None)?, names)?;
+        drop_database_and_roles(
+            &source.admin_conn,
+            &mut connect(&source.admin_conn, None)?,
+            names,
+        )?;
         self.progress
             .step(|| format!("{ws}: dropped the copy on {}", source.id));
         ctl.execute(
@@ -972,18 +982,18 @@ fn copy_verifiers(source: &mut Client, target: &mut Client, names: &WorkspaceNam
     Ok(())
 }
 
-fn drop_database_and_roles(admin: &mut Client, names: &WorkspaceNames) -> Result<()> {
-    crate::archive::remove_loader(admin, &names.database(), &names.loader())?;
+fn drop_database_and_roles(
+    admin_conn: &str,
+    admin: &mut Client,
+    names: &WorkspaceNames,
+) -> Result<()> {
+    crate::archive::remove_loader(admin_conn, admin, &names.loader())?;
     admin.batch_execute(&format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
         quote_ident(&names.database())
     ))?;
     for role in names.all_roles() {
-        admin.execute(
-            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1",
-            &[&role],
-        )?;
-        admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(&role)))?;
+        crate::servers::drop_role_everywhere(admin_conn, admin, &role)?;
     }
     Ok(())
 }

@@ -269,7 +269,12 @@ impl TlsCluster {
             dl_tenancy_ctl::certs::ensure(&cert_dir.join("tls"), &["localhost", "127.0.0.1"])
                 .unwrap();
         assert!(made);
-        let pg = pg_harness::PgCluster::builder()
+        let mut builder = pg_harness::PgCluster::builder();
+        // The extension's watchdog, as `local up` sets it (README: your own servers).
+        for (name, value) in dl_tenancy_ctl::fences::watchdog_settings() {
+            builder = builder.conf(&name, &value);
+        }
+        let pg = builder
             .conf("ssl", "on")
             .conf("ssl_cert_file", certs.server_cert.to_str().unwrap())
             .conf("ssl_key_file", certs.server_key.to_str().unwrap())
