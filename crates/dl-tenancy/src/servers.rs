@@ -123,6 +123,26 @@ pub(crate) fn drop_role_everywhere(admin_conn: &str, admin: &mut Client, role: &
         connect(admin_conn, Some(&db))?
             .batch_execute(&format!("DROP OWNED BY {}", quote_ident(role)))?;
     }
+    // Privileges on databases themselves (shared objects: pg_shdepend's dbid 0).
+    let databases: Vec<String> = admin
+        .query(
+            "SELECT d.datname::text FROM pg_catalog.pg_shdepend AS s
+               JOIN pg_catalog.pg_database AS d ON d.oid = s.objid
+              WHERE s.dbid = 0 AND s.classid = 'pg_catalog.pg_database'::pg_catalog.regclass
+                AND s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+                AND s.refobjid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1)",
+            &[&role],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for db in databases {
+        admin.batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {} FROM {}",
+            quote_ident(&db),
+            quote_ident(role)
+        ))?;
+    }
     admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))?;
     Ok(())
 }

@@ -181,9 +181,9 @@ fn restore_leaves_the_source_and_neighbours_alone() {
             }
         }
     }
-    let mut reader = connect(&env.uri(ATTACKER, Kind::Read, true)).unwrap();
+    let mut over = connect(&env.uri(ATTACKER, Kind::Override, true)).unwrap();
     assert_eq!(
-        count(&mut reader, "SELECT count(*) FROM tenant_custom.segments"),
+        count(&mut over, "SELECT count(*) FROM tenant_custom.segments"),
         40
     );
 }

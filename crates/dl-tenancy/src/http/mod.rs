@@ -483,3 +483,27 @@ pub fn run(config: &Config, opts: &ServeOptions) -> crate::Result<()> {
     rt.shutdown_timeout(Duration::from_secs(1));
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A round that panics or fails does not end the loop: the next round still runs.
+    #[test]
+    fn a_sweeper_survives_a_panicking_round() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut round = 0;
+        spawn_sweeper("test", Duration::from_millis(1), true, move || {
+            round += 1;
+            match round {
+                1 => panic!("out of file descriptors"),
+                2 => Err(crate::Error::new(ErrorCode::Internal, "a failed round")),
+                n => {
+                    let _ = tx.send(n);
+                    Ok(())
+                }
+            }
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)), Ok(3));
+    }
+}
