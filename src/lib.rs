@@ -45,14 +45,31 @@ mod spi;
 mod tenant_guard;
 mod validation;
 mod version;
+mod watchdog;
 
 ::pgrx::pg_module_magic!(name, version);
 
-/// Runs once per backend, when the library is first loaded (for workspace databases: at
-/// session start, through `session_preload_libraries`).
+/// Runs once per process, when the library is first loaded (for workspace databases: at
+/// session start, through `session_preload_libraries`; in the postmaster, through
+/// `shared_preload_libraries`, which also starts the watchdog).
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    quiet_panic_hook();
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    watchdog::define_settings(preloading);
     tenant_guard::install();
+    if preloading {
+        watchdog::register();
+    }
+}
+
+/// Replaces pgrx's panic hook, which captures a Rust backtrace at every panic, including the
+/// one pgrx makes of each PostgreSQL error raised under a Rust frame; pgrx then appends it
+/// to the error's DETAIL. With RUST_BACKTRACE set in the server's environment, a client read
+/// ~20 frames of the extension's internals. The hook belongs to this library's copy of the
+/// Rust runtime only, and the error itself (SQLSTATE, message, detail, hint) is unchanged.
+fn quiet_panic_hook() {
+    std::panic::set_hook(Box::new(|_| {}));
 }
 
 // The install script, in order. Every piece runs with search_path = pg_catalog, pg_temp (set

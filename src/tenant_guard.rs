@@ -8,7 +8,17 @@
 //!   rotation would give a retired credential a password of the attacker's choice;
 //! - `ALTER ROLE CURRENT_USER SET work_mem = ...` persists settings beyond the session;
 //! - `LISTEN` / `NOTIFY` write the notification queue that every database of the server
-//!   shares (`pg_notify()` itself is revoked in SQL, 0.4.0).
+//!   shares (`pg_notify()` itself is revoked in SQL, 0.4.0);
+//! - `GRANT ... TO` / `CREATE POLICY ... TO` a neighbour's login (role names are public in
+//!   pg_roles) adds a pg_shdepend row that makes the neighbour's `DROP ROLE` fail (2BP01)
+//!   for good: workspace logins grant only to PUBLIC, the tenant groups and their own
+//!   workspace's roles (0.6.0);
+//! - `LOCK TABLE dl_override.person_overrides IN ACCESS EXCLUSIVE MODE` would block the
+//!   platform's reads: workspace logins lock only tables in `tenant_custom` (0.6.0).
+//!
+//! Load mode: the platform restores a tenant's objects logged in as `<database>_load`. A
+//! backup of another workspace names that workspace's roles in grants, policies and owner
+//! changes; those statements are skipped with a WARNING instead of failing the restore.
 //!
 //! A workspace login is one whose session user is a member of `dl_tenant_read` or
 //! `dl_tenant_override`; superusers and the platform's logins are never refused.
@@ -17,6 +27,7 @@ use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use std::cell::Cell;
+use std::ffi::{CStr, CString};
 
 thread_local! {
     /// The hook that was installed before ours (another extension's, or none).
@@ -30,10 +41,12 @@ pub(crate) fn install() {
     }
 }
 
-/// Why a statement is refused, and what to do instead; `None` for everything else.
-unsafe fn refusal(
-    statement: *mut pg_sys::Node,
-) -> Option<(&'static str, &'static str, &'static str)> {
+/// A refusal or a warning: message, detail, hint.
+type Text = (&'static str, &'static str, &'static str);
+
+/// Why a statement is refused whatever it names, and what to do instead; `None` for
+/// everything else.
+unsafe fn refusal(statement: *mut pg_sys::Node) -> Option<Text> {
     match (*statement).type_ {
         pg_sys::NodeTag::T_ListenStmt | pg_sys::NodeTag::T_NotifyStmt => Some((
             "LISTEN and NOTIFY are not available to workspace logins",
@@ -54,6 +67,156 @@ unsafe fn refusal(
     }
 }
 
+const FOREIGN_GRANTEE: Text = (
+    "workspace logins can grant only to roles of their own workspace",
+    "A grant or policy naming a role of another workspace would tie that role to this database.",
+    "Grant to PUBLIC, dl_tenant_read, dl_tenant_override or a role of this workspace.",
+);
+
+const FOREIGN_LOCK: Text = (
+    "workspace logins can lock only tables in tenant_custom",
+    "An explicit lock on another relation (or on a view, which locks what it reads) would block the platform.",
+    "Lock your own tables in tenant_custom; writes take the row locks they need by themselves.",
+);
+
+/// What the load login does with a statement naming a role of another workspace.
+const SKIPPED_IN_LOAD: Text = (
+    "dl_tenancy: skipped a grant, policy or owner change naming a role outside this workspace",
+    "A backup of another workspace names that workspace's roles; they are not restored here.",
+    "Objects stay owned by dl_tenant_override; grant to this workspace's roles after the restore.",
+);
+
+/// How a statement hands something to roles: privileges and policies are checked for every
+/// workspace login, owner changes only in load mode (PostgreSQL already requires membership
+/// in the new owner otherwise).
+#[derive(PartialEq)]
+enum Handover {
+    Grant,
+    Owner,
+}
+
+/// Items of a parse-tree List of pointers.
+unsafe fn list_items<T>(list: *mut pg_sys::List) -> Vec<*mut T> {
+    if list.is_null() {
+        return vec![];
+    }
+    (0..(*list).length as usize)
+        .map(|i| (*(*list).elements.add(i)).ptr_value.cast())
+        .collect()
+}
+
+/// The roles a statement grants to, gives a policy to, or makes owner; None when it does none
+/// of that (a REVOKE takes away, so it is never checked).
+unsafe fn recipients(
+    statement: *mut pg_sys::Node,
+) -> Option<(Handover, Vec<*mut pg_sys::RoleSpec>)> {
+    let grant = |stmt: *mut pg_sys::GrantStmt| {
+        (!stmt.is_null() && (*stmt).is_grant)
+            .then(|| (Handover::Grant, list_items((*stmt).grantees)))
+    };
+    match (*statement).type_ {
+        pg_sys::NodeTag::T_GrantStmt => grant(statement.cast()),
+        pg_sys::NodeTag::T_AlterDefaultPrivilegesStmt => {
+            grant((*statement.cast::<pg_sys::AlterDefaultPrivilegesStmt>()).action)
+        }
+        pg_sys::NodeTag::T_GrantRoleStmt => {
+            let stmt = statement.cast::<pg_sys::GrantRoleStmt>();
+            (*stmt)
+                .is_grant
+                .then(|| (Handover::Grant, list_items((*stmt).grantee_roles)))
+        }
+        pg_sys::NodeTag::T_CreatePolicyStmt => Some((
+            Handover::Grant,
+            list_items((*statement.cast::<pg_sys::CreatePolicyStmt>()).roles),
+        )),
+        pg_sys::NodeTag::T_AlterPolicyStmt => Some((
+            Handover::Grant,
+            list_items((*statement.cast::<pg_sys::AlterPolicyStmt>()).roles),
+        )),
+        pg_sys::NodeTag::T_AlterOwnerStmt => Some((
+            Handover::Owner,
+            vec![(*statement.cast::<pg_sys::AlterOwnerStmt>()).newowner],
+        )),
+        pg_sys::NodeTag::T_AlterTableStmt => {
+            let cmds = list_items::<pg_sys::AlterTableCmd>(
+                (*statement.cast::<pg_sys::AlterTableStmt>()).cmds,
+            );
+            let owners: Vec<_> = cmds
+                .into_iter()
+                .filter(|cmd| (**cmd).subtype == pg_sys::AlterTableType::AT_ChangeOwner)
+                .map(|cmd| (*cmd).newowner)
+                .collect();
+            (!owners.is_empty()).then_some((Handover::Owner, owners))
+        }
+        _ => None,
+    }
+}
+
+unsafe fn role_oid(name: &CStr) -> pg_sys::Oid {
+    pg_sys::get_role_oid(name.as_ptr(), true)
+}
+
+/// The database's name, which is also the name of the workspace's NOLOGIN role.
+unsafe fn database_name() -> String {
+    CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// PUBLIC, the two tenant groups, the workspace role or one of its members. A role that does
+/// not exist passes: PostgreSQL reports it as it would anyway.
+unsafe fn is_own_role(role: *mut pg_sys::RoleSpec) -> bool {
+    if role.is_null() || (*role).roletype == pg_sys::RoleSpecType::ROLESPEC_PUBLIC {
+        return true;
+    }
+    let oid = pg_sys::get_rolespec_oid(role, true);
+    if oid == pg_sys::InvalidOid {
+        return true;
+    }
+    if oid == role_oid(c"dl_tenant_read") || oid == role_oid(c"dl_tenant_override") {
+        return true;
+    }
+    let workspace = CString::new(database_name()).unwrap_or_default();
+    let workspace = role_oid(&workspace);
+    // The nosuper check: a superuser is a member of every role, and is not the workspace's.
+    workspace != pg_sys::InvalidOid
+        && (oid == workspace || pg_sys::is_member_of_role_nosuper(oid, workspace))
+}
+
+/// The platform restores a workspace's objects logged in as `<database>_load` (tenants
+/// cannot create roles, so the name is the platform's).
+unsafe fn is_load_login() -> bool {
+    let name = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true);
+    !name.is_null()
+        && CStr::from_ptr(name).to_bytes() == format!("{}_load", database_name()).as_bytes()
+}
+
+/// LOCK TABLE of anything but a table in tenant_custom (a view would lock what it reads).
+unsafe fn locks_outside_tenant_custom(statement: *mut pg_sys::Node) -> bool {
+    if (*statement).type_ != pg_sys::NodeTag::T_LockStmt {
+        return false;
+    }
+    let tenant_custom = pg_sys::get_namespace_oid(c"tenant_custom".as_ptr(), true);
+    list_items::<pg_sys::RangeVar>((*statement.cast::<pg_sys::LockStmt>()).relations)
+        .into_iter()
+        .any(|relation| {
+            let flags = pg_sys::RVROption::RVR_MISSING_OK;
+            let oid = pg_sys::RangeVarGetRelidExtended(
+                relation,
+                pg_sys::NoLock as i32,
+                flags,
+                None,
+                std::ptr::null_mut(),
+            );
+            if oid == pg_sys::InvalidOid {
+                return false; // PostgreSQL says it does not exist
+            }
+            let kind = pg_sys::get_rel_relkind(oid) as u8;
+            pg_sys::get_rel_namespace(oid) != tenant_custom
+                || !(kind == pg_sys::RELKIND_RELATION || kind == pg_sys::RELKIND_PARTITIONED_TABLE)
+        })
+}
+
 unsafe fn is_workspace_login() -> bool {
     let session_user = pg_sys::GetSessionUserId();
     if pg_sys::superuser_arg(session_user) {
@@ -62,26 +225,57 @@ unsafe fn is_workspace_login() -> bool {
     [c"dl_tenant_read", c"dl_tenant_override"]
         .iter()
         .any(|group| {
-            let role = pg_sys::get_role_oid(group.as_ptr(), true);
+            let role = role_oid(group);
             role != pg_sys::InvalidOid && pg_sys::is_member_of_role(session_user, role)
         })
 }
 
-/// Our part of the hook, guarded: refuses with 42501, or returns.
+fn report(level: PgLogLevel, code: PgSqlErrorCode, (message, detail, hint): Text) {
+    ErrorReport::new(code, message, "dl_tenancy::tenant_guard")
+        .set_detail(detail)
+        .set_hint(hint)
+        .report(level);
+}
+
+/// Our part of the hook, guarded: refuses with 42501, or returns whether to run the statement
+/// (false: skipped with a WARNING, in load mode).
 #[pg_guard]
-unsafe extern "C-unwind" fn refuse_if_forbidden(pstmt: *mut pg_sys::PlannedStmt) {
-    if let Some((message, detail, hint)) = refusal((*pstmt).utilityStmt) {
+unsafe extern "C-unwind" fn should_run(pstmt: *mut pg_sys::PlannedStmt) -> bool {
+    let statement = (*pstmt).utilityStmt;
+    if let Some(text) = refusal(statement) {
         if is_workspace_login() {
-            ErrorReport::new(
+            report(
+                PgLogLevel::ERROR,
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                message,
-                "dl_tenancy::tenant_guard",
-            )
-            .set_detail(detail)
-            .set_hint(hint)
-            .report(PgLogLevel::ERROR);
+                text,
+            );
         }
+    } else if let Some((handover, roles)) = recipients(statement) {
+        if !roles.iter().all(|role| is_own_role(*role)) && is_workspace_login() {
+            if is_load_login() {
+                report(
+                    PgLogLevel::WARNING,
+                    PgSqlErrorCode::ERRCODE_WARNING,
+                    SKIPPED_IN_LOAD,
+                );
+                return false;
+            }
+            if handover == Handover::Grant {
+                report(
+                    PgLogLevel::ERROR,
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    FOREIGN_GRANTEE,
+                );
+            }
+        }
+    } else if locks_outside_tenant_custom(statement) && is_workspace_login() {
+        report(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            FOREIGN_LOCK,
+        );
     }
+    true
 }
 
 extern "C-unwind" {
@@ -115,7 +309,9 @@ unsafe extern "C-unwind" fn refuse_for_workspace_logins(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    refuse_if_forbidden(pstmt);
+    if !should_run(pstmt) {
+        return;
+    }
     // The hook installed before ours, else PostgreSQL's own.
     let next = PREVIOUS.get().unwrap_or(postgres_process_utility);
     next(

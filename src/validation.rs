@@ -19,7 +19,8 @@ use std::ffi::{CStr, CString};
 const MAX_KEY_BYTES: usize = 512;
 /// Longest status, in characters.
 const MAX_STATUS_CHARS: i32 = 64;
-/// Largest payload or patch, stored size (what `pg_column_size` reports).
+/// Largest payload or patch, uncompressed (`toast_raw_datum_size`): the stored size is the
+/// compressed one, and a 19 MB patch of repetitive text compresses to a few hundred kB.
 const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 unsafe fn text_arg<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> &'a [u8] {
@@ -42,7 +43,7 @@ unsafe fn valid_status(status: &[u8]) -> bool {
 }
 
 unsafe fn valid_payload_size(payload: Datum) -> bool {
-    pg_sys::toast_datum_size(payload) <= MAX_PAYLOAD_BYTES
+    pg_sys::toast_raw_datum_size(payload) <= MAX_PAYLOAD_BYTES
 }
 
 /// `is_valid_identity_key(key text)`: a non-blank string of at most 512 bytes (NULL: unknown,
@@ -80,7 +81,7 @@ pub unsafe extern "C-unwind" fn dl_is_valid_patch(fcinfo: pg_sys::FunctionCallIn
     )))))
 }
 
-/// `is_valid_payload_size(payload jsonb)`: SQL NULL or at most 1 MiB as stored.
+/// `is_valid_payload_size(payload jsonb)`: SQL NULL or at most 1 MiB uncompressed.
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn dl_is_valid_payload_size(

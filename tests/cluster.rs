@@ -269,3 +269,86 @@ fn concurrent_base_and_override_writes_merge_both() {
         .get(0);
     assert_eq!(payload, json!({"name": "New", "title": "CEO"}));
 }
+
+/// Errors raised while a helper runs reach the client as PostgreSQL wrote them, with no Rust
+/// internals: a CHECK failing in the helper's own statement (constraint name kept), one failing
+/// in the trigger behind it, a lock timeout inside each helper, the helpers' own refusals.
+/// The server runs with RUST_BACKTRACE=1, the worst an operator's environment can give it:
+/// 0.5.0 put a Rust backtrace of ~20 frames into the DETAIL of the first three.
+#[test]
+fn helper_errors_carry_no_rust_internals() {
+    // The cluster's server inherits this process's environment.
+    std::env::set_var("RUST_BACKTRACE", "1");
+    let tc = TenantCluster::start();
+    let mut admin = tc.create_tenant_db("errors");
+    tc.create_login("errors", "ws_override", "dl_tenant_override", "o-secret");
+    tc.create_login("errors", "runtime", "dl_platform_runtime", "r-secret");
+    admin
+        .batch_execute(
+            "ALTER TABLE dl_override.person_overrides ADD CONSTRAINT dl_test_no_forbidden CHECK (identity_key <> 'forbidden');
+             ALTER TABLE dl_internal.resolved_companies ADD CONSTRAINT dl_test_no_boom CHECK (display_name IS DISTINCT FROM 'Boom');",
+        )
+        .unwrap();
+    // Holds the key locks (and rows) of 'held' of both kinds until the end.
+    let mut holder = tc.admin("errors");
+    holder
+        .batch_execute(
+            r#"BEGIN;
+               SELECT dl_apply_person_override('held', NULL, '{"a":1}', NULL);
+               SELECT dl_apply_company_override('held', NULL, '{"a":1}', NULL);"#,
+        )
+        .unwrap();
+    const TENANT: usize = 0;
+    const RUNTIME: usize = 1;
+    let mut clients = [
+        tc.connect("errors", "ws_override", "o-secret").unwrap(),
+        tc.connect("errors", "runtime", "r-secret").unwrap(),
+    ];
+    for client in &mut clients {
+        client.batch_execute("SET lock_timeout = '20ms'").unwrap();
+    }
+    let cases = [
+        (TENANT, r#"SELECT dl_apply_person_override('forbidden', NULL, '{"a":1}', NULL)"#, "23514"),
+        (TENANT, r#"SELECT dl_apply_company_override('c', NULL, '{"name":"Boom"}', NULL)"#, "23514"),
+        (TENANT, "SELECT dl_apply_person_override('k', NULL, '[1]', NULL)", "22023"),
+        (TENANT, "SELECT dl_apply_person_override('k', NULL, jsonb_build_object('x', repeat('a', 1100000)), NULL)", "54000"),
+        (TENANT, r#"SELECT dl_apply_person_override('held', NULL, '{"a":2}', NULL)"#, "55P03"),
+        (TENANT, r#"SELECT dl_apply_company_override('held', NULL, '{"a":2}', NULL)"#, "55P03"),
+        (TENANT, "SELECT dl_tombstone_person('held')", "55P03"),
+        (TENANT, "SELECT dl_tombstone_company('held')", "55P03"),
+        (TENANT, "SELECT dl_clear_person_override('held')", "55P03"),
+        (TENANT, "SELECT dl_clear_company_override('held')", "55P03"),
+        (RUNTIME, "SELECT dl_upsert_person_enrichment('held', '{}', '{}')", "55P03"),
+        (RUNTIME, "SELECT dl_upsert_company_enrichment('held', '{}', '{}')", "55P03"),
+        (RUNTIME, "SELECT dl_upsert_person_enrichment('k', '{}', '[]')", "22023"),
+        (TENANT, "SELECT dl_jsonb_merge_patch('{}', '{}') FROM (SELECT 1/0) z", "22012"),
+    ];
+    for (client, statement, code) in cases {
+        let e = clients[client]
+            .batch_execute(statement)
+            .expect_err(statement);
+        let db = e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{statement}: {e}"));
+        let shown = format!("{db:?}");
+        assert_eq!(db.code().code(), code, "{statement}: {shown}");
+        let text = [Some(db.message()), db.detail(), db.hint()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("\n");
+        for internal in ["backtrace", ".rs", "panicked", "pgrx"] {
+            assert!(!text.contains(internal), "{statement}: {shown}");
+        }
+    }
+    // The helper's own statement keeps every field PostgreSQL gave its error.
+    let e = clients[TENANT]
+        .batch_execute(r#"SELECT dl_apply_person_override('forbidden', NULL, '{"a":1}', NULL)"#)
+        .unwrap_err();
+    assert_eq!(
+        e.as_db_error().and_then(|db| db.constraint()),
+        Some("dl_test_no_forbidden")
+    );
+    holder.batch_execute("COMMIT").unwrap();
+    clients[TENANT].batch_execute("SELECT 1").unwrap();
+}

@@ -4,7 +4,7 @@
 -- Written once, in the extension's library (src/validation.rs): an identity_key is a
 -- non-blank string of at most 512 bytes; a status is NULL or a non-blank string of at most
 -- 64 characters; a patch is a JSON object or SQL NULL ("no patch"; JSON null, arrays and
--- scalars are not); a payload or patch is at most 1 MiB as stored. In C because PostgreSQL
+-- scalars are not); a payload or patch is at most 1 MiB uncompressed. In C because PostgreSQL
 -- prepares a table's CHECK expressions for every statement that writes it: a SQL function
 -- would be parsed and planned on every single-row write.
 

@@ -83,6 +83,26 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM dl_cache.person_enrichments"), 0);
     }
 
+    /// The 1 MiB limit is on the uncompressed size: a value read from a table comes in
+    /// compressed (here 19 MB of text stored as about 220 kB), and is still too large.
+    #[pg_test]
+    fn compressed_payloads_are_measured_uncompressed() {
+        run("CREATE TABLE tests.big AS SELECT jsonb_build_object('x', repeat('a', 19000000)) AS p");
+        assert!(count("SELECT pg_column_size(p)::bigint FROM tests.big") < 1024 * 1024);
+        expect_all(&[
+            ("INSERT INTO dl_override.person_overrides (identity_key, raw_payload_patch) SELECT 'k', p FROM tests.big", "23514"),
+            ("INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch) SELECT 'k', p FROM tests.big", "23514"),
+            ("INSERT INTO dl_cache.person_enrichments (identity_key, identity_payload, raw_payload) SELECT 'k', '{}', p FROM tests.big", "23514"),
+            ("SELECT dl_apply_person_override('k', NULL, p, NULL) FROM tests.big", "54000"),
+            ("SELECT dl_apply_company_override('k', NULL, NULL, p) FROM tests.big", "54000"),
+            ("SELECT dl_upsert_person_enrichment('k', p, '{}') FROM tests.big", "54000"),
+        ]);
+        assert_eq!(
+            count("SELECT count(*) FROM dl_override.person_overrides"),
+            0
+        );
+    }
+
     #[pg_test]
     fn raw_sql() {
         let huge = format!("INSERT INTO dl_override.person_overrides (identity_key, raw_payload_patch) VALUES ('k', {HUGE})");

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 mod bad_input;
 mod contract;
+mod guard;
 mod history;
 mod merge_patch;
 mod pooler;

@@ -1,0 +1,182 @@
+//! The watchdog (src/watchdog.rs) on a cluster that preloads the library: it ends the sessions
+//! of retired workspace logins and transactions of workspace logins open past
+//! `dl_tenancy.transaction_limit`, leaves everyone else alone, and comes back when killed.
+//!
+//! Nothing here measures time: each test waits (within the safety net) for the state the
+//! watchdog brings about, then checks that the sessions it must not touch, which were open
+//! longer or as long, are still there.
+
+use dl_tenancy_extension_tests::*;
+use pg_harness::PgCluster;
+use postgres::Client;
+
+fn preloaded_cluster() -> TenantCluster {
+    TenantCluster {
+        cluster: PgCluster::builder()
+            .conf("shared_preload_libraries", "dl_tenancy")
+            .conf("dl_tenancy.transaction_limit", "2s")
+            .conf("dl_tenancy.watchdog_interval", "200ms")
+            .start()
+            .expect("throwaway cluster with the watchdog starts"),
+    }
+}
+
+/// Whether the server still has the session `pid`.
+fn alive(observer: &mut Client, pid: i32) -> bool {
+    observer
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn watchdog_pids(observer: &mut Client) -> Vec<i32> {
+    observer
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'dl_tenancy watchdog'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A tenant transaction that turned its own timeouts off and holds a lock is ended; a
+/// superuser's transaction, open since before it, is not; an idle tenant session is not.
+#[test]
+fn tenant_transactions_end_at_the_limit() {
+    let tc = preloaded_cluster();
+    let mut admin = tc.create_tenant_db("ws");
+    tc.create_login("ws", "ws_override", "dl_tenant_override", "o-secret");
+    tc.create_login("ws", "ws_read", "dl_tenant_read", "r-secret");
+    let mut platform = tc.admin("ws");
+    let platform_pid = backend_pid(&mut platform);
+    platform
+        .batch_execute("BEGIN; SELECT pg_catalog.txid_current()")
+        .unwrap();
+
+    let mut idle = tc.connect("ws", "ws_read", "r-secret").unwrap();
+    let idle_pid = backend_pid(&mut idle);
+    let mut tenant = tc.connect("ws", "ws_override", "o-secret").unwrap();
+    let tenant_pid = backend_pid(&mut tenant);
+    tenant
+        .batch_execute(
+            "CREATE TABLE tenant_custom.t (id int);
+             SET idle_in_transaction_session_timeout = 0;
+             SET statement_timeout = 0;
+             BEGIN;
+             LOCK TABLE tenant_custom.t IN ACCESS EXCLUSIVE MODE;
+             INSERT INTO tenant_custom.t VALUES (1);",
+        )
+        .unwrap();
+    wait_until(
+        "the tenant's open transaction to be ended",
+        || !alive(&mut admin, tenant_pid),
+        || false,
+    );
+    assert!(tenant.batch_execute("SELECT 1").is_err());
+    let locks: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'tenant_custom.t'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 0);
+    // Open longer than the tenant's, and still there.
+    assert!(alive(&mut admin, platform_pid));
+    platform.batch_execute("SELECT 1; COMMIT").unwrap();
+    idle.batch_execute("SELECT 1").unwrap();
+    assert!(alive(&mut admin, idle_pid));
+    wait_until(
+        "the watchdog to log what it ended",
+        || {
+            tc.cluster.log().contains(&format!(
+                "ended session {tenant_pid} of ws_override: its transaction was open longer"
+            ))
+        },
+        || false,
+    );
+}
+
+/// A login made NOLOGIN and one past its VALID UNTIL lose their open sessions; a
+/// neighbour's session, in another workspace, stays.
+#[test]
+fn retired_logins_lose_their_sessions() {
+    let tc = preloaded_cluster();
+    let mut admin = tc.create_tenant_db("ws_a");
+    tc.create_tenant_db("ws_b");
+    tc.create_login("ws_a", "a_read", "dl_tenant_read", "a1");
+    tc.create_login("ws_a", "a_override", "dl_tenant_override", "a2");
+    tc.create_login("ws_b", "b_read", "dl_tenant_read", "b1");
+    let mut retired = tc.connect("ws_a", "a_read", "a1").unwrap();
+    let mut expired = tc.connect("ws_a", "a_override", "a2").unwrap();
+    let mut neighbour = tc.connect("ws_b", "b_read", "b1").unwrap();
+    let (retired_pid, expired_pid, neighbour_pid) = (
+        backend_pid(&mut retired),
+        backend_pid(&mut expired),
+        backend_pid(&mut neighbour),
+    );
+    admin
+        .batch_execute(
+            "ALTER ROLE a_read NOLOGIN;
+             ALTER ROLE a_override VALID UNTIL '2000-01-01';",
+        )
+        .unwrap();
+    wait_until(
+        "the retired logins' sessions to be ended",
+        || !alive(&mut admin, retired_pid) && !alive(&mut admin, expired_pid),
+        || false,
+    );
+    assert!(retired.batch_execute("SELECT 1").is_err());
+    assert!(expired.batch_execute("SELECT 1").is_err());
+    neighbour
+        .batch_execute("SELECT count(*) FROM dl_resolved.people")
+        .unwrap();
+    assert!(alive(&mut admin, neighbour_pid));
+}
+
+/// The worker shows in pg_stat_activity, and after it is killed the postmaster starts it
+/// again, and it works.
+#[test]
+fn the_watchdog_is_visible_and_comes_back() {
+    let tc = preloaded_cluster();
+    let mut admin = tc.create_tenant_db("ws");
+    let mut first = vec![];
+    wait_until(
+        "the watchdog to start",
+        || {
+            first = watchdog_pids(&mut admin);
+            !first.is_empty()
+        },
+        || false,
+    );
+    assert_eq!(first.len(), 1);
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&first[0]])
+        .unwrap();
+    wait_until(
+        "a new watchdog after the first was terminated",
+        || {
+            let now = watchdog_pids(&mut admin);
+            now.len() == 1 && now[0] != first[0]
+        },
+        || false,
+    );
+    tc.create_login("ws", "ws_read", "dl_tenant_read", "r");
+    let mut session = tc.connect("ws", "ws_read", "r").unwrap();
+    let pid = backend_pid(&mut session);
+    admin.batch_execute("ALTER ROLE ws_read NOLOGIN").unwrap();
+    wait_until(
+        "the restarted watchdog to end a retired login's session",
+        || !alive(&mut admin, pid),
+        || false,
+    );
+    assert!(tc
+        .cluster
+        .log()
+        .contains("dl_tenancy watchdog: stopping on SIGTERM"));
+}
