@@ -31,7 +31,10 @@ static TRANSACTION_LIMIT_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
 const RESTART: Duration = Duration::from_secs(5);
 
 /// One pass: ends the sessions and returns (pid, login, why) for each. Only catalogs, with a
-/// short statement_timeout so that a pass never hangs on a busy catalog.
+/// short statement_timeout so that a pass never hangs on a busy catalog. `ending` is
+/// MATERIALIZED: inlined, its conditions and `pg_terminate_backend` would become quals of one
+/// scan of pg_stat_activity, which the planner may evaluate in any order: it then ended the
+/// server's own processes, the platform's sessions and the worker itself.
 const END_SESSIONS: &str = r#"
 WITH RECURSIVE workspace_login(oid) AS (
     SELECT m.member FROM pg_catalog.pg_auth_members AS m
@@ -40,7 +43,7 @@ WITH RECURSIVE workspace_login(oid) AS (
     UNION
     SELECT m.member FROM pg_catalog.pg_auth_members AS m
       JOIN workspace_login AS w ON m.roleid = w.oid
-), ending AS (
+), ending AS MATERIALIZED (
     SELECT a.pid, r.rolname::text AS rolname,
            CASE WHEN NOT r.rolcanlogin THEN 'the login is NOLOGIN'
                 WHEN r.rolvaliduntil <= pg_catalog.now() THEN 'the login is past its VALID UNTIL'
