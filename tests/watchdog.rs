@@ -63,9 +63,11 @@ fn tenant_transactions_end_at_the_limit() {
     let mut tenant = tc.connect("ws", "ws_override", "o-secret").unwrap();
     let tenant_pid = backend_pid(&mut tenant);
     tenant
+        .batch_execute("CREATE TABLE tenant_custom.t (id int)")
+        .unwrap();
+    tenant
         .batch_execute(
-            "CREATE TABLE tenant_custom.t (id int);
-             SET idle_in_transaction_session_timeout = 0;
+            "SET idle_in_transaction_session_timeout = 0;
              SET statement_timeout = 0;
              BEGIN;
              LOCK TABLE tenant_custom.t IN ACCESS EXCLUSIVE MODE;
