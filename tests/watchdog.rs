@@ -52,6 +52,24 @@ fn tenant_transactions_end_at_the_limit() {
     let mut admin = tc.create_tenant_db("ws");
     tc.create_login("ws", "ws_override", "dl_tenant_override", "o-secret");
     tc.create_login("ws", "ws_read", "dl_tenant_read", "r-secret");
+    let mut watchdog = vec![];
+    wait_until(
+        "the watchdog to start",
+        || {
+            watchdog = watchdog_pids(&mut admin);
+            !watchdog.is_empty()
+        },
+        || false,
+    );
+    let server_processes = |admin: &mut Client| -> Vec<i32> {
+        admin
+            .query("SELECT pid FROM pg_stat_activity WHERE backend_type IN ('checkpointer', 'background writer', 'walwriter', 'autovacuum launcher', 'logical replication launcher', 'dl_tenancy watchdog') ORDER BY pid", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let processes = server_processes(&mut admin);
     let mut platform = tc.admin("ws");
     let platform_pid = backend_pid(&mut platform);
     platform
@@ -88,8 +106,10 @@ fn tenant_transactions_end_at_the_limit() {
         .unwrap()
         .get(0);
     assert_eq!(locks, 0);
-    // Open longer than the tenant's, and still there.
+    // Open longer than the tenant's, and still there; so are the server's own processes,
+    // the watchdog among them.
     assert!(alive(&mut admin, platform_pid));
+    assert_eq!(server_processes(&mut admin), processes);
     platform.batch_execute("SELECT 1; COMMIT").unwrap();
     idle.batch_execute("SELECT 1").unwrap();
     assert!(alive(&mut admin, idle_pid));
