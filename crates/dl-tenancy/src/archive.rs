@@ -59,8 +59,22 @@ pub(crate) fn count_tenant_rows(
     if tables.is_empty() {
         return Ok(BTreeMap::new());
     }
+    // The platform's own statement timeout (what this process's platform sessions have).
+    let limit: f64 = db
+        .query_one(
+            "SELECT pg_catalog.date_part('epoch', pg_catalog.current_setting('statement_timeout')::pg_catalog.interval)",
+            &[],
+        )?
+        .get(0);
+    let limit = match std::time::Duration::try_from_secs_f64(limit) {
+        Ok(d) if !d.is_zero() => d,
+        _ => std::time::Duration::from_millis(crate::fences::PLATFORM_STATEMENT_TIMEOUT_MS),
+    };
     let loader = TenantLoader::create(admin_conn, names)?;
     let counted = loader.connect().and_then(|mut tenant| {
+        let pid: i32 = tenant
+            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])?
+            .get(0);
         let mut tx = tenant
             .build_transaction()
             .isolation_level(postgres::IsolationLevel::RepeatableRead)
@@ -69,7 +83,16 @@ pub(crate) fn count_tenant_rows(
         if let Some(s) = snapshot {
             tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", quote_literal(s)))?;
         }
-        let rows = count_each(&mut tx, &tables)?;
+        let mut rows = BTreeMap::new();
+        for table in &tables {
+            let deadline = Deadline::start(admin_conn, pid, limit);
+            let counted = count_each(&mut tx, std::slice::from_ref(table));
+            if deadline.stop() {
+                // The tenant's code kept the count past the platform's statement timeout.
+                return Err(crate::error::busy());
+            }
+            rows.extend(counted?);
+        }
         tx.commit()?;
         Ok(rows)
     });
@@ -77,6 +100,44 @@ pub(crate) fn count_tenant_rows(
     let counted = counted?;
     removed?;
     Ok(counted)
+}
+
+/// The end of a load login's session, through a platform session, if one statement of it runs
+/// longer than `limit` (a little more: the server's own statement timeout comes first when it
+/// can). The tenant's code runs in that session, and no setting bounds it there: it can catch
+/// the statement timeout's cancel (`EXCEPTION WHEN query_canceled`) and go on, or turn the
+/// timeout off for the next statement (`set_config`), and the watchdog leaves load logins to
+/// the platform. Only `pg_terminate_backend` ends it for sure.
+struct Deadline {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<bool>,
+}
+
+impl Deadline {
+    fn start(admin_conn: &str, pid: i32, limit: std::time::Duration) -> Deadline {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let admin_conn = admin_conn.to_string();
+        let thread = std::thread::spawn(move || {
+            let margin = std::time::Duration::from_secs(1);
+            match stopped.recv_timeout(limit + margin) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(mut admin) = connect(&admin_conn, None) {
+                        let _ =
+                            admin.execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid]);
+                    }
+                    true
+                }
+                _ => false,
+            }
+        });
+        Deadline { stop, thread }
+    }
+
+    /// Stop watching; whether the session was ended.
+    fn stop(self) -> bool {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap_or(true)
+    }
 }
 
 /// Rows of every table a copy must carry: the extension's data tables (counted on the

@@ -189,8 +189,8 @@ pub fn connect(conn: &str, dbname: Option<&str>) -> Result<Client> {
 
 /// Connect with a connection string (URL or key/value), optionally to another database:
 /// TLS as its `sslmode`/`sslrootcert` say ([`client_config`]), a 10 s connect timeout and
-/// `application_name=dl-tenancy` unless it sets them. For PgBouncer's console, which takes
-/// no startup options.
+/// `application_name=dl-tenancy` unless it sets them. For a pooler (PgBouncer's console, a
+/// pooled URI), which takes no startup options.
 pub fn connect_plain(conn: &str, dbname: Option<&str>) -> Result<Client> {
     open(conn, dbname, false)
 }

@@ -36,7 +36,7 @@ mod usage;
 mod workspaces;
 
 pub use backup::{BackupReport, Manifest, RestoreReport, BACKUP_MAGIC};
-pub use connection::{connect, SslMode};
+pub use connection::{connect, connect_plain, SslMode};
 pub use credentials::{GRACE_SWEEP_INTERVAL, MAX_GRACE_SECONDS};
 pub use error::{Error, ErrorCode, Result};
 pub use migrate_names::{NameMigration, NameMigrationReport};

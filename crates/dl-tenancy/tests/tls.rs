@@ -142,7 +142,7 @@ fn verify_full_refuses_another_ca_and_another_host_name() {
             stderr(&out)
         );
         // The library refuses it too, and says why.
-        let e = dl_tenancy_ctl::connect(&wrong_ca, None)
+        let e = dl_tenancy_ctl::connect_plain(&wrong_ca, None)
             .map(|_| ())
             .unwrap_err();
         assert_eq!(e.code(), "server_unreachable");
@@ -179,10 +179,10 @@ fn verify_full_refuses_another_ca_and_another_host_name() {
             "{}",
             stderr(&out)
         );
-        assert!(dl_tenancy_ctl::connect(&kv("verify-full"), None).is_err());
+        assert!(dl_tenancy_ctl::connect_plain(&kv("verify-full"), None).is_err());
         let out = psql(&kv("verify-ca"), "SELECT 1");
         assert!(out.status.success(), "pooled={pooled}: {}", stderr(&out));
-        dl_tenancy_ctl::connect(&kv("verify-ca"), None).unwrap();
+        dl_tenancy_ctl::connect_plain(&kv("verify-ca"), None).unwrap();
     }
     let _ = std::fs::remove_dir_all(foreign_dir);
 }

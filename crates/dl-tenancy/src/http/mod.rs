@@ -446,8 +446,9 @@ fn spawn_sweeper(
 /// serve until SIGTERM/SIGINT. Blocking.
 pub fn run(config: &Config, opts: &ServeOptions) -> crate::Result<()> {
     init_logging();
-    // A call the API gives up on must not leave its backend running behind it.
-    crate::connection::limit_platform_statements(opts.call_timeout);
+    // A call the API gives up on must not leave its backend running behind it: its
+    // statements end a moment after the call's `timeout` answer.
+    crate::connection::limit_platform_statements(opts.call_timeout + Duration::from_secs(1));
     let tenancy = Tenancy::open(config)?;
     spawn_grace_sweeper(tenancy.clone());
     spawn_purge_sweeper(tenancy.clone(), opts.purge_sweep_interval);
