@@ -14,7 +14,13 @@
 //!   for good: workspace logins grant only to PUBLIC, the tenant groups and their own
 //!   workspace's roles (0.6.0);
 //! - `LOCK TABLE dl_override.person_overrides IN ACCESS EXCLUSIVE MODE` would block the
-//!   platform's reads: workspace logins lock only tables in `tenant_custom` (0.6.0).
+//!   platform's reads: workspace logins lock only tables in `tenant_custom` (0.6.0);
+//! - statements that lock the relation they name *before* PostgreSQL checks the privilege to
+//!   run them: `CREATE RULE ... ON pg_catalog.pg_authid` waits for an ACCESS EXCLUSIVE lock
+//!   behind the tenant's own open `SELECT FROM pg_roles`, and while it waits every new session
+//!   of the server (superusers' and the watchdog's too) waits behind it to read pg_authid.
+//!   Rules, triggers, partitions, inheritance, foreign keys, extended statistics, comments and
+//!   `DEPENDS ON EXTENSION` of workspace logins may name only relations in `tenant_custom`.
 //!
 //! Load mode: the platform restores a tenant's objects logged in as `<database>_load`. A
 //! backup of another workspace names that workspace's roles in grants, policies and owner
@@ -77,6 +83,12 @@ const FOREIGN_LOCK: Text = (
     "workspace logins can lock only tables in tenant_custom",
     "An explicit lock on another relation (or on a view, which locks what it reads) would block the platform.",
     "Lock your own tables in tenant_custom; writes take the row locks they need by themselves.",
+);
+
+const FOREIGN_RELATION: Text = (
+    "workspace logins can name only relations in tenant_custom in this statement",
+    "PostgreSQL locks the relation this statement names before it checks privileges; a lock queued on a catalog or on the extension's tables would block every session that reads them.",
+    "Rules, triggers, partitions, inheritance, foreign keys, statistics and comments are for your own tables in tenant_custom.",
 );
 
 /// What the load login does with a statement naming a role of another workspace.
@@ -191,30 +203,172 @@ unsafe fn is_load_login() -> bool {
         && CStr::from_ptr(name).to_bytes() == format!("{}_load", database_name()).as_bytes()
 }
 
-/// LOCK TABLE of anything but a table in tenant_custom (a view would lock what it reads).
+/// Whether `relation` is one PostgreSQL reports missing, or lies in tenant_custom (and, with
+/// `tables_only`, is a table there: a view would lock what it reads). Looked up without a
+/// lock; a schema without USAGE fails here as it would in PostgreSQL, before any lock.
+unsafe fn in_tenant_custom(relation: *mut pg_sys::RangeVar, tables_only: bool) -> bool {
+    if relation.is_null() {
+        return true;
+    }
+    let oid = pg_sys::RangeVarGetRelidExtended(
+        relation,
+        pg_sys::NoLock as i32,
+        pg_sys::RVROption::RVR_MISSING_OK,
+        None,
+        std::ptr::null_mut(),
+    );
+    if oid == pg_sys::InvalidOid {
+        return true; // PostgreSQL says it does not exist
+    }
+    let tenant_custom = pg_sys::get_namespace_oid(c"tenant_custom".as_ptr(), true);
+    let kind = pg_sys::get_rel_relkind(oid) as u8;
+    pg_sys::get_rel_namespace(oid) == tenant_custom
+        && (!tables_only
+            || kind == pg_sys::RELKIND_RELATION
+            || kind == pg_sys::RELKIND_PARTITIONED_TABLE)
+}
+
+/// LOCK TABLE of anything but a table in tenant_custom.
 unsafe fn locks_outside_tenant_custom(statement: *mut pg_sys::Node) -> bool {
     if (*statement).type_ != pg_sys::NodeTag::T_LockStmt {
         return false;
     }
-    let tenant_custom = pg_sys::get_namespace_oid(c"tenant_custom".as_ptr(), true);
     list_items::<pg_sys::RangeVar>((*statement.cast::<pg_sys::LockStmt>()).relations)
         .into_iter()
-        .any(|relation| {
-            let flags = pg_sys::RVROption::RVR_MISSING_OK;
-            let oid = pg_sys::RangeVarGetRelidExtended(
-                relation,
-                pg_sys::NoLock as i32,
-                flags,
-                None,
-                std::ptr::null_mut(),
-            );
-            if oid == pg_sys::InvalidOid {
-                return false; // PostgreSQL says it does not exist
+        .any(|relation| !in_tenant_custom(relation, true))
+}
+
+/// The relation a qualified name of `length - drop` parts names (a trigger's, rule's, policy's
+/// or column's name ends with its own); None when there is none left.
+unsafe fn relation_of_name(names: *mut pg_sys::List, drop: i32) -> Option<*mut pg_sys::RangeVar> {
+    if names.is_null() || (*names).type_ != pg_sys::NodeTag::T_List || (*names).length <= drop {
+        return None;
+    }
+    let head = pg_sys::list_truncate(pg_sys::list_copy(names), (*names).length - drop);
+    Some(pg_sys::makeRangeVarFromNameList(head))
+}
+
+/// The foreign key constraints among a table's elements or an ALTER TABLE's definition: the
+/// tables they reference.
+unsafe fn referenced_tables(node: *mut pg_sys::Node) -> Vec<*mut pg_sys::RangeVar> {
+    if node.is_null() {
+        return vec![];
+    }
+    match (*node).type_ {
+        pg_sys::NodeTag::T_Constraint => {
+            let constraint = node.cast::<pg_sys::Constraint>();
+            if (*constraint).contype == pg_sys::ConstrType::CONSTR_FOREIGN {
+                vec![(*constraint).pktable]
+            } else {
+                vec![]
             }
-            let kind = pg_sys::get_rel_relkind(oid) as u8;
-            pg_sys::get_rel_namespace(oid) != tenant_custom
-                || !(kind == pg_sys::RELKIND_RELATION || kind == pg_sys::RELKIND_PARTITIONED_TABLE)
-        })
+        }
+        pg_sys::NodeTag::T_ColumnDef => {
+            list_items::<pg_sys::Node>((*node.cast::<pg_sys::ColumnDef>()).constraints)
+                .into_iter()
+                .flat_map(|c| referenced_tables(c))
+                .collect()
+        }
+        _ => vec![],
+    }
+}
+
+/// The relations other than its own target that a statement locks before PostgreSQL checks
+/// the privilege to run it (see the module's documentation), each in a mode that can queue
+/// ahead of every reader: what a workspace login may name there only in tenant_custom.
+unsafe fn relations_locked_before_checks(
+    statement: *mut pg_sys::Node,
+) -> Vec<*mut pg_sys::RangeVar> {
+    use pg_sys::ObjectType::*;
+    let relation_kinds = [
+        OBJECT_TABLE,
+        OBJECT_VIEW,
+        OBJECT_MATVIEW,
+        OBJECT_INDEX,
+        OBJECT_SEQUENCE,
+        OBJECT_FOREIGN_TABLE,
+    ];
+    let subobject_kinds = [
+        OBJECT_COLUMN,
+        OBJECT_TABCONSTRAINT,
+        OBJECT_TRIGGER,
+        OBJECT_RULE,
+        OBJECT_POLICY,
+    ];
+    match (*statement).type_ {
+        pg_sys::NodeTag::T_RuleStmt => vec![(*statement.cast::<pg_sys::RuleStmt>()).relation],
+        pg_sys::NodeTag::T_CreateTrigStmt => {
+            vec![(*statement.cast::<pg_sys::CreateTrigStmt>()).relation]
+        }
+        // CreateForeignTableStmt starts with its CreateStmt.
+        pg_sys::NodeTag::T_CreateStmt | pg_sys::NodeTag::T_CreateForeignTableStmt => {
+            let stmt = statement.cast::<pg_sys::CreateStmt>();
+            let mut relations = list_items::<pg_sys::RangeVar>((*stmt).inhRelations);
+            for element in list_items::<pg_sys::Node>((*stmt).tableElts)
+                .into_iter()
+                .chain(list_items::<pg_sys::Node>((*stmt).constraints))
+            {
+                relations.extend(referenced_tables(element));
+            }
+            relations
+        }
+        pg_sys::NodeTag::T_AlterTableStmt => {
+            list_items::<pg_sys::AlterTableCmd>((*statement.cast::<pg_sys::AlterTableStmt>()).cmds)
+                .into_iter()
+                .flat_map(|cmd| match (*cmd).subtype {
+                    pg_sys::AlterTableType::AT_AttachPartition
+                    | pg_sys::AlterTableType::AT_DetachPartition
+                    | pg_sys::AlterTableType::AT_DetachPartitionFinalize => {
+                        let partition = (*cmd).def.cast::<pg_sys::PartitionCmd>();
+                        if partition.is_null() {
+                            vec![]
+                        } else {
+                            vec![(*partition).name]
+                        }
+                    }
+                    pg_sys::AlterTableType::AT_AddInherit => {
+                        vec![(*cmd).def.cast::<pg_sys::RangeVar>()]
+                    }
+                    pg_sys::AlterTableType::AT_AddConstraint
+                    | pg_sys::AlterTableType::AT_AddColumn => referenced_tables((*cmd).def),
+                    _ => vec![],
+                })
+                .collect()
+        }
+        pg_sys::NodeTag::T_CreateStatsStmt => {
+            list_items::<pg_sys::Node>((*statement.cast::<pg_sys::CreateStatsStmt>()).relations)
+                .into_iter()
+                .filter(|n| !n.is_null() && (**n).type_ == pg_sys::NodeTag::T_RangeVar)
+                .map(|n| n.cast::<pg_sys::RangeVar>())
+                .collect()
+        }
+        pg_sys::NodeTag::T_CommentStmt => {
+            let stmt = statement.cast::<pg_sys::CommentStmt>();
+            let names = (*stmt).object.cast::<pg_sys::List>();
+            let drop = if relation_kinds.contains(&(*stmt).objtype) {
+                0
+            } else if subobject_kinds.contains(&(*stmt).objtype) {
+                1
+            } else {
+                return vec![];
+            };
+            relation_of_name(names, drop).into_iter().collect()
+        }
+        pg_sys::NodeTag::T_DropStmt => {
+            let stmt = statement.cast::<pg_sys::DropStmt>();
+            if ![OBJECT_TRIGGER, OBJECT_RULE, OBJECT_POLICY].contains(&(*stmt).removeType) {
+                return vec![];
+            }
+            list_items::<pg_sys::List>((*stmt).objects)
+                .into_iter()
+                .filter_map(|names| relation_of_name(names, 1))
+                .collect()
+        }
+        pg_sys::NodeTag::T_AlterObjectDependsStmt => {
+            vec![(*statement.cast::<pg_sys::AlterObjectDependsStmt>()).relation]
+        }
+        _ => vec![],
+    }
 }
 
 unsafe fn is_workspace_login() -> bool {
@@ -273,6 +427,17 @@ unsafe extern "C-unwind" fn should_run(pstmt: *mut pg_sys::PlannedStmt) -> bool 
             PgLogLevel::ERROR,
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             FOREIGN_LOCK,
+        );
+    }
+    let named = relations_locked_before_checks(statement);
+    if !named.is_empty()
+        && is_workspace_login()
+        && !named.iter().all(|r| in_tenant_custom(*r, false))
+    {
+        report(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            FOREIGN_RELATION,
         );
     }
     true

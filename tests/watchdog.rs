@@ -202,3 +202,64 @@ fn the_watchdog_is_visible_and_comes_back() {
         .log()
         .contains("dl_tenancy watchdog: stopping on SIGTERM"));
 }
+
+/// A tenant cannot make the server's new sessions wait: `CREATE RULE ... ON pg_authid` (any
+/// login) or `CREATE TABLE ... PARTITION OF pg_authid` (the override login) queued an ACCESS
+/// EXCLUSIVE lock, before PostgreSQL checked privileges, behind the tenant's own open read of
+/// `pg_roles`; every new session, superusers' included, then waited to read pg_authid, and so
+/// did the watchdog, which could no longer end either session. The guard refuses both before
+/// any lock (42501); new sessions get in and the watchdog ends the open transaction.
+#[test]
+fn a_tenant_cannot_queue_a_lock_on_a_catalog() {
+    let tc = preloaded_cluster();
+    let mut admin = tc.create_tenant_db("ws");
+    tc.create_login("ws", "ws_override", "dl_tenant_override", "o-secret");
+    tc.create_login("ws", "ws_read", "dl_tenant_read", "r-secret");
+    let mut holder = tc.connect("ws", "ws_read", "r-secret").unwrap();
+    let holder_pid = backend_pid(&mut holder);
+    holder
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = 0;
+             BEGIN;
+             SELECT count(*) FROM pg_catalog.pg_roles;",
+        )
+        .unwrap();
+    let mut reader = tc.connect("ws", "ws_read", "r-secret").unwrap();
+    let mut writer = tc.connect("ws", "ws_override", "o-secret").unwrap();
+    // Bounded, so that without the guard the test fails (55P03) instead of hanging.
+    for client in [&mut reader, &mut writer] {
+        client
+            .batch_execute("SET lock_timeout = '5s'; SET statement_timeout = '10s'")
+            .unwrap();
+    }
+    const READ: usize = 0;
+    const OVERRIDE: usize = 1;
+    let mut clients = [reader, writer];
+    for (client, statement) in [
+        (
+            READ,
+            "CREATE RULE r AS ON INSERT TO pg_catalog.pg_authid DO INSTEAD NOTHING",
+        ),
+        (
+            OVERRIDE,
+            "CREATE TABLE tenant_custom.p PARTITION OF pg_catalog.pg_authid DEFAULT",
+        ),
+        (
+            OVERRIDE,
+            "CREATE TRIGGER t BEFORE INSERT ON pg_catalog.pg_database FOR EACH ROW EXECUTE FUNCTION pg_catalog.suppress_redundant_updates_trigger()",
+        ),
+    ] {
+        assert_eq!(
+            sqlstate(clients[client].batch_execute(statement)),
+            "42501",
+            "{statement}"
+        );
+        // Nobody waits: a new session of the server gets in at once.
+        tc.admin("postgres").batch_execute("SELECT 1").unwrap();
+    }
+    wait_until(
+        "the watchdog to end the transaction that read pg_roles",
+        || !alive(&mut admin, holder_pid),
+        || false,
+    );
+}

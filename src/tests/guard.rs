@@ -118,6 +118,93 @@ mod tests {
         );
     }
 
+    /// Statements that lock the relation they name before PostgreSQL checks the privilege to
+    /// run them are refused before any lock when that relation is outside tenant_custom: a
+    /// rule or a partition of pg_authid queued behind the tenant's own open read of pg_roles
+    /// made every new session of the server wait.
+    #[pg_test]
+    fn workspace_logins_queue_no_lock_outside_tenant_custom() {
+        workspace();
+        run(
+            "CREATE FUNCTION tests.message_of(statement text) RETURNS text LANGUAGE plpgsql
+             AS $fn$ BEGIN EXECUTE statement; RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ' ' || SQLERRM; END $fn$",
+        );
+        let message_of = |statement: &str| {
+            Spi::get_one_with_args::<String>("SELECT tests.message_of($1)", &[statement.into()])
+                .expect("message_of runs")
+                .expect("message_of returns a text")
+        };
+        run("SET LOCAL ROLE dl_tenant_override");
+        run("CREATE TABLE tenant_custom.parted (k int) PARTITION BY LIST (k)");
+        run("CREATE TABLE tenant_custom.child (k int PRIMARY KEY)");
+        run("CREATE FUNCTION tenant_custom.tf() RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN RETURN NEW; END $fn$");
+        run("RESET ROLE");
+        run("SET LOCAL SESSION AUTHORIZATION dl_test_mine");
+        run("SET LOCAL ROLE dl_tenant_override");
+        let refused =
+            "42501 workspace logins can name only relations in tenant_custom in this statement";
+        for statement in [
+            "CREATE RULE r AS ON INSERT TO pg_catalog.pg_authid DO INSTEAD NOTHING",
+            "CREATE RULE r AS ON INSERT TO dl_override.person_overrides DO INSTEAD NOTHING",
+            "CREATE TABLE tenant_custom.p PARTITION OF pg_catalog.pg_authid DEFAULT",
+            "CREATE TABLE tenant_custom.p PARTITION OF dl_override.person_overrides DEFAULT",
+            "CREATE TABLE tenant_custom.p () INHERITS (dl_override.person_overrides)",
+            "CREATE FOREIGN TABLE tenant_custom.p PARTITION OF pg_catalog.pg_database DEFAULT SERVER nowhere",
+            "CREATE TABLE tenant_custom.f (k text REFERENCES dl_override.person_overrides)",
+            "CREATE TABLE tenant_custom.f (k text, FOREIGN KEY (k) REFERENCES dl_override.person_overrides)",
+            "ALTER TABLE tenant_custom.child ADD FOREIGN KEY (k) REFERENCES pg_catalog.pg_authid (oid)",
+            "ALTER TABLE tenant_custom.child ADD COLUMN r text REFERENCES dl_override.person_overrides",
+            "ALTER TABLE tenant_custom.child INHERIT dl_override.person_overrides",
+            "ALTER TABLE tenant_custom.parted ATTACH PARTITION pg_catalog.pg_authid DEFAULT",
+            "ALTER TABLE tenant_custom.parted DETACH PARTITION pg_catalog.pg_authid",
+            "CREATE TRIGGER tr BEFORE INSERT ON dl_override.person_overrides FOR EACH ROW EXECUTE FUNCTION tenant_custom.tf()",
+            "CREATE TRIGGER tr INSTEAD OF INSERT ON dl_resolved.people FOR EACH ROW EXECUTE FUNCTION tenant_custom.tf()",
+            "CREATE STATISTICS tenant_custom.s ON rolname, rolsuper FROM pg_catalog.pg_authid",
+            "COMMENT ON TABLE pg_catalog.pg_authid IS 'x'",
+            "COMMENT ON INDEX pg_catalog.pg_authid_rolname_index IS 'x'",
+            "COMMENT ON COLUMN dl_override.person_overrides.status IS 'x'",
+            "COMMENT ON TRIGGER after_insert ON dl_override.person_overrides IS 'x'",
+            "DROP TRIGGER IF EXISTS nothing ON pg_catalog.pg_authid",
+            "DROP RULE IF EXISTS nothing ON pg_catalog.pg_database",
+            "DROP POLICY IF EXISTS nothing ON dl_override.person_overrides",
+            "ALTER INDEX pg_catalog.pg_authid_rolname_index DEPENDS ON EXTENSION dl_tenancy",
+            "ALTER TRIGGER after_insert ON dl_override.person_overrides DEPENDS ON EXTENSION dl_tenancy",
+            "DO $$ BEGIN EXECUTE 'CREATE RULE r AS ON INSERT TO pg_catalog.pg_authid DO INSTEAD NOTHING'; END $$",
+        ] {
+            assert_eq!(message_of(statement), refused, "{statement}");
+        }
+        // The same statements on the tenant's own relations run as before.
+        for statement in [
+            "CREATE RULE r AS ON INSERT TO tenant_custom.t DO INSTEAD NOTHING",
+            "DROP RULE r ON tenant_custom.t",
+            "CREATE TABLE tenant_custom.p1 PARTITION OF tenant_custom.parted FOR VALUES IN (1)",
+            "ALTER TABLE tenant_custom.parted DETACH PARTITION tenant_custom.p1",
+            "CREATE TABLE tenant_custom.f (k int REFERENCES tenant_custom.child)",
+            "ALTER TABLE tenant_custom.f ADD COLUMN r int REFERENCES tenant_custom.child",
+            "CREATE TRIGGER tr BEFORE INSERT ON tenant_custom.t FOR EACH ROW EXECUTE FUNCTION tenant_custom.tf()",
+            "COMMENT ON TRIGGER tr ON tenant_custom.t IS 'x'",
+            "DROP TRIGGER tr ON tenant_custom.t",
+            "CREATE STATISTICS tenant_custom.s ON k, r FROM tenant_custom.f",
+            "COMMENT ON TABLE tenant_custom.t IS 'x'",
+            "COMMENT ON COLUMN tenant_custom.t.id IS 'x'",
+            "COMMENT ON POLICY existing ON tenant_custom.t IS 'x'",
+        ] {
+            assert_eq!(message_of(statement), "ok", "{statement}");
+        }
+        // A relation that does not exist is PostgreSQL's to report.
+        assert_eq!(
+            sqlstate_of("CREATE RULE r AS ON INSERT TO dl_test_nothing_here DO INSTEAD NOTHING"),
+            "42P01"
+        );
+        run("RESET SESSION AUTHORIZATION");
+        // Superusers are not fenced.
+        assert_eq!(
+            message_of("COMMENT ON TABLE dl_override.person_overrides IS 'x'"),
+            "ok"
+        );
+    }
+
     /// The load login restores a backup of another workspace: what names the other
     /// workspace's roles is skipped (a WARNING), the rest is restored.
     #[pg_test]
