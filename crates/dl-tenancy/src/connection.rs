@@ -170,7 +170,7 @@ pub fn limit_platform_statements(limit: Duration) {
 /// The startup `options` of a platform session: the connection string's own, then the
 /// platform's lock and statement timeouts, so no tenant lock or slow statement can keep a
 /// session of ours waiting (an operation that needs longer sets its own, as upgrade does).
-fn platform_options(own: Option<&str>) -> String {
+pub(crate) fn platform_options(own: Option<&str>) -> String {
     let ours = format!(
         "-c lock_timeout={PLATFORM_LOCK_TIMEOUT_MS} -c statement_timeout={}",
         STATEMENT_TIMEOUT_MS.load(Ordering::Relaxed)
