@@ -1,5 +1,5 @@
 \echo Use "ALTER EXTENSION dl_tenancy UPDATE TO '0.6.0'" to load this file. \quit
--- dl_tenancy 0.5.0 -> 0.6.0: a security release of the library; no SQL object changes.
+-- dl_tenancy 0.5.0 -> 0.6.0: a security release, almost all of it in the library.
 --
 -- What 0.6.0 changes is in the shared library, which serves 0.5.0 databases as well:
 -- - the utility hook refuses workspace logins GRANT, ALTER DEFAULT PRIVILEGES, CREATE/ALTER
@@ -10,9 +10,12 @@
 -- - errors reach clients without Rust internals;
 -- - with shared_preload_libraries, a watchdog ends sessions of retired logins and tenant
 --   transactions open past dl_tenancy.transaction_limit.
--- This script only records the version. ALTER EXTENSION runs it in one transaction; it is safe
--- to run again.
+-- In SQL it grants back pg_advisory_unlock_all() (releasing locks fills nothing; asyncpg's
+-- pool reset calls it on every connection it takes back) and records the version. ALTER
+-- EXTENSION runs it in one transaction; it is safe to run again.
 SET LOCAL search_path TO pg_catalog, pg_temp;
+
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_advisory_unlock_all() TO PUBLIC;
 
 -- dl_meta.schema_migrations: recorded only when this runs as an update (see 0.2.0--0.3.0).
 INSERT INTO dl_meta.schema_migrations (version, action)

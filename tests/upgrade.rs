@@ -41,6 +41,7 @@ fn upgrade_from_every_release_keeps_every_row_and_equals_a_fresh_install() {
                 "SELECT count(*) FROM pg_proc p, unnest(ARRAY['dl_tenant_read', 'dl_tenant_override']) r
                   WHERE p.pronamespace = 'pg_catalog'::regnamespace
                     AND (p.proname ~ '^pg_(try_)?advisory_' OR p.proname ~ '^lo_' OR p.proname IN ('loread', 'lowrite', 'pg_notify'))
+                    AND p.oid <> 'pg_catalog.pg_advisory_unlock_all()'::regprocedure
                     AND has_function_privilege(r, p.oid, 'EXECUTE')",
                 &[],
             )

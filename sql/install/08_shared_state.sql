@@ -25,3 +25,8 @@ BEGIN
     END LOOP;
 END
 $revoke$;
+
+-- Releasing locks fills nothing, and drivers' pools call it on every connection they take back
+-- (asyncpg's reset: `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`):
+-- revoked, every query through an asyncpg pool failed with 42501 (0.6.0 grants it back).
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_advisory_unlock_all() TO PUBLIC;

@@ -100,7 +100,7 @@ fn a_prepared_statement_follows_its_client_to_another_server_connection() {
 /// People in the driver tests' workspace: `person:0` .. `person:39`, display name `Name {i}`.
 const PEOPLE: usize = 40;
 
-/// Python (psycopg 3, asyncpg, SQLAlchemy 2 on both) and Node.js (node-postgres with unnamed
+/// Python (psycopg 3, asyncpg alone and through its pool, SQLAlchemy 2 on both) and Node.js (node-postgres with unnamed
 /// and named statements, postgres.js) with their defaults, four concurrent connections each,
 /// through the pooled and the direct URI (TLS, `sslmode=verify-full` with the revealed CA):
 /// every point read of key k returns k's row, with no error, and every driver refuses the
@@ -174,7 +174,7 @@ fn popular_drivers_with_their_defaults_get_the_right_rows() {
     }
     let _ = std::fs::remove_dir_all(foreign_dir);
     seen.sort();
-    assert_eq!(seen.len(), 2 * 7, "{seen:?}");
+    assert_eq!(seen.len(), 2 * 8, "{seen:?}");
     // psycopg's Jsonb patch landed.
     let mut admin = env.admin_ws("drivers");
     let name: String = admin

@@ -9,7 +9,7 @@ once with DL_FOREIGN_CA (a CA that did not sign the server's certificate) in ssl
 must be refused: proof that it verifies the certificate rather than ignoring sslrootcert.
 
 The workspace holds people `person:0` .. `person:{DL_KEYS-1}` whose display name is `Name {i}`.
-Each driver runs point reads of random keys (fixed seed) over several concurrent connections and
+Each driver (asyncpg also through its pool) runs point reads of random keys (fixed seed) over several concurrent connections and
 counts, per driver, the queries run, the errors, and the wrong rows (a read of key k that did
 not return k's row). psycopg also writes an override with the seed's upsert and a Jsonb patch.
 One JSON line per driver on stdout; the Rust test (tests/drivers.rs) asserts on them.
@@ -161,6 +161,31 @@ async def asyncpg_reads():
     tally.report()
 
 
+async def asyncpg_pool():
+    # create_pool() with its defaults (FastAPI's usual setup): each connection taken back is
+    # reset with `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, and the
+    # pool hands out fewer connections than there are clients.
+    tally = Tally("asyncpg pool")
+    async with asyncpg.create_pool(URI, min_size=2, max_size=3) as pool:
+
+        async def client(c):
+            for i in keys_for(c):
+                try:
+                    async with pool.acquire() as conn:
+                        tally.read(i, await conn.fetchrow(POINT_READ + "$1", f"person:{i}"))
+                except asyncpg.PostgresError as e:
+                    tally.error(e)
+
+        await asyncio.gather(*(client(c) for c in range(CLIENTS)))
+
+    async def connect_once(uri):
+        async with asyncpg.create_pool(uri, min_size=1, max_size=1) as p:
+            await p.fetchval("SELECT 1")
+
+    tally.foreign_ca(await foreign_ca_error_async(connect_once))
+    tally.report()
+
+
 def sqlalchemy_psycopg():
     tally = Tally("sqlalchemy+psycopg")
     engine = sqlalchemy.create_engine(URI.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -234,5 +259,6 @@ async def sqlalchemy_asyncpg():
 
 psycopg3()
 asyncio.run(asyncpg_reads())
+asyncio.run(asyncpg_pool())
 sqlalchemy_psycopg()
 asyncio.run(sqlalchemy_asyncpg())
