@@ -85,11 +85,15 @@ impl Kind {
             Kind::Override => "dl_tenant_override",
         }
     }
-    /// `search_path` set on the logins of this kind.
+    /// `search_path` set on the logins of this kind (a role default: it holds through the
+    /// pooler). Unqualified names find the tenant's own tables first (migration tools keep
+    /// their bookkeeping in `current_schema()`), then the resolved views, then the helpers;
+    /// `pg_catalog` comes last, so that the extension's bounded advisory-lock functions in
+    /// `public` answer an unqualified `pg_advisory_lock(...)` (sql/install/08_shared_state.sql).
     pub fn search_path(self) -> &'static str {
         match self {
-            Kind::Read => "public",
-            Kind::Override => "public, tenant_custom",
+            Kind::Read => "dl_resolved, public, pg_catalog",
+            Kind::Override => "tenant_custom, dl_resolved, public, pg_catalog",
         }
     }
 }

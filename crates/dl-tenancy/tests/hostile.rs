@@ -143,27 +143,47 @@ fn a_deeply_nested_patch_is_refused_not_a_crash() {
 }
 
 /// The shared lock table, large objects and the notification queue are out of reach of
-/// both tenant roles.
+/// both tenant roles. Advisory locks are theirs only through the extension's bounded
+/// functions (0.6.0): a flood stops at the session's budget (54000), and the built-ins stay
+/// refused.
 #[test]
 fn shared_server_state_is_out_of_reach() {
     let mut arena = Arena::new();
     let attacks = [
-        "SELECT pg_advisory_lock(1::bigint)",
-        "SELECT pg_advisory_lock(1, 2)",
-        "SELECT pg_try_advisory_xact_lock_shared(7::bigint)",
-        "SELECT count(pg_advisory_lock(g)) FROM generate_series(1, 2000000) g",
+        "SELECT pg_catalog.pg_advisory_lock(1::bigint)",
+        "SELECT pg_catalog.pg_advisory_lock(1, 2)",
+        "SELECT pg_catalog.pg_try_advisory_xact_lock_shared(7::bigint)",
+        "SELECT count(pg_catalog.pg_advisory_lock(g)) FROM generate_series(1, 2000000) g",
         "SELECT lo_create(0)",
         "SELECT lo_from_bytea(0, decode(repeat('ab', 1000), 'hex'))",
         "SELECT pg_notify('channel', 'payload')",
         "LISTEN channel",
         "NOTIFY channel, 'payload'",
     ];
+    let mut admin = arena.env.admin_ws(ATTACKER);
     for (who, mut client) in arena.attacker_sessions() {
         for attack in attacks {
             assert_eq!(state_of(&mut client, attack), "42501", "{who}: {attack}");
         }
+        for flood in [
+            "SELECT count(pg_advisory_lock(g)) FROM generate_series(1, 2000000) g",
+            "SELECT count(pg_try_advisory_lock(g, 1)) FROM generate_series(1, 2000000) g",
+        ] {
+            assert_eq!(state_of(&mut client, flood), "54000", "{who}: {flood}");
+        }
+        let most: i64 = admin
+            .query_one(
+                "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM pg_locks
+                  WHERE locktype = 'advisory' AND objsubid IN (1, 2) GROUP BY pid) AS s",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(most <= 16, "{who}: a session holds {most} advisory locks");
+        client
+            .batch_execute("SELECT pg_advisory_unlock_all()")
+            .unwrap();
     }
-    let mut admin = arena.env.admin_ws(ATTACKER);
     let large_objects: i64 = admin
         .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
         .unwrap()

@@ -68,10 +68,16 @@ fn provision_status_metadata_schema_list_deprovision() {
     }
     let settings: String = rows[3].get(3);
     assert!(settings.contains("role=dl_tenant_read"), "{settings}");
-    assert!(settings.contains("search_path=public"), "{settings}");
+    assert!(
+        settings.contains("search_path=dl_resolved, public, pg_catalog"),
+        "{settings}"
+    );
     let settings: String = rows[1].get(3);
     assert!(settings.contains("role=dl_tenant_override"), "{settings}");
-    assert!(settings.contains("tenant_custom"), "{settings}");
+    assert!(
+        settings.contains("search_path=tenant_custom, dl_resolved, public, pg_catalog"),
+        "{settings}"
+    );
 
     // Metadata: no secrets.
     let md = t.metadata("acme").unwrap();

@@ -1,0 +1,78 @@
+//! What app developers' tools do with their defaults, through a workspace's own URIs, direct
+//! and pooled: migration tools keep their bookkeeping in `current_schema()` and take an
+//! advisory lock to run alone (Rails, Kysely), drivers' pools reset each connection they take
+//! back (asyncpg), and apps name the resolved views unqualified.
+
+mod common;
+
+use common::*;
+use dl_tenancy_ctl::Kind;
+use postgres::Client;
+
+fn text(c: &mut Client, sql: &str) -> String {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+fn boolean(c: &mut Client, sql: &str) -> bool {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+#[test]
+fn migration_tools_and_pools_work_with_their_defaults() {
+    let env = Env::new();
+    env.t.provision("app").unwrap();
+    for pooled in [false, true] {
+        let uri = env.uri("app", Kind::Override, pooled);
+        let mut c = connect(&uri).unwrap();
+        // Django, Alembic, knex, TypeORM, ...: the first schema of the path is the tenant's.
+        assert_eq!(
+            text(&mut c, "SELECT current_schema()::text"),
+            "tenant_custom"
+        );
+        let table = format!("schema_migrations_{pooled}");
+        c.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (version text PRIMARY KEY);
+             INSERT INTO {table} VALUES ('20261207000000');"
+        ))
+        .unwrap();
+        let schema = format!(
+            "SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = '{table}'::regclass"
+        );
+        assert_eq!(text(&mut c, &schema), "tenant_custom");
+        // The resolved views, unqualified.
+        c.batch_execute("SELECT count(*) FROM people; SELECT count(*) FROM companies")
+            .unwrap();
+        // Rails' and Kysely's migration locks: a session lock another session cannot take,
+        // released by its holder (direct: through a transaction pooler two clients may share
+        // one server session, as PgBouncer documents); a transaction lock.
+        assert!(boolean(&mut c, "SELECT pg_try_advisory_lock(5432100)"));
+        if !pooled {
+            let mut other = connect(&uri).unwrap();
+            assert!(!boolean(&mut other, "SELECT pg_try_advisory_lock(5432100)"));
+        }
+        assert!(boolean(&mut c, "SELECT pg_advisory_unlock(5432100)"));
+        c.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7, 8); COMMIT")
+            .unwrap();
+        // asyncpg's pool reset, as it sends it.
+        c.batch_execute("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL")
+            .unwrap();
+        // The budget: 16 locks a session, then 54000 with a clear message.
+        let e = c
+            .batch_execute("SELECT count(pg_advisory_lock(g)) FROM generate_series(1, 17) g")
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "54000", "{e}");
+        assert!(
+            e.as_db_error().unwrap().message().contains("at most 16"),
+            "{e}"
+        );
+        c.batch_execute("SELECT pg_advisory_unlock_all()").unwrap();
+    }
+    for pooled in [false, true] {
+        let mut r = connect(&env.uri("app", Kind::Read, pooled)).unwrap();
+        assert_eq!(text(&mut r, "SELECT current_schema()::text"), "dl_resolved");
+        r.batch_execute(
+            "SELECT identity_key, display_name FROM people ORDER BY updated_at DESC LIMIT 20",
+        )
+        .unwrap();
+    }
+}
