@@ -391,11 +391,46 @@ fn report(level: PgLogLevel, code: PgSqlErrorCode, (message, detail, hint): Text
         .report(level);
 }
 
+/// `CREATE SCHEMA IF NOT EXISTS` of a schema that exists, with nothing in it to create: the
+/// schema's name. PostgreSQL checks CREATE on the database before it looks for the schema, so
+/// a tool that runs it for a schema it may use (drizzle-kit, for `tenant_custom`) got 42501.
+unsafe fn existing_schema(statement: *mut pg_sys::Node) -> Option<String> {
+    if (*statement).type_ != pg_sys::NodeTag::T_CreateSchemaStmt {
+        return None;
+    }
+    let create = statement.cast::<pg_sys::CreateSchemaStmt>();
+    if !(*create).if_not_exists
+        || (*create).schemaname.is_null()
+        || !(*create).authrole.is_null()
+        || !(*create).schemaElts.is_null()
+    {
+        return None;
+    }
+    let oid = pg_sys::get_namespace_oid((*create).schemaname, true);
+    (oid != pg_sys::InvalidOid).then(|| {
+        CStr::from_ptr((*create).schemaname)
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
 /// Our part of the hook, guarded: refuses with 42501, or returns whether to run the statement
-/// (false: skipped with a WARNING, in load mode).
+/// (false: skipped with a WARNING, in load mode; or with PostgreSQL's own NOTICE, for a schema
+/// that exists).
 #[pg_guard]
 unsafe extern "C-unwind" fn should_run(pstmt: *mut pg_sys::PlannedStmt) -> bool {
     let statement = (*pstmt).utilityStmt;
+    if let Some(schema) = existing_schema(statement) {
+        if is_workspace_login() {
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_SCHEMA,
+                format!("schema \"{schema}\" already exists, skipping"),
+                "dl_tenancy::tenant_guard",
+            )
+            .report(PgLogLevel::NOTICE);
+            return false;
+        }
+    }
     if let Some(text) = refusal(statement) {
         if is_workspace_login() {
             report(

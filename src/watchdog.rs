@@ -31,7 +31,7 @@ static TRANSACTION_LIMIT_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
 const RESTART: Duration = Duration::from_secs(5);
 
 /// One pass: ends the sessions and returns (pid, login, why) for each. Only catalogs, with a
-/// short statement_timeout so that a pass never hangs on a busy catalog. `ending` is
+/// short lock_timeout so that a pass never hangs on a busy catalog. `ending` is
 /// MATERIALIZED: inlined, its conditions and `pg_terminate_backend` would become quals of one
 /// scan of pg_stat_activity, which the planner may evaluate in any order: it then ended the
 /// server's own processes, the platform's sessions and the worker itself.
@@ -112,7 +112,9 @@ pub(crate) fn register() {
 
 fn end_sessions() -> Vec<(i32, String, String)> {
     let limit = TRANSACTION_LIMIT_MS.get();
-    Spi::run("SET LOCAL statement_timeout = '5s'; SET LOCAL search_path = pg_catalog, pg_temp")
+    // statement_timeout is never armed for a background worker's SPI; lock_timeout is, and a
+    // pass only waits on locks (a tenant cannot hold one on these catalogs: the guard).
+    Spi::run("SET LOCAL lock_timeout = '5s'; SET LOCAL search_path = pg_catalog, pg_temp")
         .unwrap_or_else(|e| error!("dl_tenancy watchdog: {e}"));
     Spi::connect(|client| {
         let rows = client

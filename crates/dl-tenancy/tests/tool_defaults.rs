@@ -39,6 +39,14 @@ fn migration_tools_and_pools_work_with_their_defaults() {
             "SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = '{table}'::regclass"
         );
         assert_eq!(text(&mut c, &schema), "tenant_custom");
+        // drizzle-kit's first statement, for a schema the login may use; another schema
+        // is still the database owner's to create.
+        c.batch_execute("CREATE SCHEMA IF NOT EXISTS tenant_custom")
+            .unwrap();
+        let e = c
+            .batch_execute("CREATE SCHEMA IF NOT EXISTS drizzle")
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{e}");
         // The resolved views, unqualified.
         c.batch_execute("SELECT count(*) FROM people; SELECT count(*) FROM companies")
             .unwrap();
