@@ -6,10 +6,8 @@
 //! File layout: the line `dl-tenancy-backup 1`, the manifest as one line of JSON, then the
 //! archive's bytes (`tail -n +3 FILE | pg_restore -l` lists it).
 
-use crate::archive::{
-    count_all_rows, count_extension_rows, count_tenant_rows, dump_archive, has_tenant_objects,
-    load_archive, verify_rows, version_key, TempDir,
-};
+use crate::archive::{dump_archive, has_tenant_objects, load_archive, version_key, TempDir};
+use crate::counts::{count_all_rows, count_extension_rows, count_tenant_rows, verify_rows};
 use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{validate_workspace_id, WorkspaceNames};

@@ -16,6 +16,7 @@ mod backup;
 pub mod certs;
 pub mod connection;
 pub mod control;
+mod counts;
 mod credentials;
 pub mod error;
 pub mod fences;

@@ -18,7 +18,8 @@
 //! Every object is named `dl_move_<16 hex digits>` (the handle, recorded in the control
 //! database before any is made), so [`remove`] finds and drops them after a crash.
 
-use crate::archive::{count_each, install_version};
+use crate::archive::install_version;
+use crate::counts::count_each;
 use crate::connection::connect;
 use crate::error::{Error, ErrorCode, Result};
 use crate::names::{quote_ident, quote_literal};
@@ -325,7 +326,7 @@ impl Stream {
         });
         let copied = copied.map_err(|_| Error::new(ErrorCode::Internal, "counting rows failed"))?;
         let rows = rows?;
-        crate::archive::verify_rows(&rows, &copied?)?;
+        crate::counts::verify_rows(&rows, &copied?)?;
         Ok(rows)
     }
 

@@ -21,9 +21,10 @@
 mod logical;
 
 use crate::archive::{
-    count_all_rows, count_tenant_rows, dump_archive, dump_without_data_of, has_tenant_state,
-    load_archive, load_tenant_objects, verify_rows, version_key, TempDir,
+    dump_archive, dump_without_data_of, has_tenant_state, load_archive, load_tenant_objects,
+    version_key, TempDir,
 };
+use crate::counts::{count_all_rows, count_tenant_rows, verify_rows};
 use crate::connection::connect;
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::local::LOCAL_SERVER_ID;
