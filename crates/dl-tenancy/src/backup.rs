@@ -7,8 +7,8 @@
 //! archive's bytes (`tail -n +3 FILE | pg_restore -l` lists it).
 
 use crate::archive::{dump_archive, has_tenant_objects, load_archive, version_key, TempDir};
-use crate::counts::{count_all_rows, count_extension_rows, count_tenant_rows, verify_rows};
 use crate::connection::connect;
+use crate::counts::{count_all_rows, count_extension_rows, count_tenant_rows, verify_rows};
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::names::{validate_workspace_id, WorkspaceNames};
 use crate::servers::EXTENSION;

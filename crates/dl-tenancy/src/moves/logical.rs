@@ -19,8 +19,8 @@
 //! database before any is made), so [`remove`] finds and drops them after a crash.
 
 use crate::archive::install_version;
-use crate::counts::count_each;
 use crate::connection::connect;
+use crate::counts::count_each;
 use crate::error::{Error, ErrorCode, Result};
 use crate::names::{quote_ident, quote_literal};
 use crate::servers::{database_exists, ensure_tool_login, role_exists, EXTENSION};

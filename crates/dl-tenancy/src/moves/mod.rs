@@ -24,8 +24,8 @@ use crate::archive::{
     dump_archive, dump_without_data_of, has_tenant_state, load_archive, load_tenant_objects,
     version_key, TempDir,
 };
-use crate::counts::{count_all_rows, count_tenant_rows, verify_rows};
 use crate::connection::connect;
+use crate::counts::{count_all_rows, count_tenant_rows, verify_rows};
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::local::LOCAL_SERVER_ID;
 use crate::names::{
