@@ -379,7 +379,7 @@ pub fn tls_query(sslmode: SslMode, sslrootcert: Option<&std::path::Path>) -> Str
     let mut q = format!("sslmode={}", sslmode.as_str());
     if let Some(p) = sslrootcert {
         q.push_str("&sslrootcert=");
-        q.push_str(&crate::names::percent_encode(&p.display().to_string()));
+        q.push_str(&crate::names::query_encode(&p.display().to_string()));
     }
     q
 }

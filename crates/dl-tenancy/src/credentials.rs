@@ -11,7 +11,8 @@ use crate::connection::{connect, tls_query, SslMode};
 use crate::error::{invalid, Error, ErrorCode, Result};
 use crate::fences::Limits;
 use crate::names::{
-    percent_encode, quote_ident, quote_literal, validate_workspace_id, Kind, Slot, WorkspaceNames,
+    libpq_value, percent_encode, quote_ident, quote_literal, validate_workspace_id, Kind, Slot,
+    WorkspaceNames,
 };
 use crate::secret::{random_password, scram_verifier};
 use crate::types::{Endpoint, Reveal, Rotation};
@@ -247,24 +248,54 @@ impl Tenancy {
             ),
             None => (SslMode::Require, None),
         };
+        let db = names.database();
+        let tls = tls_query(sslmode, tls_of.ca_file.as_deref().map(Path::new));
         let uri = format!(
-            "postgresql://{}:{}@{}:{}/{}?{}",
+            "postgresql://{}:{}@{}:{}/{}?{tls}",
             percent_encode(&login),
             percent_encode(&pw),
             format_host(&ep.host),
             ep.port,
-            percent_encode(&names.database()),
-            tls_query(sslmode, tls_of.ca_file.as_deref().map(Path::new))
+            percent_encode(&db),
         );
+        let jdbc_url = format!(
+            "jdbc:postgresql://{}:{}/{}?user={}&password={}&{tls}",
+            format_host(&ep.host),
+            ep.port,
+            percent_encode(&db),
+            percent_encode(&login),
+            percent_encode(&pw),
+        );
+        let mut keywords: Vec<String> = [
+            ("host", ep.host.as_str()),
+            ("port", &ep.port.to_string()),
+            ("user", &login),
+            ("password", &pw),
+            ("dbname", &db),
+            ("sslmode", sslmode.as_str()),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{k}={}", libpq_value(v)))
+        .collect();
+        if let Some(ca) = &tls_of.ca_file {
+            keywords.push(format!("sslrootcert={}", libpq_value(ca)));
+        }
         Ok(Reveal {
             workspace: workspace.into(),
             kind,
             pooled,
             uri,
-            login,
-            database: names.database(),
+            login: login.clone(),
+            database: db,
             sslmode: sslmode.as_str().into(),
             ca_certificate,
+            host: ep.host.clone(),
+            port: ep.port,
+            user: login,
+            password: pw,
+            sslrootcert: tls_of.ca_file.clone(),
+            keywords: keywords.join(" "),
+            jdbc_url,
         })
     }
 

@@ -73,6 +73,18 @@ pub struct Reveal {
     /// The CA certificate (PEM) to trust for this server: save it where the app runs and
     /// point `sslrootcert` at it. `null` when the server was registered without one.
     pub ca_certificate: Option<String>,
+    /// The parts, for tools that take no URI (or mangle one): host, port, user (= `login`),
+    /// password, `database`, `sslmode` and the CA file on the machine that revealed it.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub sslrootcert: Option<String>,
+    /// The same as a libpq keyword/value string (`psql "..."`, PHP PDO `"pgsql:" . $it`).
+    pub keywords: String,
+    /// The same as a pgjdbc URL (`jdbc:postgresql://host:port/db?user=..&password=..`): pgjdbc
+    /// takes no `postgresql://user:pass@...`, and its error for one echoes the password.
+    pub jdbc_url: String,
 }
 
 /// `POST connection-uris/rotate`.

@@ -84,3 +84,42 @@ fn migration_tools_and_pools_work_with_their_defaults() {
         .unwrap();
     }
 }
+
+/// `reveal` gives every form a tool takes, and each connects: the URI (with no `%` a tool
+/// could read specially), the libpq keyword string (psql, PHP PDO), the parts, and a pgjdbc
+/// URL naming the same server, database, login and TLS.
+#[test]
+fn revealed_connection_strings_fit_every_ecosystem() {
+    let env = Env::new();
+    env.t.provision("forms").unwrap();
+    for kind in Kind::ALL {
+        for pooled in [false, true] {
+            let r = env.t.reveal("forms", kind, pooled).unwrap();
+            assert!(!r.uri.contains('%'), "{}", r.uri);
+            assert_eq!(r.user, r.login);
+            let ca = r.sslrootcert.clone().expect("the local cluster's CA");
+            assert_eq!(
+                r.keywords,
+                format!(
+                    "host={} port={} user={} password={} dbname={} sslmode=verify-full sslrootcert={ca}",
+                    r.host, r.port, r.user, r.password, r.database
+                )
+            );
+            assert_eq!(
+                r.jdbc_url,
+                format!(
+                    "jdbc:postgresql://{}:{}/{}?user={}&password={}&sslmode=verify-full&sslrootcert={ca}",
+                    r.host, r.port, r.database, r.user, r.password
+                )
+            );
+            for form in [&r.uri, &r.keywords] {
+                let mut c = connect(form).unwrap_or_else(|e| panic!("{form}: {e}"));
+                c.batch_execute(READ_QUERY).unwrap();
+            }
+            if psql_available().is_ok() {
+                let out = psql(&r.keywords, "SELECT 1");
+                assert!(out.status.success(), "{out:?}");
+            }
+        }
+    }
+}
