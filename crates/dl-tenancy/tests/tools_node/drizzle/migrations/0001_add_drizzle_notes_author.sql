@@ -1,0 +1,1 @@
+ALTER TABLE "drizzle_notes" ADD COLUMN "author" text;
