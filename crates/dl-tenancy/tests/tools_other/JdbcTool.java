@@ -55,11 +55,11 @@ public class JdbcTool {
     }
 
     // The seed's upsert, with JDBC's `?` for PostgreSQL's `$1..$4`.
-    static void correct(Connection c, String upsert, String key, String name) throws SQLException {
+    static void correct(Connection c, String upsert, String key, String identityPatch) throws SQLException {
         try (PreparedStatement ps = c.prepareStatement(upsert.replaceAll("\\$\\d+", "?"))) {
             ps.setString(1, key);
             ps.setString(2, "verified");
-            ps.setObject(3, jsonb("{\"display_name\":" + quote(name) + "}"));
+            ps.setObject(3, jsonb(identityPatch));
             ps.setObject(4, jsonb("{\"source\":\"app\"}"));
             ps.executeUpdate();
         }
@@ -135,9 +135,9 @@ public class JdbcTool {
         try (Connection w = open(System.getenv("JDBC_URL")); Connection r = open(readUrl)) {
             // Past prepareThreshold: the last runs use a named server-side statement.
             for (int i = 0; i < 6; i++) {
-                correct(w, System.getenv("DL_UPSERT"), key, "Written by draft " + i);
+                correct(w, System.getenv("DL_UPSERT"), key, "{\"display_name\":\"Written by draft " + i + "\"}");
             }
-            correct(w, System.getenv("DL_UPSERT"), key, "Written by " + tool);
+            correct(w, System.getenv("DL_UPSERT"), key, "{\"display_name\":" + quote("Written by " + tool) + "}");
             try (PreparedStatement ps = r.prepareStatement(
                     "SELECT display_name, identity_payload->>'display_name', status FROM dl_resolved.people WHERE identity_key = ?")) {
                 ps.setString(1, key);

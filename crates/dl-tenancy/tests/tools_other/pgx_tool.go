@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log"
 	"os"
 	"regexp"
 	"strings"
@@ -49,7 +50,7 @@ func main() {
 		// created unqualified land in tenant_custom.
 		pool, err := pgxpool.Connect(ctx, os.Getenv("DATABASE_URL"))
 		if err != nil {
-			fail(err)
+			log.Fatal(err)
 		}
 		defer pool.Close()
 		for _, step := range []string{
@@ -57,7 +58,7 @@ func main() {
 			`ALTER TABLE pgx_gadgets ADD COLUMN IF NOT EXISTS color text`,
 		} {
 			if _, err := pool.Exec(ctx, step); err != nil {
-				fail(err)
+				log.Fatal(err)
 			}
 		}
 		// end recipe
@@ -90,15 +91,15 @@ func app(ctx context.Context) {
 	readQuery, upsert, key := os.Getenv("DL_READ_QUERY"), os.Getenv("DL_UPSERT"), os.Getenv("DL_KEY")
 	// recipe: Go pgx v4
 	// pgxpool with its defaults on the pooled URIs (prepared statements work through the
-	// pooler); jsonb parameters as Go maps.
+	// pooler); jsonb parameters as Go maps. upsert: the seed's INSERT ... ON CONFLICT.
 	reads, err := pgxpool.Connect(ctx, os.Getenv("READ_DATABASE_URL"))
 	if err != nil {
-		fail(err)
+		log.Fatal(err)
 	}
 	defer reads.Close()
 	writes, err := pgxpool.Connect(ctx, os.Getenv("DATABASE_URL"))
 	if err != nil {
-		fail(err)
+		log.Fatal(err)
 	}
 	defer writes.Close()
 	correct := func(key, name string) error {

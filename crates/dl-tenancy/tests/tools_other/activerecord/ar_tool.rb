@@ -10,23 +10,27 @@ require "active_record"
 
 mode = ARGV.fetch(0)
 sql = []
-ActiveSupport::Notifications.subscribe("sql.active_record") { |*, p| sql << p[:sql] }
+applied = []
+ActiveSupport::Notifications.subscribe("sql.active_record") do |*, p|
+  sql << p[:sql]
+  if p[:sql].start_with?('INSERT INTO "schema_migrations"')
+    applied.concat(p[:binds].map { |b| b.value.to_s })
+  end
+end
 
 if mode == "migrate"
-  before = nil
   # recipe: Rails ActiveRecord migrations
   # The override login's DIRECT URI: ActiveRecord holds a session advisory lock while it
   # migrates, and through the transaction pooler another client may share that session.
   # (In a Rails app: config/database.yml `url: <%= ENV["DATABASE_URL"] %>`, `rails db:migrate`.)
   ActiveRecord::Base.establish_connection(ENV.fetch("DATABASE_URL"))
   migrations = ActiveRecord::MigrationContext.new("db/migrate", ActiveRecord::SchemaMigration)
-  before = migrations.get_all_versions
   migrations.migrate
   # end recipe
   after = migrations.get_all_versions
   puts JSON.generate(
     tool: "activerecord", mode: "migrate",
-    applied: (after - before).map(&:to_s), versions: after.map(&:to_s),
+    applied: applied, versions: after.map(&:to_s),
     current_schema: ActiveRecord::Base.connection.select_value("SELECT current_schema()"),
     advisory_lock: sql.any? { |s| s.include?("pg_try_advisory_lock") },
     advisory_unlock: sql.any? { |s| s.include?("pg_advisory_unlock") }
