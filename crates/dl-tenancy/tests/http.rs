@@ -984,7 +984,8 @@ fn library_calls_time_out() {
         r.text
     );
     // other calls still work
-    assert_eq!(call(&api, "GET", STATUS, Body::None).status, 200);
+    let r = call(&api, "GET", STATUS, Body::None);
+    assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(call(&api, "GET", HEALTHZ, Body::None).status, 200);
     // The abandoned calls do not go on behind the answer: their backends end a moment after
     // it (serve's statement_timeout), so nothing waits on the held lock any more and the
