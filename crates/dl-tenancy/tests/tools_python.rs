@@ -287,6 +287,13 @@ fn python_tools_with_their_defaults_migrate_read_and_upsert() {
             assert!(row.get::<_, bool>(4));
         }
     }
+    let log = env.server_log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR:")).collect();
+    eprintln!(
+        "server log ERROR lines: {}\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
     eprintln!(
         "tools_python: install {installed:?}, all {:?}",
         started.elapsed()
