@@ -29,7 +29,8 @@ if [ ! -f "$dir/node/installed" ]; then
         && npm install --silent --no-audit --no-fund --omit=dev --omit=optional "${node_pkgs[@]}" >&2)
     touch "$dir/node/installed"
 fi
-if [ ! -f "$dir/prisma/status" ]; then
+# A failed npm install is tried again on the next run; a failed generate is kept.
+if [ ! -f "$dir/prisma/status" ] || grep -q "^PRISMA_FAILED npm install" "$dir/prisma/status"; then
     echo "tools_node: installing ${prisma_pkgs[*]} into $dir/prisma" >&2
     rm -rf "$dir/prisma"
     mkdir -p "$dir/prisma"
