@@ -227,7 +227,15 @@ pub const SESSION_PRELOAD: (&str, &str) = ("session_preload_libraries", "dl_tena
 /// it gets an error, instead of the default two minutes; after a failed server login (a
 /// revoked login's pool, or a login into a database that is not its own), the pool waits
 /// `server_login_retry` before it tries again, and a client asking meanwhile waits with it:
-/// 1 s keeps every pooled refusal under 2 s (issue 13) without hammering a failing server.
+/// 0.2 s keeps every pooled refusal (a typo in the database name, a revoked login) well under
+/// a second, on the first try and on every one after, while a failing server is tried at most
+/// five times a second per pool.
+///
+/// `server_reset_query_always` with `RESET ALL`: PgBouncer resets every server connection a
+/// client's transaction gives back (in transaction mode it runs no reset query otherwise), so a
+/// `SET` one client made (`work_mem`, `search_path`, `statement_timeout = 0`) never reaches the
+/// next client of that connection. `RESET ALL` rather than `DISCARD ALL`: it keeps the prepared
+/// statements PgBouncer tracks per server connection.
 pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("max_client_conn", "2000"),
     ("default_pool_size", "10"),
@@ -235,7 +243,9 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("max_user_connections", "10"),
     ("client_login_timeout", "10"),
     ("query_wait_timeout", "30"),
-    ("server_login_retry", "1"),
+    ("server_login_retry", "0.2"),
+    ("server_reset_query", "RESET ALL"),
+    ("server_reset_query_always", "1"),
     // Protocol-level prepared statements in transaction mode (PgBouncer 1.21+): drivers that
     // prepare by default work through the pooled URI.
     ("max_prepared_statements", "200"),

@@ -123,3 +123,66 @@ fn revealed_connection_strings_fit_every_ecosystem() {
         }
     }
 }
+
+/// A session `SET` one pooled client makes (Rails sets its search_path, an app lifts its
+/// statement timeout) is never seen by the clients that get that server connection next: the
+/// pooler resets it. Ten fresh clients of the same login see the login's own defaults.
+#[test]
+fn a_pooled_clients_session_settings_stay_its_own() {
+    let env = Env::new();
+    env.t.provision("sessions").unwrap();
+    let uri = env.uri("sessions", Kind::Override, true);
+    let mut setter = connect(&uri).unwrap();
+    setter
+        .batch_execute(
+            "SET work_mem = '17MB'; SET search_path = public; SET statement_timeout = 0;
+             SET application_name = 'setter'",
+        )
+        .unwrap();
+    let defaults = (
+        "16MB".to_string(),
+        "tenant_custom, dl_resolved, public, pg_catalog".to_string(),
+        "1min".to_string(),
+    );
+    let mut others: Vec<Client> = (0..10).map(|_| connect(&uri).unwrap()).collect();
+    for (i, c) in others.iter_mut().enumerate() {
+        let row = c
+            .query_one(
+                "SELECT current_setting('work_mem'), current_setting('search_path'),
+                        current_setting('statement_timeout')",
+                &[],
+            )
+            .unwrap();
+        let seen: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(seen, defaults, "client {i} sees another client's settings");
+    }
+}
+
+/// A typo in the database name of a pooled URI is refused at once, on the first try and on
+/// every one after, with the server's own refusal rather than the pooler's "server down".
+/// psql's `connect_timeout=1` bounds each try: a refusal that took longer would show up as
+/// psql's timeout instead, and fail the check.
+#[test]
+fn a_wrong_database_on_the_pooled_uri_is_refused_at_once() {
+    if let Err(why) = psql_available() {
+        return skip_or_fail(
+            "a_wrong_database_on_the_pooled_uri_is_refused_at_once",
+            &why,
+        );
+    }
+    let env = Env::new();
+    env.t.provision("typo").unwrap();
+    let uri = env.uri("typo", Kind::Read, true);
+    let db = env.database("typo");
+    let wrong = uri.replacen(&format!("/{db}?"), &format!("/{db}x?connect_timeout=1&"), 1);
+    assert_ne!(wrong, uri);
+    for attempt in 0..10 {
+        let out = psql(&wrong, "SELECT 1");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "attempt {attempt}: {stderr}");
+        assert!(
+            stderr.contains("pg_hba.conf rejects connection") && !stderr.contains("timeout"),
+            "attempt {attempt}: {stderr}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Scenario 10: the seed's reads through the pooler the provisioning tool runs (PgBouncer in
 //! transaction mode with the tool's own settings) vs directly to PostgreSQL: throughput
-//! ratio pooled / direct, both measured in the same run on the same data, interleaved.
+//! ratio pooled / direct, both measured in the same run on the same data, interleaved; and
+//! the same pooler without its per-transaction session reset, for what the reset costs.
 
 use pg_harness::{pgbouncer_bin, pgbouncer_ini, pgbouncer_version, PgBouncer, PgBouncerIni};
 use postgres::{Client, NoTls};
@@ -57,20 +58,31 @@ pub fn run(b: &Bench) -> R<Scenario> {
     ))?;
     let socket_dir = b.cluster.socket_dir().to_path_buf();
     let pg_port = b.cluster.port();
-    let bouncer = PgBouncer::start(|port, dir| {
-        let ini = pgbouncer_ini(&PgBouncerIni {
-            dir,
-            listen_port: port,
-            server_socket_dir: &socket_dir,
-            server_port: pg_port,
-            auth_type: "scram-sha-256",
-            auth_user: None,
-            auth_query: None,
-            pool_mode: "transaction",
-            extra: POOLER_SETTINGS,
-        });
-        (ini, format!("\"{LOGIN}\" \"{verifier}\"\n"))
-    })?;
+    let start = |settings: &[(&str, &str)]| {
+        PgBouncer::start(|port, dir| {
+            let ini = pgbouncer_ini(&PgBouncerIni {
+                dir,
+                listen_port: port,
+                server_socket_dir: &socket_dir,
+                server_port: pg_port,
+                auth_type: "scram-sha-256",
+                auth_user: None,
+                auth_query: None,
+                pool_mode: "transaction",
+                extra: settings,
+            });
+            (ini, format!("\"{LOGIN}\" \"{verifier}\"\n"))
+        })
+    };
+    let bouncer = start(POOLER_SETTINGS)?;
+    // The same pooler without the reset of each server connection (0.6.0): what the reset
+    // costs, measured beside it.
+    let unreset: Vec<(&str, &str)> = POOLER_SETTINGS
+        .iter()
+        .filter(|(k, _)| !k.starts_with("server_reset_query"))
+        .copied()
+        .collect();
+    let bouncer_unreset = start(&unreset)?;
     let direct = Endpoint {
         host: "127.0.0.1".into(),
         port: pg_port,
@@ -79,6 +91,11 @@ pub fn run(b: &Bench) -> R<Scenario> {
     let pooled = Endpoint {
         host: "127.0.0.1".into(),
         port: bouncer.port(),
+        password: Some(password.clone()),
+    };
+    let pooled_unreset = Endpoint {
+        host: "127.0.0.1".into(),
+        port: bouncer_unreset.port(),
         password: Some(password),
     };
     check_same_answers(&direct, &pooled)?;
@@ -106,6 +123,7 @@ pub fn run(b: &Bench) -> R<Scenario> {
     // Per repetition every configuration once on each path, the path order alternating, so
     // that the machine's drift hits both alike.
     let mut tps = vec![(Vec::new(), Vec::new()); configs.len()];
+    let mut unreset_tps = vec![Vec::new(); configs.len()];
     for rep in 0..b.cfg.reps {
         log(format!(
             "scenario 10: repetition {}/{}",
@@ -117,23 +135,42 @@ pub fn run(b: &Bench) -> R<Scenario> {
             let run = |to: &Endpoint| b.pgbench_at(to, LOGIN, script, *c, *mode);
             if pooled_first {
                 tps[i].1.push(run(&pooled)?);
+                unreset_tps[i].push(run(&pooled_unreset)?);
                 tps[i].0.push(run(&direct)?);
             } else {
                 tps[i].0.push(run(&direct)?);
+                unreset_tps[i].push(run(&pooled_unreset)?);
                 tps[i].1.push(run(&pooled)?);
             }
         }
     }
     let load_after = load_average();
     let mut ratios = Vec::new();
-    for ((label, _, mode, c), (d, p)) in configs.iter().zip(tps) {
+    let mut reset_costs = Vec::new();
+    for (((label, _, mode, c), (d, p)), u) in configs.iter().zip(tps).zip(unreset_tps) {
         let what = format!("{label}, -M {}, {c} client(s)", mode.as_str());
         // The ratio within each repetition, whose two runs were back to back.
         let paired: Vec<f64> = p.iter().zip(&d).map(|(p, d)| p / d).collect();
+        let reset_paired: Vec<f64> = p.iter().zip(&u).map(|(p, u)| p / u).collect();
         let base = sc.baseline(&format!("direct: {what}"), "tps", d);
-        let row = sc.compared(&format!("pooled: {what}"), "tps", p, base, None);
+        let unreset_base = sc.baseline(
+            &format!("pooled without the session reset (0.5.0's pooler): {what}"),
+            "tps",
+            u,
+        );
+        let row = sc.compared(&format!("pooled: {what}"), "tps", p.clone(), base, None);
         if let Some(r) = sc.ratio(row) {
             ratios.push(format!("{what}: {r:.2} (paired {:.2})", median(&paired)));
+        }
+        let reset_row = sc.compared(
+            &format!("pooled with the session reset vs without: {what}"),
+            "tps",
+            p,
+            unreset_base,
+            None,
+        );
+        if let Some(r) = sc.ratio(reset_row) {
+            reset_costs.push(format!("{what}: {r:.2} (paired {:.2})", median(&reset_paired)));
         }
     }
     sc.notes.push(format!(
@@ -153,11 +190,18 @@ pub fn run(b: &Bench) -> R<Scenario> {
          pgbench and the backends for the same cores; the cheaper the query, the more that hop shows.",
         ratios.join("; ")
     ));
+    sc.notes.push(format!(
+        "The session reset (server_reset_query = RESET ALL with server_reset_query_always, 0.6.0: a client's \
+         SET never reaches the next client of its server connection) costs one more round trip between \
+         PgBouncer and PostgreSQL per transaction. Pooled tps with the reset / without it, same run: {}.",
+        reset_costs.join("; ")
+    ));
     sc.evidence(
         "pgbouncer.ini of the run (the userlist holds the login's SCRAM verifier)",
         bouncer.spec().ini.clone(),
     );
     drop(bouncer);
+    drop(bouncer_unreset);
     Ok(sc)
 }
 
