@@ -243,18 +243,19 @@ def alembic_tool():
     project.mkdir(parents=True)
     alembic = bin_("alembic")
     # recipe: Alembic
-    # alembic init's defaults, migrations on the direct override URI. alembic.ini reads % as
-    # interpolation: the revealed URI has none, so it goes in as it is, driver psycopg 3.
+    # `alembic init` with its defaults; sqlalchemy.url in alembic.ini is the direct override URI
+    # (migrations run alone there), driver psycopg 3. The ini reads % as interpolation: the
+    # revealed URI has none, so it goes in as it is.
     run([alembic, "init", "migrations"], project)
     url = os.environ["DB_MIGRATE_URI"].replace("postgresql://", "postgresql+psycopg://", 1)
     ini = project / "alembic.ini"
     ini.write_text(re.sub(r"(?m)^sqlalchemy\.url = .*$", lambda _: f"sqlalchemy.url = {url}", ini.read_text()))
+    # upgrade(): op.create_table("alembic_notes", ...) unqualified: the table lands in
+    # tenant_custom (the login's first schema), and so does alembic_version.
     run([alembic, "revision", "-m", "create notes", "--rev-id", "0001"], project)
-    # ... upgrade(): op.create_table("alembic_notes", ...), unqualified: it lands in
-    # tenant_custom, and so does alembic_version ...
-    # end recipe
     fill_upgrade(project / "migrations" / "versions" / "0001_create_notes.py", ALEMBIC_REV_1)
     upgrades = [run([alembic, "upgrade", "head"], project)]
+    # end recipe
     run([alembic, "revision", "-m", "add body", "--rev-id", "0002"], project)
     fill_upgrade(project / "migrations" / "versions" / "0002_add_body.py", ALEMBIC_REV_2)
     upgrades.append(run([alembic, "upgrade", "head"], project))
@@ -466,13 +467,15 @@ async def asyncpg_tool():
     import asyncpg
 
     tally = Tally("asyncpg")
+    key, status, patch, raw = upsert_values("asyncpg", 0)
     # recipe: asyncpg
     # create_pool() with its defaults: sslmode/sslrootcert come from the URI; every query is a
-    # prepared statement (the pooler keeps them per client). jsonb goes in as json.dumps(...).
+    # prepared statement (the pooler keeps them per client).
     read = await asyncpg.create_pool(os.environ["DB_URI"])
     write = await asyncpg.create_pool(os.environ["DB_OVERRIDE_URI"])
     rows = await read.fetch("SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at DESC LIMIT 20")
-    # await write.execute(UPSERT, key, status, json.dumps(patch), json.dumps(raw))  # the seed's statement
+    # The seed's upsert as it is ($3::jsonb, $4::jsonb): asyncpg takes jsonb as text.
+    await write.execute(UPSERT, key, status, json.dumps(patch), json.dumps(raw))
     # end recipe
     tally.rows(rows)
 
@@ -485,7 +488,7 @@ async def asyncpg_tool():
                     tally.error(e)
 
     await asyncio.gather(*(client(c) for c in range(CONNECTIONS)))
-    for round_ in range(2):
+    for round_ in range(1, 2):
         key, status, patch, raw = upsert_values("asyncpg", round_)
         await write.execute(UPSERT, key, status, json.dumps(patch), json.dumps(raw))
     tally.set(resolved=await read.fetchval(
