@@ -170,7 +170,10 @@ pub fn run(b: &Bench) -> R<Scenario> {
             None,
         );
         if let Some(r) = sc.ratio(reset_row) {
-            reset_costs.push(format!("{what}: {r:.2} (paired {:.2})", median(&reset_paired)));
+            reset_costs.push(format!(
+                "{what}: {r:.2} (paired {:.2})",
+                median(&reset_paired)
+            ));
         }
     }
     sc.notes.push(format!(
