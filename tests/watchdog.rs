@@ -263,3 +263,43 @@ fn a_tenant_cannot_queue_a_lock_on_a_catalog() {
         || false,
     );
 }
+
+/// `scripts/install-extension` while a preloaded server runs and a session has used the
+/// library: the session goes on, nothing crashes, the watchdog keeps its process. The script
+/// renames each file into place; an in-place overwrite of the library once changed the code
+/// under every process that mapped it (a backend died with SIGILL, the cluster restarted).
+#[test]
+fn installing_under_a_running_server_keeps_its_sessions() {
+    let root = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root: this test must run there"
+        );
+        eprintln!("SKIPPED installing_under_a_running_server_keeps_its_sessions: not root");
+        return;
+    }
+    let tc = preloaded_cluster();
+    let mut session = tc.create_tenant_db("install");
+    let merge = "SELECT dl_jsonb_merge_patch('{\"a\":1}', '{\"b\":2}')::text";
+    let before: String = session.query_one(merge, &[]).unwrap().get(0);
+    let mut observer = tc.admin("postgres");
+    let watchdogs = watchdog_pids(&mut observer);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/install-extension");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: String = session.query_one(merge, &[]).unwrap().get(0);
+    assert_eq!(before, after);
+    assert_eq!(watchdog_pids(&mut observer), watchdogs);
+    let log = tc.cluster.log();
+    assert!(!log.contains("terminated by signal"), "{log}");
+    // A new session loads the new file.
+    tc.admin("install").batch_execute(merge).unwrap();
+}
