@@ -814,6 +814,6 @@ fn login_of(uri: &str) -> String {
 
 /// The database a URI names.
 fn database_of(uri: &str) -> String {
-    let after = &uri[uri.rfind('/').unwrap() + 1..];
-    after.split('?').next().unwrap().to_string()
+    let base = uri.split('?').next().unwrap();
+    base[base.rfind('/').unwrap() + 1..].to_string()
 }
