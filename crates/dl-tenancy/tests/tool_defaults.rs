@@ -61,9 +61,11 @@ fn migration_tools_and_pools_work_with_their_defaults() {
         assert!(boolean(&mut c, "SELECT pg_advisory_unlock(5432100)"));
         c.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7, 8); COMMIT")
             .unwrap();
-        // asyncpg's pool reset, as it sends it.
+        // asyncpg's pool reset, as it sends it, and the all-in-one one other pools send.
         c.batch_execute("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL")
             .unwrap();
+        c.batch_execute("DISCARD ALL").unwrap();
+        c.batch_execute("SELECT count(*) FROM people").unwrap();
         // The budget: 16 locks a session, then 54000 with a clear message.
         let e = c
             .batch_execute("SELECT count(pg_advisory_lock(g)) FROM generate_series(1, 17) g")
