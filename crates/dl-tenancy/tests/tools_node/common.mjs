@@ -88,6 +88,19 @@ export function checkResolved (tool, row, status) {
   return row?.display_name === nameOf(tool) && row?.status === status && raw?.source === tool && raw?.tags?.length === 2
 }
 
+// The seed's upsert twice with the tool's `upsert(key, status, identityPatch, rawPatch)` (an
+// insert, then the ON CONFLICT update), and the resolved row `resolvedRow(key)` reads after.
+export async function upsertTwice (tool, upsert, resolvedRow) {
+  const p = patches(tool)
+  try {
+    await upsert(keyOf(tool), 'verified', p.identity, p.raw)
+    await upsert(keyOf(tool), 'reviewed', p.identity, p.raw)
+    return { row: await resolvedRow(keyOf(tool)), upsertError: null }
+  } catch (e) {
+    return { row: null, upsertError: String(e.stack || e).slice(0, 800) }
+  }
+}
+
 // The patches the upsert writes (jsonb parameters).
 export const patches = (tool) => ({
   identity: { display_name: nameOf(tool), emails: ['a@example.com'] },

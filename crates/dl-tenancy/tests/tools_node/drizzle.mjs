@@ -4,7 +4,7 @@
 // Also: drizzle-kit's default migrations schema ("drizzle") is refused, as documented.
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { cli, checkResolved, keyOf, main, patches, project, readLoop, report, require } from './common.mjs'
+import { cli, checkResolved, main, project, readLoop, report, require, upsertTwice } from './common.mjs'
 
 const TOOL = 'drizzle'
 const pg = require('pg')
@@ -60,16 +60,7 @@ await main(TOOL, {
       })
     // end recipe
     const out = await readLoop(() => latest())
-    const p = patches(TOOL)
-    let row = null
-    let upsertError = null
-    try {
-      await upsert(keyOf(TOOL), 'verified', p.identity, p.raw)
-      await upsert(keyOf(TOOL), 'reviewed', p.identity, p.raw)
-      row = (await write.select().from(people).where(eq(people.identity_key, keyOf(TOOL))))[0]
-    } catch (e) {
-      upsertError = String(e.stack || e).slice(0, 800)
-    }
+    const { row, upsertError } = await upsertTwice(TOOL, upsert, async (key) => (await write.select().from(people).where(eq(people.identity_key, key)))[0])
     await read.$client.end()
     await write.$client.end()
     report({ tool: TOOL, ...out, upsert_ok: checkResolved(TOOL, row, 'reviewed'), upsert_error: upsertError, resolved: row })

@@ -3,7 +3,7 @@
 // over a pool of 4 and the seed's upsert (onConflict doUpdateSet, jsonb) through the pooled URIs.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { checkResolved, keyOf, main, patches, project, readLoop, report, require } from './common.mjs'
+import { checkResolved, main, project, readLoop, report, require, upsertTwice } from './common.mjs'
 
 const TOOL = 'kysely'
 const pg = require('pg')
@@ -60,16 +60,7 @@ await main(TOOL, {
       .execute()
     // end recipe
     const out = await readLoop(() => latest())
-    const p = patches(TOOL)
-    let row = null
-    let upsertError = null
-    try {
-      await upsert(keyOf(TOOL), 'verified', p.identity, p.raw)
-      await upsert(keyOf(TOOL), 'reviewed', p.identity, p.raw)
-      row = await write.selectFrom('dl_resolved.people').selectAll().where('identity_key', '=', keyOf(TOOL)).executeTakeFirst()
-    } catch (e) {
-      upsertError = String(e.stack || e).slice(0, 800)
-    }
+    const { row, upsertError } = await upsertTwice(TOOL, upsert, async (key) => await write.selectFrom('dl_resolved.people').selectAll().where('identity_key', '=', key).executeTakeFirst())
     await read.destroy()
     await write.destroy()
     report({ tool: TOOL, ...out, upsert_ok: checkResolved(TOOL, row, 'reviewed'), upsert_error: upsertError, resolved: row })

@@ -1,6 +1,6 @@
 // node-postgres (pg): a Pool of 4 with the pooled URIs, the seed's read 200 times and the
 // seed's upsert (its own SQL, jsonb parameters). No migration tool of its own.
-import { checkResolved, keyOf, main, patches, readLoop, report, require } from './common.mjs'
+import { checkResolved, main, readLoop, report, require, upsertTwice } from './common.mjs'
 
 const TOOL = 'node-postgres'
 const pg = require('pg')
@@ -28,16 +28,7 @@ await main(TOOL, {
       [key, status, JSON.stringify(identityPatch), JSON.stringify(rawPatch)])
     // end recipe
     const out = await readLoop(() => latest())
-    const p = patches(TOOL)
-    let row = null
-    let upsertError = null
-    try {
-      await upsert(keyOf(TOOL), 'verified', p.identity, p.raw)
-      await upsert(keyOf(TOOL), 'reviewed', p.identity, p.raw)
-      row = (await write.query('SELECT display_name, status, raw_payload FROM dl_resolved.people WHERE identity_key = $1', [keyOf(TOOL)])).rows[0]
-    } catch (e) {
-      upsertError = String(e.stack || e).slice(0, 800)
-    }
+    const { row, upsertError } = await upsertTwice(TOOL, upsert, async (key) => (await write.query('SELECT display_name, status, raw_payload FROM dl_resolved.people WHERE identity_key = $1', [key])).rows[0])
     await read.end()
     await write.end()
     report({ tool: TOOL, ...out, upsert_ok: checkResolved(TOOL, row, 'reviewed'), upsert_error: upsertError, resolved: row })

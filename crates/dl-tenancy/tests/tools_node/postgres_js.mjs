@@ -1,7 +1,7 @@
 // postgres.js: a pool of 4 with the pooled URIs, the seed's read 200 times (tagged templates,
 // prepared by default) and the seed's upsert (sql.json parameters). No migration tool.
 import { readFileSync } from 'node:fs'
-import { checkResolved, keyOf, main, patches, readLoop, report, require } from './common.mjs'
+import { checkResolved, main, readLoop, report, require, upsertTwice } from './common.mjs'
 
 const TOOL = 'postgres.js'
 const postgres = require('postgres')
@@ -34,16 +34,7 @@ await main(TOOL, {
           updated_at = now()`
     // end recipe
     const out = await readLoop(() => latest())
-    const p = patches(TOOL)
-    let row = null
-    let upsertError = null
-    try {
-      await upsert(keyOf(TOOL), 'verified', p.identity, p.raw)
-      await upsert(keyOf(TOOL), 'reviewed', p.identity, p.raw)
-      row = (await write`SELECT display_name, status, raw_payload FROM dl_resolved.people WHERE identity_key = ${keyOf(TOOL)}`)[0]
-    } catch (e) {
-      upsertError = String(e.stack || e).slice(0, 800)
-    }
+    const { row, upsertError } = await upsertTwice(TOOL, upsert, async (key) => (await write`SELECT display_name, status, raw_payload FROM dl_resolved.people WHERE identity_key = ${key}`)[0])
     await read.end()
     await write.end()
     report({ tool: TOOL, ...out, upsert_ok: checkResolved(TOOL, row, 'reviewed'), upsert_error: upsertError, resolved: row })

@@ -3,7 +3,7 @@
 // INSERT ... ON CONFLICT, Json fields) through the pooled URIs. No migrations: `prisma
 // migrate` needs the schema engine binary, which only binaries.prisma.sh serves.
 import { createRequire } from 'node:module'
-import { checkResolved, keyOf, main, patches, readLoop, report } from './common.mjs'
+import { checkResolved, main, readLoop, report, upsertTwice } from './common.mjs'
 
 const TOOL = 'prisma'
 const require = createRequire(process.env.DL_PRISMA_MODULES + '/')
@@ -28,16 +28,7 @@ await main(TOOL, {
     }
     // end recipe
     const out = await readLoop(() => latest())
-    const p = patches(TOOL)
-    let row = null
-    let upsertError = null
-    try {
-      await upsert(keyOf(TOOL), 'verified', p.identity, p.raw)
-      await upsert(keyOf(TOOL), 'reviewed', p.identity, p.raw)
-      row = await write.person.findUnique({ where: { identity_key: keyOf(TOOL) } })
-    } catch (e) {
-      upsertError = String(e.stack || e).slice(0, 800)
-    }
+    const { row, upsertError } = await upsertTwice(TOOL, upsert, async (key) => await write.person.findUnique({ where: { identity_key: key } }))
     await read.$disconnect()
     await write.$disconnect()
     report({ tool: TOOL, ...out, upsert_ok: checkResolved(TOOL, row, 'reviewed'), upsert_error: upsertError, resolved: row })

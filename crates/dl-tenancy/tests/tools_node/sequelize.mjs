@@ -2,7 +2,7 @@
 // the seed's read (Model.findAll) 200 times over a pool of 4 and the seed's upsert
 // (Model.upsert, JSONB) through the pooled URIs.
 import { readFileSync } from 'node:fs'
-import { cli, checkResolved, keyOf, main, patches, project, readLoop, report, require } from './common.mjs'
+import { cli, checkResolved, main, project, readLoop, report, require, upsertTwice } from './common.mjs'
 
 const TOOL = 'sequelize'
 const { Sequelize, DataTypes } = require('sequelize')
@@ -56,16 +56,7 @@ await main(TOOL, {
     })
     // end recipe
     const out = await readLoop(() => people())
-    const p = patches(TOOL)
-    let row = null
-    let upsertError = null
-    try {
-      await upsert(keyOf(TOOL), 'verified', p.identity, p.raw)
-      await upsert(keyOf(TOOL), 'reviewed', p.identity, p.raw)
-      row = await WrittenPerson.findByPk(keyOf(TOOL), { raw: true })
-    } catch (e) {
-      upsertError = String(e.stack || e).slice(0, 800)
-    }
+    const { row, upsertError } = await upsertTwice(TOOL, upsert, async (key) => await WrittenPerson.findByPk(key, { raw: true }))
     await read.close()
     await write.close()
     report({ tool: TOOL, ...out, upsert_ok: checkResolved(TOOL, row, 'reviewed'), upsert_error: upsertError, resolved: row })

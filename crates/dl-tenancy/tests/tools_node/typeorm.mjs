@@ -1,7 +1,7 @@
 // TypeORM 1: `typeorm migration:run` twice with the data source (tools_node/typeorm/), then
 // the seed's read (repository find) 200 times over a pool of 4 and the seed's upsert
 // (Repository.upsert, jsonb columns) through the pooled URIs.
-import { cli, checkResolved, keyOf, main, patches, project, readLoop, report, require } from './common.mjs'
+import { cli, checkResolved, main, project, readLoop, report, require, upsertTwice } from './common.mjs'
 
 const TOOL = 'typeorm'
 const { DataSource, EntitySchema } = require('typeorm')
@@ -62,16 +62,7 @@ await main(TOOL, {
     }, ['identity_key'])
     // end recipe
     const out = await readLoop(() => people())
-    const p = patches(TOOL)
-    let row = null
-    let upsertError = null
-    try {
-      await upsert(keyOf(TOOL), 'verified', p.identity, p.raw)
-      await upsert(keyOf(TOOL), 'reviewed', p.identity, p.raw)
-      row = await write.getRepository(Person).findOne({ where: { identity_key: keyOf(TOOL) } })
-    } catch (e) {
-      upsertError = String(e.stack || e).slice(0, 800)
-    }
+    const { row, upsertError } = await upsertTwice(TOOL, upsert, async (key) => await write.getRepository(Person).findOne({ where: { identity_key: key } }))
     await read.destroy()
     await write.destroy()
     report({ tool: TOOL, ...out, upsert_ok: checkResolved(TOOL, row, 'reviewed'), upsert_error: upsertError, resolved: row })
