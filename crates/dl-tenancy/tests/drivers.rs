@@ -108,29 +108,15 @@ const PEOPLE: usize = 40;
 #[test]
 fn popular_drivers_with_their_defaults_get_the_right_rows() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers");
-    let install = Command::new("bash")
-        .arg(dir.join("install.sh"))
-        .output()
-        .unwrap();
-    if !install.status.success() {
-        let why = String::from_utf8_lossy(&install.stderr).to_string();
-        return skip_or_fail(
-            "popular_drivers_with_their_defaults_get_the_right_rows",
-            &why,
-        );
-    }
-    let cache = String::from_utf8_lossy(&install.stdout).trim().to_string();
+    let Some(cache) = install_tools(
+        &dir,
+        "popular_drivers_with_their_defaults_get_the_right_rows",
+    ) else {
+        return;
+    };
     let env = Env::new();
     env.t.provision("drivers").unwrap();
-    connect(&env.uri("drivers", Kind::Override, false))
-        .unwrap()
-        .batch_execute(&format!(
-            "INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch)
-             SELECT 'person:' || i, jsonb_build_object('display_name', 'Name ' || i)
-               FROM generate_series(0, {}) i",
-            PEOPLE - 1
-        ))
-        .unwrap();
+    seed_named_people(&env, "drivers", PEOPLE);
     let (foreign, foreign_dir) = foreign_ca();
     let mut seen = vec![];
     for pooled in [true, false] {

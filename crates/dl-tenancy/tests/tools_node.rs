@@ -130,29 +130,16 @@ fn node_migration_tools_and_orms_work_with_their_defaults() {
     let test = "node_migration_tools_and_orms_work_with_their_defaults";
     let started = Instant::now();
     let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools_node");
-    let install = Command::new("bash")
-        .arg(dir.join("install.sh"))
-        .output()
-        .unwrap();
-    if !install.status.success() {
-        return skip_or_fail(test, &String::from_utf8_lossy(&install.stderr));
-    }
-    let cache = String::from_utf8_lossy(&install.stdout).trim().to_string();
+    let Some(cache) = install_tools(&dir, test) else {
+        return;
+    };
     let installed = started.elapsed();
     let prisma = std::fs::read_to_string(format!("{cache}/prisma/status")).unwrap_or_default();
     let prisma_ok = prisma.trim() == "PRISMA_OK";
 
     let env = Env::new();
     env.t.provision(WS).unwrap();
-    connect(&env.uri(WS, Kind::Override, false))
-        .unwrap()
-        .batch_execute(&format!(
-            "INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch)
-             SELECT 'person:' || i, jsonb_build_object('display_name', 'Name ' || i)
-               FROM generate_series(0, {}) i",
-            PEOPLE - 1
-        ))
-        .unwrap();
+    seed_named_people(&env, WS, PEOPLE);
     let uris = |pooled| Uris {
         migrate: env.uri(WS, Kind::Override, false),
         read: env.uri(WS, Kind::Read, pooled),

@@ -181,26 +181,13 @@ fn activerecord_pgx_jdbc_and_pdo_work_with_their_defaults() {
     let test = "activerecord_pgx_jdbc_and_pdo_work_with_their_defaults";
     let started = Instant::now();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools_other");
-    let install = Command::new("bash")
-        .arg(dir.join("install.sh"))
-        .output()
-        .unwrap();
-    if !install.status.success() {
-        return skip_or_fail(test, &String::from_utf8_lossy(&install.stderr));
-    }
-    let cache = String::from_utf8_lossy(&install.stdout).trim().to_string();
+    let Some(cache) = install_tools(&dir, test) else {
+        return;
+    };
     eprintln!("install: {:.1}s", started.elapsed().as_secs_f64());
     let env = Env::new();
     env.t.provision(WS).unwrap();
-    connect(&env.uri(WS, Kind::Override, false))
-        .unwrap()
-        .batch_execute(&format!(
-            "INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch)
-             SELECT 'person:' || i, jsonb_build_object('display_name', 'Name ' || i)
-               FROM generate_series(0, {}) i",
-            PEOPLE - 1
-        ))
-        .unwrap();
+    seed_named_people(&env, WS, PEOPLE);
     let tools = tools(&dir, &cache);
     let mut admin = env.admin_ws(WS);
 

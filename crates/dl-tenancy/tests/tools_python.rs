@@ -113,18 +113,12 @@ fn python_tools_with_their_defaults_migrate_read_and_upsert() {
     let started = Instant::now();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools_python");
     let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed");
-    let install = Command::new("bash")
-        .arg(dir.join("install.sh"))
-        .output()
-        .unwrap();
-    if !install.status.success() {
-        let why = String::from_utf8_lossy(&install.stderr).to_string();
-        return skip_or_fail(
-            "python_tools_with_their_defaults_migrate_read_and_upsert",
-            &why,
-        );
-    }
-    let cache = String::from_utf8_lossy(&install.stdout).trim().to_string();
+    let Some(cache) = install_tools(
+        &dir,
+        "python_tools_with_their_defaults_migrate_read_and_upsert",
+    ) else {
+        return;
+    };
     let python = format!("{cache}/venv/bin/python");
     let installed = started.elapsed();
     let env = Env::new();

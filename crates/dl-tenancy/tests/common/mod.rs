@@ -400,3 +400,31 @@ pub const CUSTOM_OBJECTS: &str = r#"
     CREATE VIEW tenant_custom.enterprise AS SELECT id FROM tenant_custom.segments WHERE segment = 'tier-0';
     GRANT SELECT ON tenant_custom.segments, tenant_custom.enterprise TO dl_tenant_read;
 "#;
+
+/// Runs a tool test's `install.sh` (the tools installed once, from their registries, into a
+/// cache): the cache directory it prints, or `None` after [`skip_or_fail`] when it failed.
+pub fn install_tools(dir: &Path, test: &str) -> Option<String> {
+    let install = Command::new("bash")
+        .arg(dir.join("install.sh"))
+        .output()
+        .unwrap();
+    if !install.status.success() {
+        skip_or_fail(test, &String::from_utf8_lossy(&install.stderr));
+        return None;
+    }
+    Some(String::from_utf8_lossy(&install.stdout).trim().to_string())
+}
+
+/// Overrides `person:0` .. `person:{n - 1}` named `Name {i}` in a workspace, written by its
+/// override login: the rows the driver and tool tests read and check.
+pub fn seed_named_people(env: &Env, ws: &str, n: usize) {
+    connect(&env.uri(ws, Kind::Override, false))
+        .unwrap()
+        .batch_execute(&format!(
+            "INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch)
+             SELECT 'person:' || i, jsonb_build_object('display_name', 'Name ' || i)
+               FROM generate_series(0, {}) i",
+            n - 1
+        ))
+        .unwrap();
+}
