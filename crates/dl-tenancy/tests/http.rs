@@ -11,7 +11,7 @@ mod common;
 
 use common::http::*;
 use common::{skip_or_fail, SAFETY_NET};
-use dl_tenancy_ctl::http::ROUTES;
+use dl_tenancy_http::ROUTES;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -583,7 +583,7 @@ fn openapi_document_matches_the_router() {
     assert_eq!(r.status, 200);
     assert_eq!(
         &r.json, doc,
-        "served document == crates/dl-tenancy/openapi.json"
+        "served document == crates/dl-tenancy-http/openapi.json"
     );
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
 

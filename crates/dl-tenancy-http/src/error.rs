@@ -1,7 +1,7 @@
 //! The HTTP error type: `{"error":{"code":"...","message":"..."}}` with a status and, where
 //! it applies, `WWW-Authenticate` or `Retry-After`.
 
-use crate::ErrorCode;
+use dl_tenancy_ctl::ErrorCode;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -93,7 +93,7 @@ impl ApiError {
     /// A library error: its code and status. Messages of 4xx errors are the library's (they
     /// name only the caller's own workspace and never hold a secret); 5xx messages are generic
     /// and the library's message goes to the log.
-    pub fn from_lib(e: crate::Error) -> Self {
+    pub fn from_lib(e: dl_tenancy_ctl::Error) -> Self {
         let status =
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let code = e.code;
@@ -143,7 +143,7 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Error, ErrorCode};
+    use dl_tenancy_ctl::{Error, ErrorCode};
 
     #[test]
     fn library_errors_keep_codes_and_hide_5xx_causes() {

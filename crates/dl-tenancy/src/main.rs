@@ -10,8 +10,8 @@ use dl_tenancy_ctl::{
 use serde::Serialize;
 use std::path::PathBuf;
 
-#[path = "cli/fleet.rs"]
-mod fleet;
+mod cli;
+use cli::fleet;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -402,9 +402,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Server(ServerCmd::Remove { name }) => print(&open()?.server_remove(&name)?),
         Command::Serve(s) => {
             let timeout = std::time::Duration::from_secs(s.timeout_seconds.max(1));
-            dl_tenancy_ctl::http::run(
+            dl_tenancy_http::run(
                 &config,
-                &dl_tenancy_ctl::http::ServeOptions {
+                &dl_tenancy_http::ServeOptions {
                     listen: s.listen,
                     call_timeout: timeout,
                     rate_per_minute: s.rate_limit_per_minute,

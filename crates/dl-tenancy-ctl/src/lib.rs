@@ -20,7 +20,6 @@ mod counts;
 mod credentials;
 pub mod error;
 pub mod fences;
-pub mod http;
 pub mod local;
 mod migrate_names;
 mod moves;

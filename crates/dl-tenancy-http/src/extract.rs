@@ -1,9 +1,9 @@
 //! Extractors: the bearer-token principal and a strict JSON body.
 
-use super::error::ApiError;
-use super::AppState;
-use crate::tokens::{self, Principal};
-use crate::ErrorCode;
+use crate::error::ApiError;
+use crate::AppState;
+use dl_tenancy_ctl::tokens::{self, Principal};
+use dl_tenancy_ctl::ErrorCode;
 use axum::body::{Body, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;

@@ -11,9 +11,9 @@ pub mod error;
 pub mod extract;
 pub mod limit;
 
-use crate::names::Kind;
-use crate::tokens::TokenStore;
-use crate::{Config, ErrorCode, Tenancy};
+use dl_tenancy_ctl::Kind;
+use dl_tenancy_ctl::tokens::TokenStore;
+use dl_tenancy_ctl::{Config, ErrorCode, Tenancy};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -33,7 +33,7 @@ use tower_http::trace::TraceLayer;
 pub use extract::BODY_LIMIT;
 
 /// The OpenAPI document, served at `GET /api/v2/openapi.json`.
-pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
 /// Every route: (method, path). The router is built from this list (and only from it), and
 /// a test checks that it equals the paths and methods of [`OPENAPI_JSON`].
@@ -49,7 +49,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v2/tenants/usage"),
 ];
 
-pub use crate::MAX_GRACE_SECONDS;
+pub use dl_tenancy_ctl::MAX_GRACE_SECONDS;
 
 /// Options of `dl-tenancy serve`.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ impl Default for ServeOptions {
             rate_per_minute: 20,
             max_concurrent_calls: 32,
             drain_timeout: Duration::from_secs(35),
-            purge_sweep_interval: crate::PURGE_SWEEP_INTERVAL,
+            purge_sweep_interval: dl_tenancy_ctl::PURGE_SWEEP_INTERVAL,
         }
     }
 }
@@ -91,7 +91,7 @@ pub struct AppState {
 
 impl AppState {
     /// Opens the token store (creates its table when missing). Blocking.
-    pub fn new(tenancy: Tenancy, opts: &ServeOptions) -> crate::Result<Arc<AppState>> {
+    pub fn new(tenancy: Tenancy, opts: &ServeOptions) -> dl_tenancy_ctl::Result<Arc<AppState>> {
         let tokens = TokenStore::open(tenancy.clone())?;
         Ok(Arc::new(AppState {
             tenancy,
@@ -105,7 +105,7 @@ impl AppState {
     /// Run blocking work on the blocking pool, bounded in concurrency and time.
     pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
     where
-        F: FnOnce() -> crate::Result<T> + Send + 'static,
+        F: FnOnce() -> dl_tenancy_ctl::Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let work = async {
@@ -128,7 +128,7 @@ impl AppState {
     /// A library call on the tenancy.
     async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
     where
-        F: FnOnce(&Tenancy) -> crate::Result<T> + Send + 'static,
+        F: FnOnce(&Tenancy) -> dl_tenancy_ctl::Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let st = self.clone();
@@ -392,10 +392,10 @@ pub fn init_logging() {
 }
 
 /// Ends rotations' grace periods as they run out, so that a previous login's open sessions
-/// do not outlive its grace by more than [`crate::GRACE_SWEEP_INTERVAL`]. Runs until the
+/// do not outlive its grace by more than [`dl_tenancy_ctl::GRACE_SWEEP_INTERVAL`]. Runs until the
 /// process exits; a failed round is logged and retried.
 fn spawn_grace_sweeper(tenancy: Tenancy) {
-    spawn_sweeper("grace", crate::GRACE_SWEEP_INTERVAL, false, move || {
+    spawn_sweeper("grace", dl_tenancy_ctl::GRACE_SWEEP_INTERVAL, false, move || {
         let revoked = tenancy.expire_grace_periods()?;
         if !revoked.is_empty() {
             tracing::info!(logins = revoked.len(), "grace periods ended");
@@ -423,7 +423,7 @@ fn spawn_sweeper(
     name: &'static str,
     interval: Duration,
     first_at_once: bool,
-    mut round: impl FnMut() -> crate::Result<()> + Send + 'static,
+    mut round: impl FnMut() -> dl_tenancy_ctl::Result<()> + Send + 'static,
 ) {
     std::thread::spawn(move || {
         if !first_at_once {
@@ -444,11 +444,11 @@ fn spawn_sweeper(
 
 /// `dl-tenancy serve`: open the control plane, bind, print `{"listening":"<addr>"}` on stdout,
 /// serve until SIGTERM/SIGINT. Blocking.
-pub fn run(config: &Config, opts: &ServeOptions) -> crate::Result<()> {
+pub fn run(config: &Config, opts: &ServeOptions) -> dl_tenancy_ctl::Result<()> {
     init_logging();
     // A call the API gives up on must not leave its backend running behind it: its
     // statements end a moment after the call's `timeout` answer.
-    crate::connection::limit_platform_statements(opts.call_timeout + Duration::from_secs(1));
+    dl_tenancy_ctl::connection::limit_platform_statements(opts.call_timeout + Duration::from_secs(1));
     let tenancy = Tenancy::open(config)?;
     spawn_grace_sweeper(tenancy.clone());
     spawn_purge_sweeper(tenancy.clone(), opts.purge_sweep_interval);
@@ -461,8 +461,8 @@ pub fn run(config: &Config, opts: &ServeOptions) -> crate::Result<()> {
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .map_err(|e| {
-                crate::Error::new(
-                    crate::ErrorCode::InvalidArgument,
+                dl_tenancy_ctl::Error::new(
+                    dl_tenancy_ctl::ErrorCode::InvalidArgument,
                     format!("cannot listen on {}: {e}", opts.listen),
                 )
             })?;
@@ -478,7 +478,7 @@ pub fn run(config: &Config, opts: &ServeOptions) -> crate::Result<()> {
         )
         .await?;
         tracing::info!(uptime_s = started.elapsed().as_secs(), "stopped");
-        Ok::<(), crate::Error>(())
+        Ok::<(), dl_tenancy_ctl::Error>(())
     });
     // Library calls still running past their timeout are not waited for.
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -498,7 +498,7 @@ mod tests {
             round += 1;
             match round {
                 1 => panic!("out of file descriptors"),
-                2 => Err(crate::Error::new(ErrorCode::Internal, "a failed round")),
+                2 => Err(dl_tenancy_ctl::Error::new(ErrorCode::Internal, "a failed round")),
                 n => {
                     let _ = tx.send(n);
                     Ok(())
