@@ -115,6 +115,35 @@ pub fn pgbench_compare(b: &Bench, user: &str, scripts: &[&Path], clients: u32) -
     Ok(out)
 }
 
+/// A read of `dl_resolved.people` against the same read of a plain table, prepared and
+/// interleaved ([`latency_compare`], keys cycled from `keys` when the reads take one): the
+/// plain table's latency is the baseline, the view's the compared row (target: at most twice).
+pub fn plain_vs_resolved_latency(
+    b: &Bench,
+    sc: &mut Scenario,
+    plain: &str,
+    resolved: &str,
+    keys: &[String],
+) -> R<()> {
+    let l = latency_compare(
+        b,
+        "bench_reader",
+        &[plain, resolved],
+        keys,
+        b.cfg.lat_iters,
+        b.cfg.lat_warmup,
+    )?;
+    let base = sc.baseline("plain table: latency", "ms", l[0].clone());
+    sc.compared(
+        "dl_resolved.people: latency",
+        "ms",
+        l[1].clone(),
+        base,
+        Some(Target::at_most(2.0)),
+    );
+    Ok(())
+}
+
 /// Reads of `dl_resolved.people` against the same reads of a plain table, interleaved, with
 /// pgbench at 1 and 2 clients: the plain table's tps is the baseline, the view's the
 /// compared row (target: at least half).

@@ -1,8 +1,10 @@
 //! Scenario 2: point read by identity_key, view vs plain table.
 
 use crate::bench::{log, Bench, R};
-use crate::measure::{explain, latency_compare, plain_vs_resolved_throughput, sample_keys};
-use crate::report::{Scenario, Target};
+use crate::measure::{
+    explain, plain_vs_resolved_latency, plain_vs_resolved_throughput, sample_keys,
+};
+use crate::report::Scenario;
 
 pub const POINT_EXT: &str = "SELECT * FROM dl_resolved.people WHERE identity_key = $1";
 pub const POINT_PLAIN: &str = "SELECT * FROM bench.plain_people WHERE identity_key = $1";
@@ -18,22 +20,7 @@ pub fn run(b: &Bench) -> R<Scenario> {
          Throughput ratio = view tps / plain tps (target >= 0.5 is the issue's ratio <= 2.0).",
     );
     let keys = sample_keys(s, 4096);
-    let l = latency_compare(
-        b,
-        "bench_reader",
-        &[POINT_PLAIN, POINT_EXT],
-        &keys,
-        b.cfg.lat_iters,
-        b.cfg.lat_warmup,
-    )?;
-    let base = sc.baseline("plain table: latency", "ms", l[0].clone());
-    sc.compared(
-        "dl_resolved.people: latency",
-        "ms",
-        l[1].clone(),
-        base,
-        Some(Target::at_most(2.0)),
-    );
+    plain_vs_resolved_latency(b, &mut sc, POINT_PLAIN, POINT_EXT, &keys)?;
     let ks = s.key_space();
     let p_plain = b.write_script("point_plain.sql", &pgbench_script("bench.plain_people", ks))?;
     let p_ext = b.write_script("point_ext.sql", &pgbench_script("dl_resolved.people", ks))?;

@@ -1,8 +1,8 @@
 //! Scenario 1: the seed's quick-start read, the newest 20 people, view vs plain table.
 
 use crate::bench::{log, Bench, R};
-use crate::measure::{explain, latency_compare, plain_vs_resolved_throughput};
-use crate::report::{Scenario, Target};
+use crate::measure::{explain, plain_vs_resolved_latency, plain_vs_resolved_throughput};
+use crate::report::Scenario;
 
 /// The read of the seed's quick start ("Connect from your app").
 pub const TOPN_EXT: &str =
@@ -20,22 +20,7 @@ pub fn run(b: &Bench) -> R<Scenario> {
          As the tenant read role. Latency: median of each repetition's executions (prepared); throughput: pgbench -M prepared. \
          Throughput ratio = view tps / plain tps, so the issue's \"ratio <= 2.0\" reads \">= 0.5\" there.",
     );
-    let l = latency_compare(
-        b,
-        "bench_reader",
-        &[TOPN_PLAIN, TOPN_EXT],
-        &[],
-        b.cfg.lat_iters,
-        b.cfg.lat_warmup,
-    )?;
-    let base = sc.baseline("plain table: latency", "ms", l[0].clone());
-    sc.compared(
-        "dl_resolved.people: latency",
-        "ms",
-        l[1].clone(),
-        base,
-        Some(Target::at_most(2.0)),
-    );
+    plain_vs_resolved_latency(b, &mut sc, TOPN_PLAIN, TOPN_EXT, &[])?;
     let p_plain = b.write_script("topn_plain.sql", &format!("{TOPN_PLAIN};\n"))?;
     let p_ext = b.write_script("topn_ext.sql", &format!("{TOPN_EXT};\n"))?;
     plain_vs_resolved_throughput(b, &mut sc, &p_plain, &p_ext)?;
