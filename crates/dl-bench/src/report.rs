@@ -92,6 +92,18 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row that is neither a baseline nor compared to one.
+    fn new(name: &str, unit: &str, samples: Vec<f64>, target: Option<Target>) -> Row {
+        Row {
+            name: name.into(),
+            unit: unit.into(),
+            samples,
+            baseline: None,
+            is_baseline: false,
+            target,
+        }
+    }
+
     pub fn median(&self) -> f64 {
         median(&self.samples)
     }
@@ -122,16 +134,17 @@ impl Scenario {
         }
     }
 
-    pub fn baseline(&mut self, name: &str, unit: &str, samples: Vec<f64>) -> usize {
-        self.rows.push(Row {
-            name: name.into(),
-            unit: unit.into(),
-            samples,
-            baseline: None,
-            is_baseline: true,
-            target: None,
-        });
+    /// Adds `row`; returns its index (what a compared row names as its baseline).
+    fn push(&mut self, row: Row) -> usize {
+        self.rows.push(row);
         self.rows.len() - 1
+    }
+
+    pub fn baseline(&mut self, name: &str, unit: &str, samples: Vec<f64>) -> usize {
+        self.push(Row {
+            is_baseline: true,
+            ..Row::new(name, unit, samples, None)
+        })
     }
 
     pub fn compared(
@@ -142,15 +155,10 @@ impl Scenario {
         baseline: usize,
         target: Option<Target>,
     ) -> usize {
-        self.rows.push(Row {
-            name: name.into(),
-            unit: unit.into(),
-            samples,
+        self.push(Row {
             baseline: Some(baseline),
-            is_baseline: false,
-            target,
-        });
-        self.rows.len() - 1
+            ..Row::new(name, unit, samples, target)
+        })
     }
 
     /// A row with an absolute target and no baseline.
@@ -161,15 +169,7 @@ impl Scenario {
         samples: Vec<f64>,
         target: Option<Target>,
     ) -> usize {
-        self.rows.push(Row {
-            name: name.into(),
-            unit: unit.into(),
-            samples,
-            baseline: None,
-            is_baseline: false,
-            target,
-        });
-        self.rows.len() - 1
+        self.push(Row::new(name, unit, samples, target))
     }
 
     pub fn ratio(&self, row: usize) -> Option<f64> {

@@ -73,51 +73,24 @@ pub fn run(b: &Bench) -> R<Scenario> {
             anon[i].push(an);
         }
     }
-    let b1 = sc.baseline(&format!("{}: VmHWM", work[0].0), "kB", hwm[0].clone());
-    sc.compared(
-        &format!("{}: VmHWM", work[1].0),
-        "kB",
-        hwm[1].clone(),
-        b1,
-        None,
-    );
-    let b1a = sc.baseline(&format!("{}: RssAnon", work[0].0), "kB", anon[0].clone());
-    sc.compared(
-        &format!("{}: RssAnon", work[1].0),
-        "kB",
-        anon[1].clone(),
-        b1a,
-        None,
-    );
-    let b6 = sc.baseline(&format!("{}: VmHWM", work[2].0), "kB", hwm[2].clone());
-    sc.compared(
-        &format!("{}: VmHWM", work[3].0),
-        "kB",
-        hwm[3].clone(),
-        b6,
-        None,
-    );
-    sc.compared(
-        &format!("{}: VmHWM", work[4].0),
-        "kB",
-        hwm[4].clone(),
-        b6,
-        None,
-    );
-    let b6a = sc.baseline(&format!("{}: RssAnon", work[2].0), "kB", anon[2].clone());
-    sc.compared(
-        &format!("{}: RssAnon", work[3].0),
-        "kB",
-        anon[3].clone(),
-        b6a,
-        None,
-    );
-    sc.compared(
-        &format!("{}: RssAnon", work[4].0),
-        "kB",
-        anon[4].clone(),
-        b6a,
-        None,
-    );
+    // Scenario 1's view against its plain table; scenario 6's two merge patches against `||`.
+    for (base, compared) in [(0, &[1][..]), (2, &[3, 4][..])] {
+        for (measure, samples) in [("VmHWM", &hwm), ("RssAnon", &anon)] {
+            let row = sc.baseline(
+                &format!("{}: {measure}", work[base].0),
+                "kB",
+                samples[base].clone(),
+            );
+            for &i in compared {
+                sc.compared(
+                    &format!("{}: {measure}", work[i].0),
+                    "kB",
+                    samples[i].clone(),
+                    row,
+                    None,
+                );
+            }
+        }
+    }
     Ok(sc)
 }

@@ -103,29 +103,27 @@ SET display_name = EXCLUDED.display_name, status = EXCLUDED.status, identity_pay
             "tps",
             t[0].clone(),
         );
-        sc.compared(
-            &format!("dl_apply_person_override: {clients} client(s)"),
-            "tps",
-            t[1].clone(),
-            base,
-            Some(Target::at_least(0.5)),
-        );
-        sc.compared(
-            &format!("seed's INSERT ... ON CONFLICT into dl_override: {clients} client(s)"),
-            "tps",
-            t[2].clone(),
-            base,
-            Some(Target::at_least(0.5)),
-        );
-        sc.compared(
-            &format!(
-                "floor: the same three row writes as one plain statement, no triggers/checks/merge: {clients} client(s)"
+        // The other scripts' rows, in the order of the scripts.
+        let compared = [
+            ("dl_apply_person_override", Some(Target::at_least(0.5))),
+            (
+                "seed's INSERT ... ON CONFLICT into dl_override",
+                Some(Target::at_least(0.5)),
             ),
-            "tps",
-            t[3].clone(),
-            base,
-            None,
-        );
+            (
+                "floor: the same three row writes as one plain statement, no triggers/checks/merge",
+                None,
+            ),
+        ];
+        for ((what, target), samples) in compared.into_iter().zip(&t[1..]) {
+            sc.compared(
+                &format!("{what}: {clients} client(s)"),
+                "tps",
+                samples.clone(),
+                base,
+                target,
+            );
+        }
     }
     if b.cfg.diagnose {
         // Where the time goes: the same raw upsert, 1 client, with every user trigger disabled
