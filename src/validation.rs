@@ -63,22 +63,16 @@ pub unsafe extern "C-unwind" fn dl_is_valid_identity_key(
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn dl_is_valid_status(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
-    if pg_arg_is_null(fcinfo, 0) {
-        return Datum::from(true);
-    }
-    Datum::from(valid_status(text_arg(fcinfo, 0)))
+    Datum::from(pg_arg_is_null(fcinfo, 0) || valid_status(text_arg(fcinfo, 0)))
 }
 
 /// `is_valid_patch(patch jsonb)`: SQL NULL ("no patch") or a JSON object.
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn dl_is_valid_patch(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
-    if pg_arg_is_null(fcinfo, 0) {
-        return Datum::from(true);
-    }
-    Datum::from(is_object(root(detoast_jsonb(pg_getarg_datum_raw(
-        fcinfo, 0,
-    )))))
+    Datum::from(
+        pg_arg_is_null(fcinfo, 0) || is_object(root(detoast_jsonb(pg_getarg_datum_raw(fcinfo, 0)))),
+    )
 }
 
 /// `is_valid_payload_size(payload jsonb)`: SQL NULL or at most 1 MiB uncompressed.
@@ -87,10 +81,7 @@ pub unsafe extern "C-unwind" fn dl_is_valid_patch(fcinfo: pg_sys::FunctionCallIn
 pub unsafe extern "C-unwind" fn dl_is_valid_payload_size(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Datum {
-    if pg_arg_is_null(fcinfo, 0) {
-        return Datum::from(true);
-    }
-    Datum::from(valid_payload_size(pg_getarg_datum_raw(fcinfo, 0)))
+    Datum::from(pg_arg_is_null(fcinfo, 0) || valid_payload_size(pg_getarg_datum_raw(fcinfo, 0)))
 }
 
 // The helpers' front door: the same rules, raised with a SQLSTATE that says which input is
