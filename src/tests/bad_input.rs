@@ -6,13 +6,7 @@ mod tests {
     use crate::tests::*;
 
     fn expect_all(cases: &[(&str, &str)]) {
-        let failures: Vec<String> = cases
-            .iter()
-            .filter_map(|(statement, expected)| {
-                let got = sqlstate_of(statement);
-                (got != *expected).then(|| format!("{statement}: expected {expected}, got {got}"))
-            })
-            .collect();
+        let failures = sqlstate_mismatches(cases);
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     }
 

@@ -131,37 +131,35 @@ mod tests {
         })
     }
 
+    /// `check` on `cases` random (target, patch) pairs; a failure is shrunk and reported.
+    fn for_random_pairs(cases: u32, check: impl Fn((Value, Value)) -> Result<(), TestCaseError>) {
+        TestRunner::new(Config {
+            cases,
+            ..Config::default()
+        })
+        .run(&(document(), document()), check)
+        .unwrap();
+    }
+
     #[pg_test]
     fn matches_reference_on_random_documents() {
-        let mut runner = TestRunner::new(Config {
-            cases: 512,
-            ..Config::default()
+        for_random_pairs(512, |(target, patch)| {
+            prop_assert_eq!(
+                merge(&target, &patch),
+                reference::merge_patch(&target, &patch)
+            );
+            Ok(())
         });
-        runner
-            .run(&(document(), document()), |(target, patch)| {
-                prop_assert_eq!(
-                    merge(&target, &patch),
-                    reference::merge_patch(&target, &patch)
-                );
-                Ok(())
-            })
-            .unwrap();
     }
 
     /// RFC 7396 section 3: applying the same patch twice gives the same document.
     #[pg_test]
     fn idempotent_on_random_documents() {
-        let mut runner = TestRunner::new(Config {
-            cases: 128,
-            ..Config::default()
+        for_random_pairs(128, |(target, patch)| {
+            let once = merge(&target, &patch);
+            prop_assert_eq!(merge(&once, &patch), once);
+            Ok(())
         });
-        runner
-            .run(&(document(), document()), |(target, patch)| {
-                let once = merge(&target, &patch);
-                prop_assert_eq!(merge(&once, &patch), once);
-                Ok(())
-            })
-            .unwrap();
     }
     /// Nesting as deep as PostgreSQL's own jsonb input accepts, through every entry point that
     /// merges (the function, override INSERT and UPDATE, the helper): each either merges right

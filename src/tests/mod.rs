@@ -43,6 +43,18 @@ pub fn sqlstate_of(statement: &str) -> String {
         .expect("sqlstate_of returns a code")
 }
 
+/// Each statement that does not end with its expected SQLSTATE, as "statement: expected
+/// code, got code" (empty when all do), so that a test can name every failure at once.
+pub fn sqlstate_mismatches(cases: &[(&str, &str)]) -> Vec<String> {
+    cases
+        .iter()
+        .filter_map(|(statement, expected)| {
+            let got = sqlstate_of(statement);
+            (got != *expected).then(|| format!("{statement}: expected {expected}, got {got}"))
+        })
+        .collect()
+}
+
 pub fn run(statement: &str) {
     Spi::run(statement).unwrap_or_else(|e| panic!("{statement}: {e}"));
 }

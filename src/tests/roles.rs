@@ -21,13 +21,9 @@ mod tests {
     fn check_matrix(role: &str, matrix: &[(&str, &str)]) {
         setup();
         run(&format!("SET LOCAL ROLE {role}"));
-        let failures: Vec<String> = matrix
+        let failures: Vec<String> = sqlstate_mismatches(matrix)
             .iter()
-            .filter_map(|(statement, expected)| {
-                let got = sqlstate_of(statement);
-                (got != *expected)
-                    .then(|| format!("{role}: {statement}: expected {expected}, got {got}"))
-            })
+            .map(|failure| format!("{role}: {failure}"))
             .collect();
         run("RESET ROLE");
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
