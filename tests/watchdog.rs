@@ -32,16 +32,35 @@ fn alive(observer: &mut Client, pid: i32) -> bool {
         .get(0)
 }
 
-fn watchdog_pids(observer: &mut Client) -> Vec<i32> {
+/// The server's processes of these backend types, in pid order.
+fn pids_of(observer: &mut Client, backend_types: &[&str]) -> Vec<i32> {
     observer
         .query(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'dl_tenancy watchdog'",
-            &[],
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = ANY($1) ORDER BY pid",
+            &[&backend_types],
         )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+fn watchdog_pids(observer: &mut Client) -> Vec<i32> {
+    pids_of(observer, &["dl_tenancy watchdog"])
+}
+
+/// Waits until the watchdog runs; returns its pids.
+fn wait_for_the_watchdog(observer: &mut Client) -> Vec<i32> {
+    let mut watchdog = vec![];
+    wait_until(
+        "the watchdog to start",
+        || {
+            watchdog = watchdog_pids(observer);
+            !watchdog.is_empty()
+        },
+        || false,
+    );
+    watchdog
 }
 
 /// A tenant transaction that turned its own timeouts off and holds a lock is ended; a
@@ -52,22 +71,19 @@ fn tenant_transactions_end_at_the_limit() {
     let mut admin = tc.create_tenant_db("ws");
     tc.create_login("ws", "ws_override", "dl_tenant_override", "o-secret");
     tc.create_login("ws", "ws_read", "dl_tenant_read", "r-secret");
-    let mut watchdog = vec![];
-    wait_until(
-        "the watchdog to start",
-        || {
-            watchdog = watchdog_pids(&mut admin);
-            !watchdog.is_empty()
-        },
-        || false,
-    );
-    let server_processes = |admin: &mut Client| -> Vec<i32> {
-        admin
-            .query("SELECT pid FROM pg_stat_activity WHERE backend_type IN ('checkpointer', 'background writer', 'walwriter', 'autovacuum launcher', 'logical replication launcher', 'dl_tenancy watchdog') ORDER BY pid", &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
+    wait_for_the_watchdog(&mut admin);
+    let server_processes = |admin: &mut Client| {
+        pids_of(
+            admin,
+            &[
+                "checkpointer",
+                "background writer",
+                "walwriter",
+                "autovacuum launcher",
+                "logical replication launcher",
+                "dl_tenancy watchdog",
+            ],
+        )
     };
     let processes = server_processes(&mut admin);
     let mut platform = tc.admin("ws");
@@ -167,15 +183,7 @@ fn retired_logins_lose_their_sessions() {
 fn the_watchdog_is_visible_and_comes_back() {
     let tc = preloaded_cluster();
     let mut admin = tc.create_tenant_db("ws");
-    let mut first = vec![];
-    wait_until(
-        "the watchdog to start",
-        || {
-            first = watchdog_pids(&mut admin);
-            !first.is_empty()
-        },
-        || false,
-    );
+    let first = wait_for_the_watchdog(&mut admin);
     assert_eq!(first.len(), 1);
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&first[0]])
