@@ -1,4 +1,14 @@
 use pg_harness::{pgbouncer_ini, PgBouncer, PgBouncerIni, PgCluster};
+use std::process::{Command, Output};
+
+/// `psql` of the harness's PostgreSQL, running `sql` on `conn` (unaligned, tuples only).
+fn psql(conn: &str, sql: &str) -> Output {
+    Command::new(pg_harness::pg_bin_dir().join("psql"))
+        .args(["-XAtqc", sql])
+        .arg(conn)
+        .output()
+        .unwrap()
+}
 
 #[test]
 fn cluster_starts_answers_and_cleans_up() {
@@ -9,11 +19,7 @@ fn cluster_starts_answers_and_cleans_up() {
             .start()
             .unwrap();
         root = c.root().to_path_buf();
-        let out = std::process::Command::new(pg_harness::pg_bin_dir().join("psql"))
-            .args(["-XAtqc", "SELECT 40 + 2"])
-            .arg(c.conn_string("postgres", "postgres"))
-            .output()
-            .unwrap();
+        let out = psql(&c.conn_string("postgres", "postgres"), "SELECT 40 + 2");
         assert!(
             out.status.success(),
             "{}",
@@ -44,14 +50,13 @@ fn pgbouncer_forwards_to_cluster() {
         (ini, "\"postgres\" \"\"\n".to_string())
     })
     .unwrap();
-    let out = std::process::Command::new(pg_harness::pg_bin_dir().join("psql"))
-        .args(["-XAtqc", "SELECT current_user"])
-        .arg(format!(
+    let out = psql(
+        &format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres",
             b.port()
-        ))
-        .output()
-        .unwrap();
+        ),
+        "SELECT current_user",
+    );
     assert!(
         out.status.success(),
         "{}\n{}",
