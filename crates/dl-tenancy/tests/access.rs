@@ -31,7 +31,7 @@ fn seed_quick_start_direct_and_pooled() {
         let ca = env.dir.join("tls/ca.crt");
         let tls = format!(
             "?sslmode=verify-full&sslrootcert={}",
-            dl_tenancy_ctl::names::query_encode(ca.to_str().unwrap())
+            dl_tenancy_ctl::plan::quote::query_encode(ca.to_str().unwrap())
         );
         assert!(
             read.ends_with(&format!("@127.0.0.1:{port}/{db}{tls}")),

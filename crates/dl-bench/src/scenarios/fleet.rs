@@ -487,7 +487,7 @@ impl Writer {
         let errors = Arc::new(AtomicUsize::new(0));
         let (s, a, e) = (stop.clone(), acked.clone(), errors.clone());
         // A fresh prefix per move: keys of earlier moves are already on the server.
-        let prefix = format!("bench-move-{}", dl_tenancy_ctl::names::new_handle());
+        let prefix = format!("bench-move-{}", dl_tenancy_ctl::secret::new_handle());
         let handle = std::thread::spawn(move || {
             let mut client: Option<Client> = None;
             let mut i = 0u64;

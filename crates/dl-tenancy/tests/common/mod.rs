@@ -328,7 +328,7 @@ pub fn with_tls(uri: &str, mode: &str, rootcert: Option<&Path>) -> String {
     match rootcert {
         Some(ca) => format!(
             "{base}?sslmode={mode}&sslrootcert={}",
-            dl_tenancy_ctl::names::query_encode(ca.to_str().unwrap())
+            dl_tenancy_ctl::plan::quote::query_encode(ca.to_str().unwrap())
         ),
         None => format!("{base}?sslmode={mode}"),
     }

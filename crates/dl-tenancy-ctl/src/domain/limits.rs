@@ -1,0 +1,258 @@
+//! Fences between workspaces that share one server: connection caps and session defaults of a
+//! workspace's database and logins, and the pooler's client limits. Every limit is defined
+//! here, once; README.md ("Security model") explains the sizes.
+
+use std::time::Duration;
+
+use crate::domain::error::{invalid, Result};
+use serde::{Deserialize, Serialize};
+
+/// A workspace's connection caps and the session defaults of its logins. [`DEFAULT_LIMITS`]
+/// unless an operator chose others for it (`dl-tenancy limits`, recorded in the control
+/// database); `provision` and `upgrade` re-assert them, so what a tenant changed is put back.
+///
+/// `temp_file_limit` is a superuser setting: it holds. The other defaults a tenant can still
+/// change within its own session (PostgreSQL has no per-role ceiling for them), but not
+/// persist: the extension refuses `ALTER ROLE ... SET` to workspace logins. The caps hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections to the workspace database, direct and pooled together.
+    pub database_connections: i32,
+    /// Connections of one login.
+    pub login_connections: i32,
+    pub statement_timeout_seconds: i32,
+    pub idle_in_transaction_timeout_seconds: i32,
+    pub lock_timeout_seconds: i32,
+    pub work_mem_mb: i32,
+    /// Temporary file space per session (0: none).
+    pub temp_file_limit_mb: i32,
+}
+
+/// The defaults. Connections: of the local cluster's `max_connections` (200, 3 of them kept for
+/// superusers), one workspace at its cap leaves 177 for the others; a login's cap is lower
+/// than its database's, so one leaked credential cannot take all of its workspace's.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    database_connections: 20,
+    login_connections: 12,
+    statement_timeout_seconds: 60,
+    idle_in_transaction_timeout_seconds: 60,
+    lock_timeout_seconds: 30,
+    work_mem_mb: 16,
+    temp_file_limit_mb: 1024,
+};
+
+/// What an operator may choose, per field: (name, lowest, highest).
+const BOUNDS: [(&str, i32, i32); 7] = [
+    ("database_connections", 1, 100),
+    ("login_connections", 1, 100),
+    ("statement_timeout_seconds", 1, 86_400),
+    ("idle_in_transaction_timeout_seconds", 1, 86_400),
+    ("lock_timeout_seconds", 1, 86_400),
+    ("work_mem_mb", 1, 2_048),
+    ("temp_file_limit_mb", 0, 1_048_576),
+];
+
+impl Default for Limits {
+    fn default() -> Self {
+        DEFAULT_LIMITS
+    }
+}
+
+impl Limits {
+    fn values(&self) -> [i32; 7] {
+        [
+            self.database_connections,
+            self.login_connections,
+            self.statement_timeout_seconds,
+            self.idle_in_transaction_timeout_seconds,
+            self.lock_timeout_seconds,
+            self.work_mem_mb,
+            self.temp_file_limit_mb,
+        ]
+    }
+
+    /// Each value within its bounds, and a login's cap within its database's.
+    pub fn validate(&self) -> Result<()> {
+        for ((name, low, high), value) in BOUNDS.iter().zip(self.values()) {
+            if !(*low..=*high).contains(&value) {
+                return Err(invalid(format!(
+                    "{name} must be between {low} and {high}, not {value}"
+                )));
+            }
+        }
+        if self.login_connections > self.database_connections {
+            return Err(invalid(
+                "login_connections must not be larger than database_connections",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Session defaults of every login of the workspace, as `ALTER ROLE ... SET` takes them.
+    pub fn login_settings(&self) -> [(&'static str, String); 5] {
+        [
+            (
+                "statement_timeout",
+                format!("{}s", self.statement_timeout_seconds),
+            ),
+            (
+                "idle_in_transaction_session_timeout",
+                format!("{}s", self.idle_in_transaction_timeout_seconds),
+            ),
+            ("lock_timeout", format!("{}s", self.lock_timeout_seconds)),
+            ("temp_file_limit", format!("{}MB", self.temp_file_limit_mb)),
+            ("work_mem", format!("{}MB", self.work_mem_mb)),
+        ]
+    }
+}
+
+/// A change of some of a workspace's limits (`dl-tenancy limits --workspace W --... N`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsChange {
+    pub database_connections: Option<i32>,
+    pub login_connections: Option<i32>,
+    pub statement_timeout_seconds: Option<i32>,
+    pub idle_in_transaction_timeout_seconds: Option<i32>,
+    pub lock_timeout_seconds: Option<i32>,
+    pub work_mem_mb: Option<i32>,
+    pub temp_file_limit_mb: Option<i32>,
+}
+
+impl LimitsChange {
+    pub(crate) fn apply(&self, to: Limits) -> Limits {
+        Limits {
+            database_connections: self.database_connections.unwrap_or(to.database_connections),
+            login_connections: self.login_connections.unwrap_or(to.login_connections),
+            statement_timeout_seconds: self
+                .statement_timeout_seconds
+                .unwrap_or(to.statement_timeout_seconds),
+            idle_in_transaction_timeout_seconds: self
+                .idle_in_transaction_timeout_seconds
+                .unwrap_or(to.idle_in_transaction_timeout_seconds),
+            lock_timeout_seconds: self.lock_timeout_seconds.unwrap_or(to.lock_timeout_seconds),
+            work_mem_mb: self.work_mem_mb.unwrap_or(to.work_mem_mb),
+            temp_file_limit_mb: self.temp_file_limit_mb.unwrap_or(to.temp_file_limit_mb),
+        }
+    }
+}
+
+/// What `dl-tenancy limits` prints.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WorkspaceLimits {
+    pub workspace: String,
+    pub limits: Limits,
+    /// The values differ from [`DEFAULT_LIMITS`].
+    pub customized: bool,
+}
+
+/// Loaded into every session of a workspace database, so that the extension's guard
+/// (src/tenant_guard.rs: no LISTEN/NOTIFY, no ALTER ROLE for workspace logins) is in force
+/// before the first statement. A superuser setting: tenants cannot turn it off.
+pub const SESSION_PRELOAD: (&str, &str) = ("session_preload_libraries", "dl_tenancy");
+
+/// PgBouncer settings of the local pooler. `max_db_connections`/`max_user_connections` keep
+/// one workspace's pooled traffic inside its database cap with room for direct connections;
+/// `client_login_timeout` drops sockets that never finish logging in, so holding client
+/// slots without credentials takes a sustained flood, and `max_client_conn` leaves room for
+/// many idle application pools. `query_wait_timeout` bounds how long a client waits for a
+/// server connection that cannot be had (its pool at the cap, or its login revoked) before
+/// it gets an error, instead of the default two minutes; after a failed server login (a
+/// revoked login's pool, or a login into a database that is not its own), the pool waits
+/// `server_login_retry` before it tries again, and a client asking meanwhile waits with it:
+/// 0.2 s keeps every pooled refusal (a typo in the database name, a revoked login) well under
+/// a second, on the first try and on every one after, while a failing server is tried at most
+/// five times a second per pool.
+///
+/// `server_reset_query_always` with `RESET ALL`: PgBouncer resets every server connection a
+/// client's transaction gives back (in transaction mode it runs no reset query otherwise), so a
+/// `SET` one client made (`work_mem`, `search_path`, `statement_timeout = 0`) never reaches the
+/// next client of that connection. `RESET ALL` rather than `DISCARD ALL`: it keeps the prepared
+/// statements PgBouncer tracks per server connection.
+pub const POOLER_SETTINGS: &[(&str, &str)] = &[
+    ("max_client_conn", "2000"),
+    ("default_pool_size", "10"),
+    ("max_db_connections", "10"),
+    ("max_user_connections", "10"),
+    ("client_login_timeout", "10"),
+    ("query_wait_timeout", "30"),
+    ("server_login_retry", "0.2"),
+    ("server_reset_query", "RESET ALL"),
+    ("server_reset_query_always", "1"),
+    // Protocol-level prepared statements in transaction mode (PgBouncer 1.21+): drivers that
+    // prepare by default work through the pooled URI.
+    ("max_prepared_statements", "200"),
+];
+
+/// How long a session of the platform's own (the tool, `serve`) waits for a lock before it
+/// gives up with `busy`: a tenant can hold locks on its own tables (and row locks on the
+/// override tables), and no platform operation may wait on a tenant for ever.
+pub const PLATFORM_LOCK_TIMEOUT_MS: u64 = 5_000;
+
+/// The longest one statement of a platform session may run. `serve` lowers it to its call
+/// timeout, so a call the API gave up on ends its backend too instead of leaving it behind.
+pub const PLATFORM_STATEMENT_TIMEOUT_MS: u64 = 15 * 60 * 1_000;
+
+/// The longest a workspace login's transaction may stay open, whatever it set in its session
+/// (PostgreSQL 15 has no `transaction_timeout`): the extension's watchdog ends the session
+/// past it, so an open tenant transaction cannot hold up logical slot creation, vacuum or a
+/// move server-wide for longer. `local up` writes it as `dl_tenancy.transaction_limit`.
+pub const TENANT_TRANSACTION_LIMIT_MS: u64 = 5 * 60 * 1_000;
+
+/// The extension's watchdog (a background worker; `shared_preload_libraries`) ends the
+/// sessions of retired logins (NOLOGIN, or past their VALID UNTIL: a rotation's grace) and
+/// tenant transactions past [`TENANT_TRANSACTION_LIMIT_MS`], whether or not `serve` runs.
+pub fn watchdog_settings() -> Vec<(String, String)> {
+    vec![
+        ("shared_preload_libraries".into(), "dl_tenancy".into()),
+        (
+            "dl_tenancy.transaction_limit".into(),
+            TENANT_TRANSACTION_LIMIT_MS.to_string(),
+        ),
+    ]
+}
+
+/// Longest grace period of a rotation: 366 days (CLI and HTTP API alike).
+pub const MAX_GRACE_SECONDS: u64 = 366 * 86400;
+
+/// How often `serve` ends grace periods that are over ([`Tenancy::expire_grace_periods`]).
+pub const GRACE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long `deprovision` keeps a workspace's data before the sweep purges it: 30 days.
+pub const DEFAULT_RETENTION_SECONDS: u64 = 30 * 86400;
+
+/// Longest retention `deprovision --retention` accepts: 366 days.
+pub const MAX_RETENTION_SECONDS: u64 = 366 * 86400;
+
+/// How often `serve` purges the workspaces whose retention is over.
+pub const PURGE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long one attempt of a workspace's upgrade waits for a customer transaction holding a
+/// lock it needs (a tenant's open transaction on `dl_resolved.people`, say).
+pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 10_000;
+
+/// Attempts per workspace before it counts as `busy`; the wait between two attempts doubles
+/// from [`FIRST_RETRY_WAIT`].
+pub const DEFAULT_LOCK_ATTEMPTS: u32 = 3;
+
+/// How long the first copy may take before the move gives up (and is undone).
+pub const COPY_LIMIT: Duration = Duration::from_secs(6 * 3600);
+
+/// How long the pause may wait for the target to apply the last changes before the move
+/// gives up (and the workspace resumes where it was).
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long subscribing may wait (its slot waits for the source's running transactions).
+pub const SUBSCRIBE_LIMIT: Duration = Duration::from_secs(5 * 60);
+
+/// How long the first copy may go without a worker copying a table before the move gives up
+/// (the target's `max_logical_replication_workers` taken by other subscriptions, say).
+pub const WORKER_WAIT: Duration = Duration::from_secs(5 * 60);
+
+/// Parallel connections the move's login may hold on the source (one apply worker and the
+/// table-copy workers of its subscription).
+pub const MOVER_CONNECTION_LIMIT: i32 = 8;
+
+/// How long loading the tenant's part of an archive may take: its own code runs in it (and
+/// `pg_restore` turns `statement_timeout` off).
+pub const TENANT_LOAD_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);

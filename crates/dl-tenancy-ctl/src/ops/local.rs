@@ -1,0 +1,160 @@
+use crate::base::connection::connect;
+use crate::base::secret::SecretKey;
+use crate::control;
+use crate::domain::error::Result;
+use crate::domain::names::EXTENSION;
+use crate::domain::types::ServerSpec;
+use crate::ops::Tenancy;
+use crate::plan::quote::quote_ident;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
+    let layout = Layout::new(&opts.data_dir)?;
+    let dir = &layout.dir;
+    fs::create_dir_all(dir)?;
+    // The server user must be able to traverse to pg/, run/, pgbouncer/.
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o001 == 0 && pg_harness::server_os_user().is_some() {
+        fs::set_permissions(dir, fs::Permissions::from_mode((mode & 0o7777) | 0o711))?;
+    }
+    check_reachable(dir)?;
+    check_pooler_version()?;
+    SecretKey::load(dir, true)?;
+
+    let mut state = match LocalState::read(dir) {
+        Ok(s) => s,
+        Err(_) => {
+            let pg_port = pick_port(opts.pg_port, DEFAULT_PG_PORT, 0);
+            let pooler_port = pick_port(opts.pooler_port, DEFAULT_POOLER_PORT, pg_port);
+            LocalState {
+                pg_port,
+                pooler_port,
+            }
+        }
+    };
+    if let Some(p) = opts.pg_port {
+        state.pg_port = p;
+    }
+    if let Some(p) = opts.pooler_port {
+        state.pooler_port = p;
+    }
+    if state.pg_port == state.pooler_port {
+        return Err(crate::domain::error::invalid(
+            "the PostgreSQL and PgBouncer ports must differ",
+        ));
+    }
+    state.write(dir)?;
+
+    for sub in ["run", "log"] {
+        pg_harness::make_server_dir(&dir.join(sub), 0o755)?;
+    }
+    // Kept when valid; a new certificate reaches running servers by the reloads below.
+    crate::base::certs::ensure(&dir.join("tls"), CERT_NAMES)?;
+    let spec = layout.cluster(&state);
+    pg_harness::init_cluster(&spec)?;
+    if pg_harness::cluster_running(&spec.data_dir) {
+        // Running already: refresh hba/ident (the tool owns them) and reload.
+        pg_harness::write_cluster_config(&spec)?;
+        pg_harness::reload_cluster(&spec.data_dir)?;
+    } else {
+        pg_harness::start_cluster(&spec)?;
+    }
+
+    let admin_conn = state.admin_conn_string(dir, "postgres");
+    control::ensure_control_db(&admin_conn)?;
+
+    let tenancy = Tenancy::from_parts(admin_conn.clone(), SecretKey::load(dir, false)?);
+    {
+        let mut ctl = tenancy.control()?;
+        tenancy.upsert_server(
+            &mut ctl,
+            &ServerSpec {
+                name: LOCAL_SERVER_ID.into(),
+                admin_url: admin_conn.clone(),
+                host: Some("127.0.0.1".into()),
+                port: Some(state.pg_port),
+                pooler_host: Some("127.0.0.1".into()),
+                pooler_port: Some(state.pooler_port),
+                ca_file: Some(layout.certs().ca_cert),
+            },
+            true,
+        )?;
+    }
+    // The template creates the extension's cluster-wide group roles.
+    tenancy.prepare_server(LOCAL_SERVER_ID)?;
+
+    let mut admin = connect(&admin_conn, None)?;
+    let q = quote_ident(POOLER_AUTH_USER);
+    if !crate::server::catalog::role_exists(&mut admin, POOLER_AUTH_USER)? {
+        admin.batch_execute(&format!("CREATE ROLE {q} LOGIN"))?;
+    }
+    // The pooler's auth role connects to the lookup database only (AUTH_DBNAME; before 0.5.0
+    // it also had the platform databases).
+    admin.batch_execute(&format!(
+        "ALTER ROLE {q} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD NULL;
+         GRANT dl_pooler_auth TO {q};
+         REVOKE CONNECT ON DATABASE {} FROM dl_pooler_auth",
+        quote_ident(control::CONTROL_DB)
+    ))?;
+    drop(admin);
+
+    let bouncer = layout.pgbouncer(&state);
+    tenancy.write_local_routes(dir)?;
+    if !pg_harness::start_pgbouncer(&bouncer)? {
+        // Running already: the ini just written (TLS files included) takes effect.
+        pg_harness::reload_pgbouncer(&bouncer)?;
+    }
+    status(&opts.data_dir)
+}
+
+/// `local down`: stop PgBouncer and PostgreSQL (data stays).
+pub fn down(data_dir: &Path) -> Result<LocalStatus> {
+    let layout = Layout::new(data_dir)?;
+    let state = LocalState::read(&layout.dir)?;
+    pg_harness::stop_pgbouncer(&layout.pgbouncer(&state))?;
+    pg_harness::stop_cluster(&layout.dir.join("pg"))?;
+    status(data_dir)
+}
+
+/// `local status`: whether the servers run, their ports and logs.
+pub fn status(data_dir: &Path) -> Result<LocalStatus> {
+    let layout = Layout::new(data_dir)?;
+    let state = LocalState::read(&layout.dir)?;
+    let pg_running = pg_harness::cluster_running(&layout.dir.join("pg"));
+    let bouncer = layout.pgbouncer(&state);
+    let mut version = None;
+    if pg_running {
+        if let Ok(mut c) = connect(&state.admin_conn_string(&layout.dir, "postgres"), None) {
+            version = c
+                .query_opt(
+                    "SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = $1",
+                    &[&EXTENSION],
+                )
+                .ok()
+                .flatten()
+                .and_then(|r| r.get(0));
+        }
+    }
+    Ok(LocalStatus {
+        data_dir: layout.dir.display().to_string(),
+        postgres: LocalServerStatus {
+            host: "127.0.0.1".into(),
+            port: state.pg_port,
+            running: pg_running,
+            log: layout.dir.join("log/postgresql.log").display().to_string(),
+        },
+        pooler: LocalServerStatus {
+            host: "127.0.0.1".into(),
+            port: state.pooler_port,
+            running: pg_harness::pgbouncer_running(&bouncer),
+            log: bouncer.log_path().display().to_string(),
+        },
+        control_database: control::CONTROL_DB.into(),
+        server_id: LOCAL_SERVER_ID.into(),
+        extension_version: version,
+        ca_file: layout.certs().ca_cert.display().to_string(),
+    })
+}
+pub use crate::server::cluster::*;

@@ -1,0 +1,345 @@
+//! `local up/down/status`: a PostgreSQL 15 cluster and a PgBouncer in a data directory.
+//!
+//! Layout of the data directory (default `./.dl-tenancy/`):
+//! - `pg/`: the cluster (owned by the server OS user, `postgres` when we run as root);
+//! - `run/`: unix sockets; `log/postgresql.log`: the server log;
+//! - `pgbouncer/`: `pgbouncer.ini`, `userlist.txt` (empty), log and pid file;
+//! - `tls/`: the cluster's CA (`ca.crt`, what clients trust) and the server certificate that
+//!   PostgreSQL and PgBouncer present ([`crate::certs`]);
+//! - `secret.key`: 32 random bytes (0600) encrypting stored passwords;
+//! - `local.json`: the ports.
+
+use crate::base::certs::CertFiles;
+use crate::base::secret::SecretKey;
+use crate::domain::error::{Error, ErrorCode, Result};
+use pg_harness::{ClusterSpec, PgBouncerIni, PgBouncerSpec};
+use serde::{Deserialize, Serialize};
+use std::fs;
+
+use std::path::{Path, PathBuf};
+
+/// Default PostgreSQL port of the local cluster (a free one is picked when it is taken).
+pub const DEFAULT_PG_PORT: u16 = 55432;
+/// Default PgBouncer port.
+pub const DEFAULT_POOLER_PORT: u16 = 56432;
+/// The PgBouncer auth user: LOGIN, member of dl_pooler_auth, peer-authenticated on the socket.
+pub const POOLER_AUTH_USER: &str = "dl_pgbouncer";
+/// The names the local server certificate is good for (the first is its CN): what revealed
+/// URIs use (`127.0.0.1`) and what people type.
+pub const CERT_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
+/// Server id of the local cluster in `dl_control`.
+pub const LOCAL_SERVER_ID: &str = "local";
+/// PgBouncer's auth_query. A login the lookup does not answer for (unknown, refused,
+/// expired, another workspace's) gets a decoy verifier, of a random password nobody keeps,
+/// instead of no row: the client then fails the SCRAM exchange like one with a wrong password
+/// ("SASL authentication failed"), so the pooler's answer says nothing about which logins
+/// exist (it said "no such user" before).
+/// It runs in the server's lookup database ([`AUTH_DBNAME`]).
+pub fn auth_query(decoy_verifier: &str) -> String {
+    format!(
+        "SELECT $1::name, coalesce((SELECT passwd FROM dl_internal.pooler_login_lookup($1)), {})",
+        crate::plan::quote::quote_literal(decoy_verifier)
+    )
+}
+
+/// The PgBouncer setting that makes it run [`auth_query`] in the server's lookup database,
+/// never in the database the client names: a login into a foreign database, existing or not,
+/// then passes the pooler only with a right password and is refused by the server's pg_hba
+/// (samerole) with the same answer either way. Every PgBouncer in front of a dl_tenancy
+/// server needs it (README, "Scaling out").
+pub const AUTH_DBNAME: (&str, &str) = ("auth_dbname", crate::domain::names::POOLER_LOOKUP_DB);
+/// `local.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocalState {
+    pub pg_port: u16,
+    pub pooler_port: u16,
+}
+
+fn abs(dir: &Path) -> Result<PathBuf> {
+    Ok(if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    })
+}
+
+impl LocalState {
+    pub fn read(data_dir: &Path) -> Result<LocalState> {
+        let p = data_dir.join("local.json");
+        let text = fs::read_to_string(&p).map_err(|_| {
+            Error::new(
+                ErrorCode::LocalNotInitialized,
+                format!(
+                    "no local cluster in {}: run `dl-tenancy local up` (or pass --admin-url)",
+                    data_dir.display()
+                ),
+            )
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::new(
+                ErrorCode::LocalNotInitialized,
+                format!("{}: {e}", p.display()),
+            )
+        })
+    }
+
+    pub(crate) fn write(&self, data_dir: &Path) -> Result<()> {
+        let p = data_dir.join("local.json");
+        let tmp = data_dir.join("local.json.tmp");
+        fs::write(&tmp, serde_json::to_string_pretty(self).unwrap() + "\n")?;
+        fs::rename(tmp, p)?;
+        Ok(())
+    }
+
+    /// Superuser connection over the unix socket (peer authentication, no password).
+    pub fn admin_conn_string(&self, data_dir: &Path, db: &str) -> String {
+        let run = abs(data_dir)
+            .unwrap_or_else(|_| data_dir.to_path_buf())
+            .join("run");
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            run.display(),
+            self.pg_port
+        )
+    }
+}
+
+/// Output of `local up/down/status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LocalStatus {
+    pub data_dir: String,
+    pub postgres: LocalServerStatus,
+    pub pooler: LocalServerStatus,
+    pub control_database: String,
+    pub server_id: String,
+    pub extension_version: Option<String>,
+    /// The CA clients trust for both servers (`sslrootcert` of revealed URIs).
+    pub ca_file: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LocalServerStatus {
+    pub host: String,
+    pub port: u16,
+    pub running: bool,
+    pub log: String,
+}
+
+/// Options of `local up`.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    pub data_dir: PathBuf,
+    /// Used at the first `up` (then remembered in local.json); a later value replaces it.
+    pub pg_port: Option<u16>,
+    pub pooler_port: Option<u16>,
+}
+
+pub(crate) struct Layout {
+    pub(crate) dir: PathBuf,
+}
+
+impl Layout {
+    pub(crate) fn new(dir: &Path) -> Result<Layout> {
+        Ok(Layout { dir: abs(dir)? })
+    }
+    pub(crate) fn certs(&self) -> CertFiles {
+        CertFiles::in_dir(&self.dir.join("tls"))
+    }
+    pub(crate) fn cluster(&self, state: &LocalState) -> ClusterSpec {
+        let certs = self.certs();
+        let path = |p: &Path| p.display().to_string();
+        ClusterSpec {
+            data_dir: self.dir.join("pg"),
+            socket_dir: self.dir.join("run"),
+            port: state.pg_port,
+            log_file: self.dir.join("log").join("postgresql.log"),
+            conf: vec![
+                ("log_connections".into(), "on".into()),
+                ("max_connections".into(), "200".into()),
+                ("ssl".into(), "on".into()),
+                ("ssl_cert_file".into(), path(&certs.server_cert)),
+                ("ssl_key_file".into(), path(&certs.server_key)),
+                ("ssl_min_protocol_version".into(), "TLSv1.2".into()),
+                // A move streams a workspace off this server by logical replication.
+                ("wal_level".into(), "logical".into()),
+            ]
+            .into_iter()
+            .chain(crate::domain::limits::watchdog_settings())
+            .collect(),
+            hba: Some(hba_conf()),
+            ident: Some(ident_conf()),
+        }
+    }
+    pub(crate) fn pgbouncer(&self, state: &LocalState) -> PgBouncerSpec {
+        let dir = self.dir.join("pgbouncer");
+        let decoy = crate::base::secret::scram_verifier(&crate::base::secret::random_password());
+        let auth_query = auth_query(&decoy);
+        let certs = self.certs();
+        let (key, cert, ca) = (
+            certs.server_key.display().to_string(),
+            certs.server_cert.display().to_string(),
+            certs.ca_cert.display().to_string(),
+        );
+        // Clients must speak TLS (PgBouncer refuses others before any login); PgBouncer
+        // reaches PostgreSQL over the unix socket, where TLS has nothing to protect.
+        let mut settings = crate::domain::limits::POOLER_SETTINGS.to_vec();
+        settings.extend([
+            AUTH_DBNAME,
+            ("client_tls_sslmode", "require"),
+            ("client_tls_key_file", key.as_str()),
+            ("client_tls_cert_file", cert.as_str()),
+            ("client_tls_ca_file", ca.as_str()),
+            // The console a move drives (pooler.rs).
+            ("admin_users", crate::server::pooler::POOLER_ADMIN_USER),
+        ]);
+        let ini = pg_harness::pgbouncer_ini(&PgBouncerIni {
+            dir: &dir,
+            listen_port: state.pooler_port,
+            server_socket_dir: &self.dir.join("run"),
+            server_port: state.pg_port,
+            auth_type: "scram-sha-256",
+            auth_user: Some(POOLER_AUTH_USER),
+            auth_query: Some(&auth_query),
+            pool_mode: "transaction",
+            extra: &settings,
+        });
+        // Workspaces moved to other servers keep their pooled URIs: routes, and verified TLS
+        // to the servers they lead to (pooler.rs; the [pgbouncer] section comes last).
+        let ini = ini.replacen(
+            "[databases]\n",
+            &format!(
+                "[databases]\n%include {}\n",
+                dir.join(crate::server::pooler::ROUTES_FILE).display()
+            ),
+            1,
+        ) + &format!(
+            "%include {}\n",
+            dir.join(crate::server::pooler::SERVER_TLS_FILE).display()
+        );
+        // The auth user must be in auth_file: left out, PgBouncer would accept it from clients
+        // with an empty password. Its entry is the verifier of a random password nobody keeps,
+        // so no client can log in as it through the pooler; PgBouncer itself reaches the server
+        // as it by peer authentication on the unix socket.
+        let mut userlist = format!(
+            "\"{POOLER_AUTH_USER}\" \"{}\"\n",
+            crate::base::secret::scram_verifier(&crate::base::secret::random_password())
+        );
+        // The console and the auth user of moved workspaces' routes (pooler.rs).
+        if let Ok(key) = SecretKey::load(&self.dir, false) {
+            userlist.push_str(&crate::server::pooler::userlist_entries(&key));
+        }
+        PgBouncerSpec {
+            dir,
+            listen_port: state.pooler_port,
+            ini,
+            userlist,
+        }
+    }
+}
+
+/// pg_hba.conf of the local cluster: tenants only into the database named like their
+/// workspace role (samerole), with SCRAM; everything else for tenants is rejected. Over TCP
+/// only TLS: the first TCP rule rejects every login without it, whoever it names, so the
+/// refusal says nothing about which logins exist.
+pub fn hba_conf() -> String {
+    let tenants = "+dl_tenant_read,+dl_tenant_override";
+    format!(
+        "# Written by `dl-tenancy local up` (rewritten at every up).\n\
+         # TYPE    DATABASE  USER  [ADDRESS]  METHOD\n\
+         local     all       postgres                   peer map=admin\n\
+         local     all       {POOLER_AUTH_USER}               peer map=pgbouncer\n\
+         local     samerole  {tenants}       scram-sha-256\n\
+         local     all       {tenants}       reject\n\
+         hostnossl all       all  all  reject\n\
+         hostssl   all       {POOLER_AUTH_USER}  all          reject\n\
+         hostssl   samerole  {tenants}  127.0.0.1/32  scram-sha-256\n\
+         hostssl   all       {tenants}  all  reject\n\
+         hostssl   all       all  127.0.0.1/32  scram-sha-256\n"
+    )
+}
+
+/// pg_ident.conf: the OS user running the tool and the server OS user may act as `postgres`;
+/// the server OS user (PgBouncer runs as it) may act as the pooler's auth user.
+pub fn ident_conf() -> String {
+    let me = pg_harness::current_os_user_name();
+    let server = pg_harness::server_os_user_name();
+    let mut s = String::from("# Written by `dl-tenancy local up`.\n");
+    s.push_str(&format!("admin      {me}  postgres\n"));
+    if server != me {
+        s.push_str(&format!("admin      {server}  postgres\n"));
+    }
+    s.push_str(&format!("pgbouncer  {server}  {POOLER_AUTH_USER}\n"));
+    s
+}
+
+/// The server OS user must reach the data directory, and the socket path must fit in
+/// `sun_path` (107 bytes): fail early with a clear message instead of a cryptic initdb error.
+pub(crate) fn check_reachable(dir: &Path) -> Result<()> {
+    let socket = dir.join("run").join(".s.PGSQL.65535");
+    if socket.as_os_str().len() > 100 {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "data directory path {} is too long for a unix socket path; use a shorter --data-dir",
+                dir.display()
+            ),
+        ));
+    }
+    if let Some(user) = pg_harness::server_os_user() {
+        let ok = pg_harness::server_command("test")
+            .arg("-x")
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            return Err(Error::new(
+                ErrorCode::LocalServer,
+                format!(
+                    "the {user} OS user (which runs the servers) cannot reach {}; choose a --data-dir under a directory it can traverse",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn pick_port(wanted: Option<u16>, default: u16, avoid: u16) -> u16 {
+    if let Some(p) = wanted {
+        return p;
+    }
+    if default != avoid && pg_harness::port_is_free(default) {
+        return default;
+    }
+    loop {
+        let p = pg_harness::free_port();
+        if p != avoid {
+            return p;
+        }
+    }
+}
+
+/// `local up`: create (first time) and start the cluster, the control database, the template,
+/// the pooler's auth role and PgBouncer. Idempotent; restarts what is down.
+/// The oldest PgBouncer the local pooler runs: 1.21 brought `max_prepared_statements`, which
+/// keeps protocol-level prepared statements (the default of psycopg 3, asyncpg, node-postgres
+/// with named statements, rust-postgres) working in transaction mode.
+pub const MIN_POOLER_VERSION: (u32, u32) = (1, 21);
+
+pub(crate) fn check_pooler_version() -> Result<()> {
+    let bin = pg_harness::pgbouncer_bin();
+    let (major, minor) = pg_harness::pgbouncer_version(&bin)?;
+    let (need_major, need_minor) = MIN_POOLER_VERSION;
+    if (major, minor) < MIN_POOLER_VERSION {
+        return Err(Error::new(
+            ErrorCode::LocalServer,
+            format!(
+                "{} is PgBouncer {major}.{minor}; the local pooler needs {need_major}.{need_minor} or later \
+                 (prepared statements in transaction mode): run scripts/setup, or point PGBOUNCER at one",
+                bin.display()
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! Layer 4 (beside `control`, never importing it): one PostgreSQL server as the platform
+//! sees it. Catalog checks, roles and their access, archives (pg_dump/pg_restore), counts,
+//! logical streams between servers, the pooler's files and console, the local cluster.
+
+pub mod archive;
+pub mod catalog;
+pub mod cluster;
+pub mod counts;
+pub mod pooler;
+pub mod roles;
+pub mod stream;
