@@ -45,20 +45,25 @@ fn assert_refused(label: &str, uri: &str) {
     }
 }
 
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap().get(0)
+/// Provisions `acme` and `beside`; `acme` gets `keys` (each set to `value`) and the custom
+/// table through a pooled override login. Returns acme's database and that login, still open.
+fn acme_with_rows(env: &Env, beside: &str, keys: &[&str], value: &str) -> (String, Client) {
+    env.t.provision("acme").unwrap();
+    env.t.provision(beside).unwrap();
+    let db = env.database("acme");
+    let mut over = connect(&env.uri("acme", Kind::Override, true)).unwrap();
+    for key in keys {
+        upsert(&mut over, key, value).unwrap();
+    }
+    over.batch_execute(CUSTOM_TABLE).unwrap();
+    (db, over)
 }
 
 #[test]
 fn deprovision_suspends_undelete_brings_back_purge_drops() {
     let env = Env::new();
     let t = &env.t;
-    t.provision("acme").unwrap();
-    t.provision("other").unwrap();
-    let db = env.database("acme");
-    let mut over = connect(&env.uri("acme", Kind::Override, true)).unwrap();
-    upsert(&mut over, "person:1", "kept").unwrap();
-    over.batch_execute(CUSTOM_TABLE).unwrap();
+    let (db, _over) = acme_with_rows(&env, "other", &["person:1"], "kept");
     let old_uris = uris(&env, "acme");
     let mut open: Vec<(String, Client)> = old_uris
         .iter()
@@ -395,14 +400,7 @@ fn catalog_figures(admin: &mut Client, db: &str) -> (i64, i64) {
 fn usage_figures_match_the_catalog() {
     let env = Env::new();
     let t = &env.t;
-    t.provision("acme").unwrap();
-    t.provision("quiet").unwrap();
-    let db = env.database("acme");
-    let mut over = connect(&env.uri("acme", Kind::Override, true)).unwrap();
-    for key in ["person:1", "person:2", "person:3"] {
-        upsert(&mut over, key, "ok").unwrap();
-    }
-    over.batch_execute(CUSTOM_TABLE).unwrap();
+    let (db, _over) = acme_with_rows(&env, "quiet", &["person:1", "person:2", "person:3"], "ok");
     env.admin(&db)
         .batch_execute(
             r#"SET ROLE dl_platform_runtime;
@@ -538,12 +536,9 @@ fn a_token_sees_only_its_own_usage() {
             r.text
         );
     }
-    let r = a.send_with(
-        "GET",
-        "/api/v2/tenants/usage",
-        common::http::Body::None,
-        &[("X-Workspace", theirs)],
-    );
+    let r = a
+        .with_headers(&[("X-Workspace", theirs)])
+        .get("/api/v2/tenants/usage");
     assert_eq!(r.json["workspace"], ours);
     let r = b.get("/api/v2/tenants/usage");
     assert_eq!(r.json["workspace"], theirs);

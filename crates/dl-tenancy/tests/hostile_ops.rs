@@ -15,10 +15,6 @@ use std::time::Instant;
 const ATTACKER: &str = "mallory";
 const NEIGHBOUR: &str = "alice";
 
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap().get(0)
-}
-
 /// Roles the tenant's code made where it ran as a superuser (it makes one each time).
 fn pwned_roles(admin: &mut Client) -> i64 {
     count(

@@ -282,7 +282,9 @@ fn error_statuses() {
             format!("Bearer {unknown}"),
             format!("Bearer {token}x"),
         ] {
-            let r = anon.send_with(m, p, Body::None, &[("authorization", &auth)]);
+            let r = anon
+                .with_headers(&[("authorization", &auth)])
+                .send(m, p, Body::None);
             check(m, p, &r);
             assert_eq!(r.status, 401, "{m} {p} {auth}");
             assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
@@ -291,12 +293,9 @@ fn error_statuses() {
     let api = Api::new(&s.base, Some(&token));
     assert_eq!(call(&api, "GET", STATUS, Body::None).status, 200);
     // lower-case scheme is fine
-    let r = anon.send_with(
-        "GET",
-        STATUS,
-        Body::None,
-        &[("authorization", &format!("bearer {token}"))],
-    );
+    let r = anon
+        .with_headers(&[("authorization", &format!("bearer {token}"))])
+        .get(STATUS);
     assert_eq!(r.status, 200);
 
     // 404 not_provisioned for the operations that need a database
@@ -477,12 +476,9 @@ fn tokens_are_confined_to_their_workspace() {
         b_db_query.as_str(),
     ] {
         for p in [STATUS, METADATA, SQL_SCHEMA] {
-            let r = a.send_with(
-                "GET",
-                &format!("{p}{q}"),
-                Body::None,
-                &[("x-workspace", "iso-b"), ("x-workspace-id", "iso-b")],
-            );
+            let r = a
+                .with_headers(&[("x-workspace", "iso-b"), ("x-workspace-id", "iso-b")])
+                .get(&format!("{p}{q}"));
             check("GET", p, &r);
             assert_eq!(r.status, 200);
             assert!(!r.text.contains("iso-b"), "{p}{q}: {}", r.text);

@@ -295,10 +295,7 @@ fn bad_workspace_ids_change_nothing() {
     let env = Env::new();
     let mut admin = env.admin("postgres");
     let dbs_before = databases(&mut admin);
-    let roles_before: i64 = admin
-        .query_one("SELECT count(*) FROM pg_roles", &[])
-        .unwrap()
-        .get(0);
+    let roles_before = count(&mut admin, "SELECT count(*) FROM pg_roles");
     let long = format!("a{}", "b".repeat(48));
     for bad in [
         "",
@@ -350,58 +347,40 @@ fn bad_workspace_ids_change_nothing() {
     assert_eq!(env.t.provision(&max).unwrap().status, "active");
     env.t.deprovision(&max, &max).unwrap();
     env.t.purge(&max, &max).unwrap();
-    // Other bad input: JSON errors with exit 2.
-    let out = env.cli(&[
-        "connection-uris",
-        "reveal",
-        "--workspace",
-        "x",
-        "--kind",
-        "write",
-    ]);
-    assert_eq!(out.error_code(), "invalid_argument");
-    assert_eq!(out.code, 2);
-    let out = env.cli(&[
-        "connection-uris",
-        "rotate",
-        "--workspace",
-        "x",
-        "--kind",
-        "read",
-        "--grace",
-        "soon",
-    ]);
-    assert_eq!(out.error_code(), "invalid_argument");
-    // Longer than the library's one limit (MAX_GRACE_SECONDS, a year): refused before anything.
-    let out = env.cli(&[
-        "connection-uris",
-        "rotate",
-        "--workspace",
-        "x",
-        "--kind",
-        "read",
-        "--grace",
-        "367d",
-    ]);
-    assert_eq!(out.error_code(), "invalid_argument");
-    assert_eq!(out.code, 2);
-    let out = env.cli(&[
-        "connection-uris",
-        "reveal",
-        "--workspace",
-        "nope",
-        "--kind",
-        "read",
-    ]);
-    assert_eq!(out.error_code(), "not_provisioned");
-    assert_eq!(out.code, 1);
+    // Other bad input: JSON errors with exit 2 (exit 1 for an unknown workspace). A grace
+    // longer than the library's one limit (MAX_GRACE_SECONDS, a year) is refused before anything.
+    for (line, code, exit) in [
+        (
+            "connection-uris reveal --workspace x --kind write",
+            "invalid_argument",
+            2,
+        ),
+        (
+            "connection-uris rotate --workspace x --kind read --grace soon",
+            "invalid_argument",
+            2,
+        ),
+        (
+            "connection-uris rotate --workspace x --kind read --grace 367d",
+            "invalid_argument",
+            2,
+        ),
+        (
+            "connection-uris reveal --workspace nope --kind read",
+            "not_provisioned",
+            1,
+        ),
+    ] {
+        let out = env.cli(&line.split(' ').collect::<Vec<_>>());
+        assert_eq!(out.error_code(), code, "{line}: {out:?}");
+        assert_eq!(out.code, exit, "{line}: {out:?}");
+    }
 
     assert_eq!(databases(&mut admin), dbs_before);
-    let roles_after: i64 = admin
-        .query_one("SELECT count(*) FROM pg_roles", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(roles_after, roles_before);
+    assert_eq!(
+        count(&mut admin, "SELECT count(*) FROM pg_roles"),
+        roles_before
+    );
     assert!(env.t.list().unwrap().workspaces.is_empty());
 }
 

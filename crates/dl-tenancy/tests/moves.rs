@@ -9,10 +9,6 @@ use common::*;
 use dl_tenancy_ctl::Kind;
 use postgres::{Client, NoTls};
 
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap().get(0)
-}
-
 /// A superuser session on the second cluster.
 fn second_admin(second: &TlsCluster, db: &str) -> Client {
     Client::connect(&second.pg.conn_string("postgres", db), NoTls).unwrap()
@@ -247,19 +243,17 @@ fn move_keeps_the_pooled_uri_and_every_acknowledged_write() {
 
     // A server registered without its CA: the pooler could not verify it, so nothing that
     // the local pooler serves moves there; the workspace stays where it is and works.
-    let url_file = env.dir.join("second.url");
-    env.cli(&[
-        "server",
-        "add",
-        "--name",
+    server_add(
+        &env,
         "unverified",
-        "--admin-url-file",
-        url_file.to_str().unwrap(),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &second.pg.port().to_string(),
-    ])
+        &second.pg.conn_string("postgres", "postgres"),
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &second.pg.port().to_string(),
+        ],
+    )
     .json();
     let out = env.cli(&["move", "--workspace", "mover", "--to", "unverified"]);
     assert_eq!(out.error_code(), "invalid_argument");

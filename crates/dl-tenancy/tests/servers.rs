@@ -57,20 +57,8 @@ fn placement_across_two_servers() {
     let admin_url = with_tls(&tcp_admin, "verify-full", Some(&tls_server.certs.ca_cert));
     // A CA that did not sign the server's certificate: refused, and the error says why.
     let (foreign, foreign_dir) = foreign_ca();
-    let bad_file = env.dir.join("bad.url");
-    std::fs::write(
-        &bad_file,
-        with_tls(&tcp_admin, "verify-full", Some(&foreign)),
-    )
-    .unwrap();
-    let out = env.cli(&[
-        "server",
-        "add",
-        "--name",
-        "bad",
-        "--admin-url-file",
-        bad_file.to_str().unwrap(),
-    ]);
+    let bad_url = with_tls(&tcp_admin, "verify-full", Some(&foreign));
+    let out = server_add(&env, "bad", &bad_url, &[]);
     assert_eq!(out.error_code(), "server_unreachable");
     assert!(
         out.stderr.contains("not signed by a CA in sslrootcert"),
@@ -80,22 +68,18 @@ fn placement_across_two_servers() {
     assert!(!out.stderr.contains(admin_password), "{}", out.stderr);
     let _ = std::fs::remove_dir_all(foreign_dir);
     // The server's admin URL from a file (a URL with a password must not be an argument).
-    let url_file = env.dir.join("second.url");
-    std::fs::write(&url_file, &admin_url).unwrap();
-    let out = env
-        .cli(&[
-            "server",
-            "add",
-            "--name",
-            "second",
-            "--admin-url-file",
-            url_file.to_str().unwrap(),
+    let out = server_add(
+        &env,
+        "second",
+        &admin_url,
+        &[
             "--pooler-port",
             &bouncer.port().to_string(),
             "--ca-file",
             tls_server.certs.ca_cert.to_str().unwrap(),
-        ])
-        .json();
+        ],
+    )
+    .json();
     assert_eq!(out["id"], "second");
     assert_eq!(out["direct"]["port"], second.port());
     assert_eq!(out["pooled"]["port"], bouncer.port());
@@ -226,8 +210,20 @@ fn admin_url_mode_on_an_existing_server() {
         ("DL_TENANCY_ADMIN_URL", admin_url.as_str()),
         ("DL_TENANCY_SECRET_KEY", key.as_str()),
     ];
+    let cli = |args: &[&str]| cli_in(&dir, args, &env_vars);
+    // The arguments of `connection-uris reveal` for the workspace `remote`.
+    let reveal = |kind| {
+        [
+            "connection-uris",
+            "reveal",
+            "--workspace",
+            "remote",
+            "--kind",
+            kind,
+        ]
+    };
     // Opening the control plane changes nothing: before `init`, commands say what to run.
-    let before = cli_in(&dir, &["status", "--workspace", "remote"], &env_vars);
+    let before = cli(&["status", "--workspace", "remote"]);
     assert_eq!(before.error_code(), "server_unreachable");
     assert!(
         before.stderr.contains("dl-tenancy init"),
@@ -248,27 +244,15 @@ fn admin_url_mode_on_an_existing_server() {
     );
     // init, twice: the second changes nothing.
     for _ in 0..2 {
-        let servers = cli_in(&dir, &["init"], &env_vars).json();
+        let servers = cli(&["init"]).json();
         assert_eq!(servers["servers"][0]["id"], "primary", "{servers}");
         assert_eq!(servers["servers"].as_array().unwrap().len(), 1);
     }
-    let st = cli_in(&dir, &["provision", "--workspace", "remote"], &env_vars).json();
+    let st = cli(&["provision", "--workspace", "remote"]).json();
     assert_eq!(st["status"], "active");
     assert_eq!(st["server_id"], "primary");
     assert!(!dir.join("secret.key").exists(), "key from the environment");
-    let v = cli_in(
-        &dir,
-        &[
-            "connection-uris",
-            "reveal",
-            "--workspace",
-            "remote",
-            "--kind",
-            "override",
-        ],
-        &env_vars,
-    )
-    .json();
+    let v = cli(&reveal("override")).json();
     let uri = v["uri"].as_str().unwrap();
     assert_eq!(v["sslmode"], "require");
     assert!(v["ca_certificate"].is_null(), "{v}");
@@ -286,37 +270,16 @@ fn admin_url_mode_on_an_existing_server() {
     upsert(&mut c, "k", "s").unwrap();
     c.batch_execute(CUSTOM_TABLE).unwrap();
     // No pooler registered for this server.
-    let out = cli_in(
-        &dir,
-        &[
-            "connection-uris",
-            "reveal",
-            "--workspace",
-            "remote",
-            "--kind",
-            "read",
-            "--pooled",
-        ],
-        &env_vars,
-    );
+    let out = cli(&[&reveal("read")[..], &["--pooled"]].concat());
     assert_eq!(out.error_code(), "pooler_not_configured");
     // The top-level flag works as well as the environment; a wrong key cannot decrypt.
     let out = cli_in(
         &dir,
-        &[
-            "--admin-url",
-            &admin_url,
-            "connection-uris",
-            "reveal",
-            "--workspace",
-            "remote",
-            "--kind",
-            "read",
-        ],
+        &[&["--admin-url", &admin_url][..], &reveal("read")].concat(),
         &[("DL_TENANCY_SECRET_KEY", &"22".repeat(32))],
     );
     assert_eq!(out.error_code(), "secret_key");
-    let list = cli_in(&dir, &["list"], &env_vars).json();
+    let list = cli(&["list"]).json();
     assert_eq!(list["workspaces"][0]["workspace"], "remote");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -112,19 +112,6 @@ fn run(dir: &Path, cache: &str, program: &str, step: &str, uris: &Uris) -> Value
     v
 }
 
-fn columns(admin: &mut postgres::Client, table: &str) -> Vec<String> {
-    admin
-        .query(
-            "SELECT column_name::text FROM information_schema.columns
-              WHERE table_schema = 'tenant_custom' AND table_name = $1 ORDER BY ordinal_position",
-            &[&table],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 #[test]
 fn node_migration_tools_and_orms_work_with_their_defaults() {
     let test = "node_migration_tools_and_orms_work_with_their_defaults";

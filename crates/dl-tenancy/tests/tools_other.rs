@@ -102,20 +102,6 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The columns of `tenant_custom.<table>`, in order.
-fn columns(admin: &mut Client, table: &str) -> Vec<String> {
-    admin
-        .query(
-            "SELECT column_name::text FROM information_schema.columns
-              WHERE table_schema = 'tenant_custom' AND table_name = $1 ORDER BY ordinal_position",
-            &[&table],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 /// The schemas holding a relation named `name`.
 fn schemas_of(admin: &mut Client, name: &str) -> Vec<String> {
     admin
@@ -222,16 +208,13 @@ fn activerecord_pgx_jdbc_and_pdo_work_with_their_defaults() {
         schemas_of(&mut admin, "schema_migrations"),
         ["dl_meta", "tenant_custom"]
     );
-    let versions: Vec<String> = admin
-        .query(
-            "SELECT version FROM tenant_custom.schema_migrations ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(versions, ["20261207000001", "20261207000002"]);
+    assert_eq!(
+        strings(
+            &mut admin,
+            "SELECT version FROM tenant_custom.schema_migrations ORDER BY 1"
+        ),
+        ["20261207000001", "20261207000002"]
+    );
     let environment: String = admin
         .query_one(
             "SELECT value FROM tenant_custom.ar_internal_metadata WHERE key = 'environment'",

@@ -11,7 +11,6 @@ mod common;
 
 use common::*;
 use dl_tenancy_ctl::Kind;
-use postgres::Client;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -50,30 +49,6 @@ fn seed_people(uri: &str) {
                FROM generate_series(0, 39) i",
         )
         .unwrap();
-}
-
-fn columns(c: &mut Client, table: &str) -> Vec<String> {
-    c.query(
-        "SELECT column_name::text FROM information_schema.columns
-          WHERE table_schema = 'tenant_custom' AND table_name = $1 ORDER BY ordinal_position",
-        &[&table],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
-fn strings(c: &mut Client, sql: &str) -> Vec<String> {
-    c.query(sql, &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap().get(0)
 }
 
 /// One tool's run: its JSON line (stdout and stderr in the panic when it fails).

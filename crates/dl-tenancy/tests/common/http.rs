@@ -274,6 +274,8 @@ pub struct Api {
     pub base: String,
     pub client: reqwest::Client,
     pub token: Option<String>,
+    /// Headers sent with every request (see [`Api::with_headers`]).
+    pub headers: Vec<(String, String)>,
 }
 
 pub enum Body<'a> {
@@ -291,27 +293,26 @@ impl Api {
                 .build()
                 .unwrap(),
             token: token.map(str::to_string),
+            headers: vec![],
         }
     }
 
-    pub async fn send_async(&self, method: &str, path: &str, body: Body<'_>) -> Resp {
-        self.send_with_async(method, path, body, &[]).await
+    /// This client sending `headers` as well with every request.
+    pub fn with_headers(&self, headers: &[(&str, &str)]) -> Api {
+        let mut api = self.clone();
+        api.headers
+            .extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        api
     }
 
-    pub async fn send_with_async(
-        &self,
-        method: &str,
-        path: &str,
-        body: Body<'_>,
-        headers: &[(&str, &str)],
-    ) -> Resp {
+    pub async fn send_async(&self, method: &str, path: &str, body: Body<'_>) -> Resp {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut rb = self.client.request(m, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
         }
-        for (k, v) in headers {
-            rb = rb.header(*k, *v);
+        for (k, v) in &self.headers {
+            rb = rb.header(k, v);
         }
         rb = match body {
             Body::None => rb,
@@ -336,16 +337,6 @@ impl Api {
 
     pub fn send(&self, method: &str, path: &str, body: Body<'_>) -> Resp {
         rt().block_on(self.send_async(method, path, body))
-    }
-
-    pub fn send_with(
-        &self,
-        method: &str,
-        path: &str,
-        body: Body<'_>,
-        headers: &[(&str, &str)],
-    ) -> Resp {
-        rt().block_on(self.send_with_async(method, path, body, headers))
     }
 
     pub fn get(&self, path: &str) -> Resp {

@@ -236,6 +236,33 @@ pub fn databases(admin: &mut Client) -> Vec<String> {
         .collect()
 }
 
+/// The one bigint a query returns (a `count(*)`).
+pub fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// The first column of every row a query returns, as text.
+pub fn strings(c: &mut Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The columns of `tenant_custom.<table>`, in order.
+pub fn columns(c: &mut Client, table: &str) -> Vec<String> {
+    c.query(
+        "SELECT column_name::text FROM information_schema.columns
+          WHERE table_schema = 'tenant_custom' AND table_name = $1 ORDER BY ordinal_position",
+        &[&table],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 pub fn role_exists(admin: &mut Client, role: &str) -> bool {
     admin
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
@@ -373,24 +400,38 @@ pub fn add_second(env: &Env) -> TlsCluster {
 
 pub fn add_second_with_wal_level(env: &Env, wal_level: &str) -> TlsCluster {
     let second = TlsCluster::start_with_wal_level(wal_level);
-    let url_file = env.dir.join("second.url");
-    std::fs::write(&url_file, second.pg.conn_string("postgres", "postgres")).unwrap();
-    env.cli(&[
+    server_add(
+        env,
+        "second",
+        &second.pg.conn_string("postgres", "postgres"),
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &second.pg.port().to_string(),
+            "--ca-file",
+            second.certs.ca_cert.to_str().unwrap(),
+        ],
+    )
+    .json();
+    second
+}
+
+/// `server add --name <name>` with `extra` arguments, the admin URL given in a file
+/// (`<name>.url` in the environment's directory): a URL with a password must not be an argument.
+pub fn server_add(env: &Env, name: &str, admin_url: &str, extra: &[&str]) -> CliOut {
+    let url_file = env.dir.join(format!("{name}.url"));
+    std::fs::write(&url_file, admin_url).unwrap();
+    let mut args = vec![
         "server",
         "add",
         "--name",
-        "second",
+        name,
         "--admin-url-file",
         url_file.to_str().unwrap(),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &second.pg.port().to_string(),
-        "--ca-file",
-        second.certs.ca_cert.to_str().unwrap(),
-    ])
-    .json();
-    second
+    ];
+    args.extend_from_slice(extra);
+    env.cli(&args)
 }
 
 /// A tenant's own objects in `tenant_custom`: a table with 40 rows, a view, grants.
