@@ -48,6 +48,7 @@ READS_EACH = 50
 
 class Tally:
     def __init__(self, tool):
+        self.tool = tool
         self.out = {"tool": tool, "queries": 0, "errors": 0, "wrong": 0, "first_error": None}
         self.lock = threading.Lock()
 
@@ -315,6 +316,31 @@ def resolved_name(conn, key):
     ).scalar_one()
 
 
+def sa_reads(tally, read, fetch, made=0):
+    """`fetch(conn)` READS_EACH times on each of CONNECTIONS connections of the engine `read`
+    (`made` times fewer on the first, which has made those reads already), every row checked."""
+    def client(c):
+        with read.connect() as conn:
+            for _ in range(READS_EACH - (made if c == 0 else 0)):
+                try:
+                    tally.rows(fetch(conn))
+                except sa.exc.DBAPIError as e:
+                    tally.error(e)
+                    conn.rollback()
+
+    threads(client)
+
+
+def sa_finish(tally, read, *engines):
+    """The tool's upserted person as the read login resolves it; the engines disposed of; the
+    report."""
+    with read.connect() as conn:
+        tally.set(resolved=resolved_name(conn, f"person:{tally.tool}"))
+    for engine in (read, *engines):
+        engine.dispose()
+    tally.report()
+
+
 def sqlalchemy_tool():
     tally = Tally("sqlalchemy")
     # recipe: SQLAlchemy 2 engines
@@ -340,25 +366,11 @@ def sqlalchemy_tool():
     tally.set(migrate_runs=3)
 
     query = sa.text(READ_QUERY)
-
-    def client(c):
-        with read.connect() as conn:
-            for _ in range(READS_EACH):
-                try:
-                    tally.rows(conn.execute(query).all())
-                except sa.exc.DBAPIError as e:
-                    tally.error(e)
-                    conn.rollback()
-
-    threads(client)
+    sa_reads(tally, read, lambda conn: conn.execute(query).all())
     for round_ in range(2):
         with write.begin() as conn:
             conn.execute(upsert_statement(*upsert_values("sqlalchemy", round_)))
-    with read.connect() as conn:
-        tally.set(resolved=resolved_name(conn, "person:sqlalchemy"))
-    read.dispose()
-    write.dispose()
-    tally.report()
+    sa_finish(tally, read, write)
 
 
 async def sqlalchemy_async_tool():
@@ -420,17 +432,7 @@ def pandas_tool():
     # end recipe
     tally.rows(people.itertuples(index=False))
     tally.set(migrate_runs=2)
-
-    def client(c):
-        with read.connect() as conn:
-            for _ in range(READS_EACH - (1 if c == 0 else 0)):
-                try:
-                    tally.rows(pd.read_sql(READ_QUERY, conn).itertuples(index=False))
-                except sa.exc.DBAPIError as e:
-                    tally.error(e)
-                    conn.rollback()
-
-    threads(client)
+    sa_reads(tally, read, lambda conn: pd.read_sql(READ_QUERY, conn).itertuples(index=False), made=1)
 
     # recipe: pandas upsert
     # to_sql into the override table with the seed's upsert as its method (pandas' hook for
@@ -454,11 +456,7 @@ def pandas_tool():
         key, status, patch, raw = upsert_values("pandas", round_)
         upsert_frame(pd.DataFrame([{"identity_key": key, "status": status,
                                     "identity_payload_patch": patch, "raw_payload_patch": raw}]))
-    with read.connect() as conn:
-        tally.set(resolved=resolved_name(conn, "person:pandas"))
-    engine.dispose()
-    read.dispose()
-    tally.report()
+    sa_finish(tally, read, engine)
 
 
 # --------------------------------------------------------------------------------- asyncpg
