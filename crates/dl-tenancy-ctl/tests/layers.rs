@@ -322,3 +322,50 @@ fn the_reader_sees_imports() {
         ])
     );
 }
+
+/// README.md's Layout section lists every file of the library under its layer, and nothing
+/// that is not there.
+#[test]
+fn the_readme_layout_matches_the_tree() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let start = readme.find("## Layout\n").expect("a Layout section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let mut listed = BTreeSet::new();
+    let mut layer = None;
+    for line in section.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let [rank, dir, ..] = words[..] {
+            if rank.parse::<usize>().is_ok() && dir.ends_with('/') {
+                layer = Some(dir.trim_end_matches('/').to_string());
+                continue;
+            }
+        }
+        if line.starts_with("```") {
+            layer = None;
+        }
+        let Some(layer) = &layer else { continue };
+        for word in words {
+            let file = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '_' && c != '.');
+            if file.ends_with(".rs") {
+                listed.insert(format!("{layer}/{file}"));
+            }
+        }
+    }
+    let src = repo_root().join("crates/dl-tenancy-ctl/src");
+    let files: BTreeSet<String> = modules(&src)
+        .values()
+        .map(|p| p.strip_prefix(&src).unwrap().to_string_lossy().into_owned())
+        .filter(|p| p.contains('/'))
+        .collect();
+    let missing: Vec<&String> = files
+        .iter()
+        .filter(|f| !f.ends_with("/mod.rs") && !listed.contains(*f))
+        .collect();
+    let stale: Vec<&String> = listed.iter().filter(|f| !files.contains(*f)).collect();
+    assert!(missing.is_empty(), "README Layout misses {missing:?}");
+    assert!(
+        stale.is_empty(),
+        "README Layout names files that are gone: {stale:?}"
+    );
+}

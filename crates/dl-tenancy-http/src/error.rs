@@ -1,10 +1,10 @@
 //! The HTTP error type: `{"error":{"code":"...","message":"..."}}` with a status and, where
 //! it applies, `WWW-Authenticate` or `Retry-After`.
 
-use dl_tenancy_ctl::ErrorCode;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use dl_tenancy_ctl::ErrorCode;
 
 /// An error response.
 #[derive(Debug, Clone)]

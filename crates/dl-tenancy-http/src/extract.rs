@@ -2,12 +2,12 @@
 
 use crate::error::ApiError;
 use crate::AppState;
-use dl_tenancy_ctl::tokens::{self, Principal};
-use dl_tenancy_ctl::ErrorCode;
 use axum::body::{Body, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
+use dl_tenancy_ctl::tokens::{self, Principal};
+use dl_tenancy_ctl::ErrorCode;
 use serde::de::DeserializeOwned;
 use std::pin::Pin;
 use std::sync::Arc;

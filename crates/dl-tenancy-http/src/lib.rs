@@ -11,14 +11,15 @@ pub mod error;
 pub mod extract;
 pub mod limit;
 
-use dl_tenancy_ctl::Kind;
-use dl_tenancy_ctl::tokens::TokenStore;
-use dl_tenancy_ctl::{Config, ErrorCode, Tenancy};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
+use dl_tenancy_ctl::fences::GraceSeconds;
+use dl_tenancy_ctl::tokens::TokenStore;
+use dl_tenancy_ctl::Kind;
+use dl_tenancy_ctl::{Config, ErrorCode, Tenancy};
 use error::ApiError;
 use extract::{Auth, JsonBody};
 use limit::RateLimiter;
@@ -239,7 +240,7 @@ async fn reveal(
 struct RotateBody {
     kind: Kind,
     #[serde(default)]
-    grace_seconds: u64,
+    grace_seconds: GraceSeconds,
 }
 
 async fn rotate(
@@ -247,16 +248,10 @@ async fn rotate(
     auth: Auth,
     JsonBody(body): JsonBody<RotateBody>,
 ) -> Api<Response> {
-    if body.grace_seconds > MAX_GRACE_SECONDS {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("grace_seconds must be between 0 and {MAX_GRACE_SECONDS}"),
-        ));
-    }
     st.rate_limit(&auth)?;
     let ws = auth.0.workspace;
     let r = st
-        .call(move |t| t.rotate(&ws, body.kind, body.grace_seconds))
+        .call(move |t| t.rotate(&ws, body.kind, body.grace_seconds.get()))
         .await?;
     Ok(no_store(r))
 }
@@ -395,13 +390,18 @@ pub fn init_logging() {
 /// do not outlive its grace by more than [`dl_tenancy_ctl::GRACE_SWEEP_INTERVAL`]. Runs until the
 /// process exits; a failed round is logged and retried.
 fn spawn_grace_sweeper(tenancy: Tenancy) {
-    spawn_sweeper("grace", dl_tenancy_ctl::GRACE_SWEEP_INTERVAL, false, move || {
-        let revoked = tenancy.expire_grace_periods()?;
-        if !revoked.is_empty() {
-            tracing::info!(logins = revoked.len(), "grace periods ended");
-        }
-        Ok(())
-    });
+    spawn_sweeper(
+        "grace",
+        dl_tenancy_ctl::GRACE_SWEEP_INTERVAL,
+        false,
+        move || {
+            let revoked = tenancy.expire_grace_periods()?;
+            if !revoked.is_empty() {
+                tracing::info!(logins = revoked.len(), "grace periods ended");
+            }
+            Ok(())
+        },
+    );
 }
 
 /// Purges deleted workspaces whose retention is over ([`Tenancy::purge_expired`]): a round
@@ -448,7 +448,9 @@ pub fn run(config: &Config, opts: &ServeOptions) -> dl_tenancy_ctl::Result<()> {
     init_logging();
     // A call the API gives up on must not leave its backend running behind it: its
     // statements end a moment after the call's `timeout` answer.
-    dl_tenancy_ctl::connection::limit_platform_statements(opts.call_timeout + Duration::from_secs(1));
+    dl_tenancy_ctl::connection::limit_platform_statements(
+        opts.call_timeout + Duration::from_secs(1),
+    );
     let tenancy = Tenancy::open(config)?;
     spawn_grace_sweeper(tenancy.clone());
     spawn_purge_sweeper(tenancy.clone(), opts.purge_sweep_interval);
@@ -498,7 +500,10 @@ mod tests {
             round += 1;
             match round {
                 1 => panic!("out of file descriptors"),
-                2 => Err(dl_tenancy_ctl::Error::new(ErrorCode::Internal, "a failed round")),
+                2 => Err(dl_tenancy_ctl::Error::new(
+                    ErrorCode::Internal,
+                    "a failed round",
+                )),
                 n => {
                     let _ = tx.send(n);
                     Ok(())

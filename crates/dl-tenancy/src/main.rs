@@ -3,6 +3,7 @@
 //! (2 = bad input, nothing changed; 1 = anything else).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dl_tenancy_ctl::names::{ServerName, WorkspaceId};
 use dl_tenancy_ctl::{
     fences::LimitsChange, local, names, Config, Error, ErrorCode, Kind, ServerSpec, Tenancy,
     UpgradeEvent, UpgradeOptions,
@@ -80,7 +81,7 @@ enum Command {
 struct LimitsArgs {
     /// Workspace id, ^[a-z][a-z0-9_-]{0,47}$
     #[arg(long, allow_hyphen_values = true)]
-    workspace: String,
+    workspace: WorkspaceId,
     /// Connections to the workspace database, direct and pooled together.
     #[arg(long)]
     database_connections: Option<i32>,
@@ -108,7 +109,7 @@ struct LimitsArgs {
 #[derive(Args, Debug)]
 struct Selection {
     #[arg(long, required_unless_present = "all", conflicts_with = "all")]
-    workspace: Option<String>,
+    workspace: Option<WorkspaceId>,
     #[arg(long)]
     all: bool,
 }
@@ -120,7 +121,7 @@ struct UpgradeArgs {
     to: Option<String>,
     /// Upgrade this workspace only.
     #[arg(long, required_unless_present = "all", conflicts_with = "all")]
-    workspace: Option<String>,
+    workspace: Option<WorkspaceId>,
     /// Upgrade every active workspace.
     #[arg(long)]
     all: bool,
@@ -160,7 +161,7 @@ enum LocalCmd {
 struct Ws {
     /// Workspace id, ^[a-z][a-z0-9_-]{0,47}$
     #[arg(long, allow_hyphen_values = true)]
-    workspace: String,
+    workspace: WorkspaceId,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -185,7 +186,7 @@ enum UrisCmd {
     /// The connection URI (with password) of the read or override login.
     Reveal {
         #[arg(long, allow_hyphen_values = true)]
-        workspace: String,
+        workspace: WorkspaceId,
         #[arg(long, value_enum)]
         kind: KindArg,
         /// Through PgBouncer instead of straight to PostgreSQL.
@@ -195,7 +196,7 @@ enum UrisCmd {
     /// New password (on the standby login); the old one stops working now or after --grace.
     Rotate {
         #[arg(long, allow_hyphen_values = true)]
-        workspace: String,
+        workspace: WorkspaceId,
         #[arg(long, value_enum)]
         kind: KindArg,
         /// How long the previous credential keeps working (e.g. 0, 90s, 10m, 1h).
@@ -209,7 +210,7 @@ enum ServerCmd {
     /// Register (or update) a server new workspaces can be placed on.
     Add {
         #[arg(long)]
-        name: String,
+        name: ServerName,
         /// Superuser connection string of the server to add (stored encrypted), or from
         /// DL_TENANCY_SERVER_ADMIN_URL. One with a password is refused here: the command line
         /// is visible to every user of the machine (use the variable or --admin-url-file). The
@@ -244,13 +245,13 @@ enum ServerCmd {
     List,
     /// No new workspaces on a server, and move every one it holds to the others.
     Drain {
-        name: String,
+        name: ServerName,
         /// Workspaces moved at once.
         #[arg(long, default_value_t = 2)]
         parallel: usize,
     },
     /// Forget a server; refused while it holds workspaces.
-    Remove { name: String },
+    Remove { name: ServerName },
 }
 
 #[derive(Args, Debug)]
@@ -281,7 +282,7 @@ enum TokensCmd {
     /// Tokens without their secrets, of one workspace or all.
     List {
         #[arg(long)]
-        workspace: Option<String>,
+        workspace: Option<WorkspaceId>,
     },
 }
 
@@ -322,39 +323,23 @@ fn run(cli: Cli) -> Result<(), Error> {
                 LocalCmd::Status => print(&local::status(&config.data_dir)?),
             }
         }
-        Command::Status(w) => {
-            names::validate_workspace_id(&w.workspace)?;
-            print(&open()?.status(&w.workspace)?)
-        }
-        Command::Provision(w) => {
-            names::validate_workspace_id(&w.workspace)?;
-            print(&open()?.provision(&w.workspace)?)
-        }
-        Command::ConnectionUris(UrisCmd::Metadata(w)) => {
-            names::validate_workspace_id(&w.workspace)?;
-            print(&open()?.metadata(&w.workspace)?)
-        }
+        Command::Status(w) => print(&open()?.status(&w.workspace)?),
+        Command::Provision(w) => print(&open()?.provision(&w.workspace)?),
+        Command::ConnectionUris(UrisCmd::Metadata(w)) => print(&open()?.metadata(&w.workspace)?),
         Command::ConnectionUris(UrisCmd::Reveal {
             workspace,
             kind,
             pooled,
-        }) => {
-            names::validate_workspace_id(&workspace)?;
-            print(&open()?.reveal(&workspace, kind.into(), pooled)?)
-        }
+        }) => print(&open()?.reveal(&workspace, kind.into(), pooled)?),
         Command::ConnectionUris(UrisCmd::Rotate {
             workspace,
             kind,
             grace,
         }) => {
-            names::validate_workspace_id(&workspace)?;
             let grace = names::parse_duration(&grace)?;
             print(&open()?.rotate(&workspace, kind.into(), grace)?)
         }
-        Command::SqlSchema(w) => {
-            names::validate_workspace_id(&w.workspace)?;
-            print(&open()?.sql_schema(&w.workspace)?)
-        }
+        Command::SqlSchema(w) => print(&open()?.sql_schema(&w.workspace)?),
         Command::List => print(&open()?.list()?),
         Command::Fleet(cmd) => fleet::run(cmd, open)?,
         Command::Server(ServerCmd::Add {
@@ -367,7 +352,6 @@ fn run(cli: Cli) -> Result<(), Error> {
             pooler_port,
             ca_file,
         }) => {
-            names::validate_server_name(&name)?;
             let admin_url = match (server_url, admin_url_file) {
                 (Some(url), _) => url,
                 (None, Some(file)) => std::fs::read_to_string(&file)
@@ -382,7 +366,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 (None, None) => unreachable!("clap requires one of them"),
             };
             print(&open()?.server_add(&ServerSpec {
-                name,
+                name: name.to_string(),
                 admin_url,
                 host,
                 port,
@@ -417,7 +401,6 @@ fn run(cli: Cli) -> Result<(), Error> {
             )?
         }
         Command::Tokens(TokensCmd::Create(w)) => {
-            names::validate_workspace_id(&w.workspace)?;
             print(&dl_tenancy_ctl::tokens::create(&open()?, &w.workspace)?)
         }
         Command::Tokens(TokensCmd::Revoke { token_id }) => {
@@ -492,7 +475,7 @@ fn upgrade(tenancy: &Tenancy, args: UpgradeArgs) -> Result<(), Error> {
     let report = tenancy.upgrade(
         &UpgradeOptions {
             to: args.to,
-            workspace: args.workspace,
+            workspace: args.workspace.map(|w| w.to_string()),
             parallel: args.parallel,
             canary: args.canary,
             lock_timeout_ms: args.lock_timeout_ms,
@@ -568,7 +551,13 @@ fn main() {
             ) {
                 e.exit();
             }
-            let err = Error::new(ErrorCode::InvalidArgument, e.to_string().trim().to_string());
+            // An argument parsed into a domain type (a workspace id, say) keeps its own code.
+            let err = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<Error>())
+                .cloned()
+                .unwrap_or_else(|| {
+                    Error::new(ErrorCode::InvalidArgument, e.to_string().trim().to_string())
+                });
             eprintln!("{}", err.to_json());
             std::process::exit(2);
         }

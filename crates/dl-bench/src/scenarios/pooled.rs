@@ -30,7 +30,7 @@ pub fn run(b: &Bench) -> R<Scenario> {
         "The seed's quick-start read (`SELECT identity_key, display_name FROM dl_resolved.people ORDER BY updated_at \
          DESC LIMIT 20`) and a point read by identity_key (keys uniform over the whole key space), with pgbench as a \
          read login, through PgBouncer in transaction mode with the provisioning tool's pooler settings \
-         (crates/dl-tenancy/src/fences.rs POOLER_SETTINGS, including max_prepared_statements) vs directly to \
+         (crates/dl-tenancy-ctl/src/domain/limits.rs POOLER_SETTINGS, including max_prepared_statements) vs directly to \
          PostgreSQL. Both paths log in over loopback TCP with SCRAM; PgBouncer reaches PostgreSQL over its unix \
          socket, as the tool's local pooler does. Ratio = pooled tps / direct tps.",
     );

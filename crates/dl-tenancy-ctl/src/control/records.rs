@@ -1,19 +1,71 @@
-use crate::domain::error::Error;
-use crate::domain::error::ErrorCode;
-use crate::domain::error::Result;
-use crate::domain::limits::Limits;
-use crate::domain::limits::DEFAULT_LIMITS;
-use postgres::Client;
-use postgres::GenericClient;
+//! Records of the control database that several operations share: state transitions (only
+//! along `domain::state`'s table), failures, events, limits, the live logins.
+
+use crate::domain::error::{Error, ErrorCode, Result};
+use crate::domain::limits::{Limits, DEFAULT_LIMITS};
+use crate::domain::state::{MoveState, WorkspaceState};
+use postgres::{Client, GenericClient};
+
+/// Move a workspace to state `to` (with `error_message`), from a state that may become it.
+/// Returns whether it moved.
+pub(crate) fn set_workspace_state(
+    c: &mut impl GenericClient,
+    ws: &str,
+    to: WorkspaceState,
+    error: Option<&str>,
+) -> Result<bool> {
+    let from = to.comes_from_text();
+    Ok(c.execute(
+        "UPDATE workspaces SET state = $2, error_message = $3, updated_at = now()
+          WHERE id = $1 AND state = ANY($4)",
+        &[&ws, &to.as_str(), &error, &from],
+    )? == 1)
+}
+
+/// A suspended (or purging) workspace leaves suspension: back to `provisioning` (undelete)
+/// or `deleted` (purge), its retention dates cleared.
+pub(crate) fn leave_suspension(
+    c: &mut impl GenericClient,
+    ws: &str,
+    to: WorkspaceState,
+) -> Result<()> {
+    c.execute(
+        "UPDATE workspaces SET state = $2, error_message = NULL, suspended_at = NULL,
+                purge_after = NULL, updated_at = now()
+          WHERE id = $1 AND state = ANY($3)",
+        &[&ws, &to.as_str(), &to.comes_from_text()],
+    )?;
+    Ok(())
+}
 
 /// A provisioning step (provision, undelete) failed: the workspace shows `error`, and keeps
 /// the message for operators (`list`; `status` never shows it).
 pub(crate) fn record_failure(ctl: &mut Client, ws: &str, e: &Error) {
-    let _ = ctl.execute(
-        "UPDATE workspaces SET state = 'error', error_message = $2, updated_at = now()
-          WHERE id = $1 AND state IN ('provisioning', 'error')",
-        &[&ws, &e.to_string()],
-    );
+    let _ = set_workspace_state(ctl, ws, WorkspaceState::Error, Some(&e.to_string()));
+}
+
+/// Move a workspace's move to state `to`, from a state that may become it (`error` only for
+/// `failed`); anything else is a bug in the move's steps.
+pub(crate) fn set_move_state(
+    c: &mut impl GenericClient,
+    ws: &str,
+    to: MoveState,
+    error: Option<&str>,
+) -> Result<()> {
+    let from: Vec<&str> = to.comes_from().iter().map(|s| s.as_str()).collect();
+    let n = c.execute(
+        "UPDATE workspace_moves SET state = $2, error_message = $3, updated_at = now()
+          WHERE workspace_id = $1 AND state = ANY($4)",
+        &[&ws, &to.as_str(), &error, &from],
+    )?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::Internal,
+            format!("the move of {ws} cannot become {}", to.as_str()),
+        ))
+    }
 }
 
 /// The logins holding the workspace's live credentials, as the control database records them.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::domain::error::{invalid, Result};
+use crate::domain::error::{invalid, Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// A workspace's connection caps and the session defaults of its logins. [`DEFAULT_LIMITS`]
@@ -256,3 +256,28 @@ pub const MOVER_CONNECTION_LIMIT: i32 = 8;
 /// How long loading the tenant's part of an archive may take: its own code runs in it (and
 /// `pg_restore` turns `statement_timeout` off).
 pub const TENANT_LOAD_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// A rotation's grace period in seconds, checked against [`MAX_GRACE_SECONDS`] here only:
+/// the CLI and the library take it through `try_from`, the HTTP body through serde (a value
+/// out of range is a body of the wrong shape there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct GraceSeconds(u64);
+
+impl GraceSeconds {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl TryFrom<u64> for GraceSeconds {
+    type Error = Error;
+    fn try_from(seconds: u64) -> Result<GraceSeconds> {
+        if seconds > MAX_GRACE_SECONDS {
+            return Err(invalid(format!(
+                "grace_seconds must be between 0 and {MAX_GRACE_SECONDS} (a year)"
+            )));
+        }
+        Ok(GraceSeconds(seconds))
+    }
+}

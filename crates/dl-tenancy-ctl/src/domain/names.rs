@@ -48,6 +48,47 @@ pub fn validate_server_name(name: &str) -> Result<()> {
     }
 }
 
+/// A name checked once where it comes in (a front's argument), then used as a `&str`.
+macro_rules! checked_name {
+    ($(#[$doc:meta])* $name:ident, $check:path) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<$name> {
+                $check(s)?;
+                Ok($name(s.to_string()))
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+checked_name!(
+    /// A workspace id that matches [`WORKSPACE_ID_PATTERN`].
+    WorkspaceId,
+    validate_workspace_id
+);
+checked_name!(
+    /// A server name that matches the same pattern.
+    ServerName,
+    validate_server_name
+);
+
 /// Which credential: read-only or override (writes overrides, owns tenant_custom).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

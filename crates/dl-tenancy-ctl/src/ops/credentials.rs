@@ -7,9 +7,12 @@
 //! `provision`: membership, the group role it acts as, its connection cap and session
 //! defaults ([`crate::fences`]); whatever a tenant changed is put back.
 
-use crate::domain::limits::MAX_GRACE_SECONDS;
+use crate::control::records::workspace_limits;
+use crate::domain::limits::GraceSeconds;
 use crate::domain::names::credential_aad;
-use crate::server::roles::ensure_login;
+use crate::plan::{access, workspace};
+use crate::server::apply::apply_on_server;
+use crate::server::catalog::{end_sessions, observe, Sessions};
 use crate::server::roles::revoke_login;
 use crate::server::roles::set_password;
 
@@ -17,11 +20,11 @@ use crate::base::connection::{connect, tls_query, SslMode};
 use crate::base::secret::random_password;
 use crate::control::lock::with_workspace_lock;
 use crate::domain::error::not_provisioned;
-use crate::domain::error::{invalid, Error, ErrorCode, Result};
+use crate::domain::error::{Error, ErrorCode, Result};
 use crate::domain::names::{validate_workspace_id, Kind, Slot, WorkspaceNames};
 use crate::domain::types::{Endpoint, Reveal, Rotation};
 use crate::ops::Tenancy;
-use crate::plan::quote::{libpq_value, percent_encode, quote_ident, quote_literal};
+use crate::plan::quote::{libpq_value, percent_encode};
 use postgres::Client;
 use std::path::Path;
 
@@ -205,11 +208,7 @@ impl Tenancy {
     /// with 0 loses its password at once (new logins fail, direct and pooled).
     pub fn rotate(&self, workspace: &str, kind: Kind, grace_seconds: u64) -> Result<Rotation> {
         validate_workspace_id(workspace)?;
-        if grace_seconds > MAX_GRACE_SECONDS {
-            return Err(invalid(format!(
-                "grace period longer than a year ({MAX_GRACE_SECONDS} s)"
-            )));
-        }
+        let grace_seconds = GraceSeconds::try_from(grace_seconds)?.get();
         let mut ctl = self.control()?;
         with_workspace_lock(&mut ctl, workspace, |ctl| {
             self.rotate_locked(ctl, workspace, kind, grace_seconds)
@@ -271,24 +270,9 @@ impl Tenancy {
         let (names, server_id) = self.active_workspace(ctl, ws)?;
         let names = &names;
         let server = self.load_server(ctl, &server_id)?;
-        let old = self.active_slot(ctl, ws, kind)?;
-        let new = old.other();
-        let new_login = names.login(kind, new);
-        let old_login = names.login(kind, old);
+        let current = self.active_slot(ctl, ws, kind)?;
         let mut admin = connect(&server.admin_conn, None)?;
-        ensure_login(
-            &mut admin,
-            names,
-            kind,
-            new,
-            &crate::control::records::workspace_limits(ctl, ws)?,
-        )?;
-        let pw = random_password();
-        let (nonce, ct) = self
-            .key
-            .encrypt(pw.as_bytes(), &credential_aad(ws, kind, new));
-        set_password(&mut admin, &new_login, &pw)?;
-        // The server's clock decides VALID UNTIL.
+        // The server's clock decides when the grace ends.
         let until: Option<String> = if grace > 0 {
             Some(
                 admin
@@ -301,6 +285,19 @@ impl Tenancy {
         } else {
             None
         };
+        let plan = access::rotate(names, kind, current, until.as_deref());
+        // The new login as provision makes it (its fences re-asserted), then its password.
+        let limits = workspace_limits(ctl, ws)?;
+        let seen = observe("", &mut admin, names, false)?;
+        apply_on_server(
+            &mut admin,
+            &workspace::login(names, kind, plan.new_slot, &limits, &seen)?,
+        )?;
+        let pw = random_password();
+        let (nonce, ct) = self
+            .key
+            .encrypt(pw.as_bytes(), &credential_aad(ws, kind, plan.new_slot));
+        set_password(&mut admin, &plan.new_login, &pw)?;
         let mut tx = ctl.transaction()?;
         tx.execute(
             "UPDATE credentials SET active = false, valid_until = $3::text::timestamptz, rotated_at = now()
@@ -313,22 +310,22 @@ impl Tenancy {
              ON CONFLICT (workspace_id, kind, slot) DO UPDATE
                 SET active = true, nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext,
                     valid_until = NULL, rotated_at = now()",
-            &[&ws, &kind.as_str(), &new.as_str(), &new_login, &nonce, &ct],
+            &[&ws, &kind.as_str(), &plan.new_slot.as_str(), &plan.new_login, &nonce, &ct],
         )?;
         tx.commit()?;
-        match &until {
-            Some(ts) => admin.batch_execute(&format!(
-                "ALTER ROLE {} VALID UNTIL {}",
-                quote_ident(&old_login),
-                quote_literal(ts)
-            ))?,
-            None => revoke_login(&mut admin, &old_login)?,
+        apply_on_server(&mut admin, &plan.retire_old)?;
+        if plan.end_old_sessions {
+            end_sessions(
+                &mut admin,
+                Sessions::OfLogins(std::slice::from_ref(&plan.old_login)),
+                None,
+            )?;
         }
         Ok(Rotation {
             workspace: ws.into(),
             kind,
-            login: new_login,
-            previous_login: old_login,
+            login: plan.new_login,
+            previous_login: plan.old_login,
             previous_valid_until: until,
             grace_seconds: grace,
         })

@@ -9,7 +9,7 @@ use crate::domain::limits::WorkspaceLimits;
 use crate::domain::limits::DEFAULT_LIMITS;
 use crate::domain::names::validate_workspace_id;
 use crate::ops::Tenancy;
-use crate::server::roles::fence_workspace;
+use crate::server::roles::fence;
 
 impl Tenancy {
     /// A workspace's limits (provisioned or not: limits may be set before provisioning).
@@ -47,7 +47,7 @@ impl Tenancy {
             )?;
             if let Ok((names, server_id)) = self.active_workspace(ctl, workspace) {
                 let server = self.load_server(ctl, &server_id)?;
-                fence_workspace(&mut connect(&server.admin_conn, None)?, &names, &limits)?;
+                fence(&mut connect(&server.admin_conn, None)?, &names, &limits)?;
             }
             Ok(WorkspaceLimits {
                 workspace: workspace.into(),

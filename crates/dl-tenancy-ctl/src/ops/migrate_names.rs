@@ -9,6 +9,9 @@
 //! URIs change in their user and database names only (`reveal` returns the new ones).
 //! Re-runnable: every step checks what is already done.
 
+use crate::server::catalog::end_sessions;
+use crate::server::catalog::Sessions;
+
 use crate::base::connection::connect;
 use crate::base::secret::new_handle;
 use crate::control::lock::with_workspace_lock;
@@ -18,7 +21,7 @@ use crate::domain::names::{validate_workspace_id, WorkspaceNames, LEGACY_PREFIX,
 use crate::ops::Tenancy;
 use crate::plan::quote::quote_ident;
 use crate::server::catalog::{database_exists, role_exists};
-use crate::server::roles::fence_workspace;
+use crate::server::roles::fence;
 use postgres::Client;
 use serde::Serialize;
 
@@ -128,7 +131,7 @@ impl Tenancy {
             &[&ws, &new.database(), &old.database()],
         )?;
         tx.commit()?;
-        fence_workspace(
+        fence(
             &mut admin,
             &new,
             &crate::control::records::workspace_limits(ctl, ws)?,
@@ -156,11 +159,7 @@ fn rename_database(admin: &mut Client, from: &str, to: &str) -> Result<()> {
         allow_connections(admin, from, false)?;
         // Ended sessions leave at their own pace; the rename waits for the last one.
         for attempt in 0.. {
-            admin.execute(
-                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
-                  WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
-                &[&from],
-            )?;
+            end_sessions(admin, Sessions::OnDatabase(from), None)?;
             match admin.batch_execute(&format!(
                 "ALTER DATABASE {} RENAME TO {}",
                 quote_ident(from),

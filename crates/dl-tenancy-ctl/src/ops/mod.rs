@@ -8,6 +8,7 @@ pub mod drain;
 pub mod limits;
 pub mod local;
 pub mod migrate_names;
+pub mod move_copy;
 pub mod moves;
 pub mod pooling;
 pub mod servers;

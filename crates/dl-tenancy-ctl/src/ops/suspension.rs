@@ -12,6 +12,9 @@
 //! | `undelete` | `provisioning`, suspension cleared | `provision`'s repair: CONNECT back, fresh passwords | `active` |
 //! | `purge` | `purging` | database and roles dropped | `deleted` |
 
+use crate::control::records::leave_suspension;
+use crate::domain::state::WorkspaceState;
+
 use crate::server::roles::shut_out;
 
 use crate::control::records::record_event;
@@ -79,12 +82,12 @@ impl Tenancy {
 
     fn suspend_locked(&self, ctl: &mut Client, ws: &str, retention: u64) -> Result<Suspension> {
         let row = recorded(ctl, ws)?;
-        let Some(row) = row.filter(|r| r.state != "deleted") else {
+        let Some(row) = row.filter(|r| r.state != WorkspaceState::Deleted) else {
             return Ok(Suspension::nothing(ws));
         };
-        let state = row.state.clone();
+        let state = row.state;
         let names = WorkspaceNames::recorded(ws, &row.database)?;
-        if state != "suspended" && state != "purging" {
+        if !state.is_suspended() {
             // Which login of each kind was live: undelete brings the other one back, whose
             // pool PgBouncer has not marked as failing (server_login_retry).
             let slots: serde_json::Map<String, serde_json::Value> = ctl
@@ -114,7 +117,7 @@ impl Tenancy {
                 ws,
                 "suspend",
                 serde_json::json!({
-                    "from_state": state,
+                    "from_state": state.as_str(),
                     "retention_seconds": retention,
                     "active_slots": slots,
                 }),
@@ -160,12 +163,13 @@ impl Tenancy {
 
     fn undelete_locked(&self, ctl: &mut Client, ws: &str) -> Result<WorkspaceStatus> {
         let row = recorded(ctl, ws)?;
-        let state = row.as_ref().map(|r| r.state.clone());
-        match state.as_deref() {
-            Some("suspended") => {}
+        match row.as_ref().map(|r| r.state) {
+            Some(WorkspaceState::Suspended) => {}
             // Undeleted already, or an undelete stopped half-way: provision finishes it.
-            Some("provisioning" | "error" | "active") => return self.provision_locked(ctl, ws),
-            Some("purging") => {
+            Some(WorkspaceState::Provisioning | WorkspaceState::Error | WorkspaceState::Active) => {
+                return self.provision_locked(ctl, ws)
+            }
+            Some(WorkspaceState::Purging) => {
                 return Err(Error::new(
                     ErrorCode::NotSuspended,
                     format!("workspace {ws} is being purged; its data cannot come back"),
@@ -191,12 +195,7 @@ impl Tenancy {
             ));
         }
         let mut tx = ctl.transaction()?;
-        tx.execute(
-            "UPDATE workspaces SET state = 'provisioning', suspended_at = NULL, purge_after = NULL,
-                    updated_at = now()
-              WHERE id = $1",
-            &[&ws],
-        )?;
+        leave_suspension(&mut tx, ws, WorkspaceState::Provisioning)?;
         self.fresh_credentials(&mut tx, &names)?;
         record_event(&mut tx, ws, "undelete", serde_json::json!({}))?;
         tx.commit()?;
@@ -296,10 +295,9 @@ impl Tenancy {
 
     fn purge_locked(&self, ctl: &mut Client, ws: &str, by: &str) -> Result<Deprovisioned> {
         let row = recorded(ctl, ws)?;
-        let state = row.as_ref().map(|r| r.state.clone());
-        match state.as_deref() {
-            Some("suspended" | "purging") => {}
-            Some("deleted") | None => return Ok(Deprovisioned::nothing(ws)),
+        match row.as_ref().map(|r| r.state) {
+            Some(WorkspaceState::Suspended | WorkspaceState::Purging) => {}
+            Some(WorkspaceState::Deleted) | None => return Ok(Deprovisioned::nothing(ws)),
             Some(_) => {
                 return Err(Error::new(
                     ErrorCode::NotSuspended,
@@ -310,8 +308,8 @@ impl Tenancy {
         let row = row.expect("a recorded workspace");
         let names = WorkspaceNames::recorded(ws, &row.database)?;
         ctl.execute(
-            "UPDATE workspaces SET state = 'purging', updated_at = now() WHERE id = $1",
-            &[&ws],
+            "UPDATE workspaces SET state = $2, updated_at = now() WHERE id = $1 AND state = ANY($3)",
+            &[&ws, &WorkspaceState::Purging.as_str(), &WorkspaceState::Purging.comes_from_text()],
         )?;
         crate::ops::fault_point("after_purge_record");
         let server = self.load_server(ctl, &row.server_id)?;
@@ -340,12 +338,7 @@ impl Tenancy {
             "UPDATE api_tokens SET revoked_at = now() WHERE workspace_id = $1 AND revoked_at IS NULL",
             &[&ws],
         )?;
-        tx.execute(
-            "UPDATE workspaces SET state = 'deleted', error_message = NULL, purge_after = NULL,
-                    updated_at = now()
-              WHERE id = $1",
-            &[&ws],
-        )?;
+        leave_suspension(&mut tx, ws, WorkspaceState::Deleted)?;
         record_event(
             &mut tx,
             ws,
@@ -373,7 +366,7 @@ fn has_extension(admin_conn: &str, db: &str) -> Result<bool> {
 /// A workspace as the control database records it.
 struct Recorded {
     server_id: String,
-    state: String,
+    state: WorkspaceState,
     database: String,
 }
 
@@ -385,7 +378,7 @@ fn recorded(ctl: &mut Client, ws: &str) -> Result<Option<Recorded>> {
         )?
         .map(|r| Recorded {
             server_id: r.get(0),
-            state: r.get(1),
+            state: r.get::<_, &str>(1).parse().unwrap_or(WorkspaceState::Error),
             database: r.get(2),
         }))
 }

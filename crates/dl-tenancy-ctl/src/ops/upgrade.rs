@@ -5,6 +5,8 @@
 //! on; running it again retries what failed and skips what is already at the target. A canary
 //! stage upgrades the first K workspaces one by one and stops the run if one of them fails.
 
+use crate::server::catalog::extension_version;
+
 use crate::base::connection::connect;
 use crate::domain::error::{invalid, Error, ErrorCode, Result};
 use crate::domain::names::EXTENSION;
@@ -223,7 +225,7 @@ impl Tenancy {
         let mut from_version = None;
         let outcome = (|| -> Result<&'static str> {
             let mut db = connect(&server.admin_conn, Some(&target.database))?;
-            from_version = installed_version(&mut db)?;
+            from_version = extension_version(&mut db)?;
             if from_version.as_deref() != Some(target.version.as_str()) {
                 alter_extension_patiently(&mut db, &target.version, options)?;
             }
@@ -235,11 +237,7 @@ impl Tenancy {
             )?;
             let limits =
                 crate::control::records::workspace_limits(&mut self.control()?, &target.workspace)?;
-            crate::server::roles::fence_workspace(
-                &mut connect(&server.admin_conn, None)?,
-                &names,
-                &limits,
-            )?;
+            crate::server::roles::fence(&mut connect(&server.admin_conn, None)?, &names, &limits)?;
             Ok(
                 if from_version.as_deref() == Some(target.version.as_str()) {
                     "already_current"
@@ -351,15 +349,6 @@ fn skipped(server: &Server, target: &Target) -> WorkspaceUpgrade {
         error: Some("not tried: a canary failed".into()),
         millis: 0,
     }
-}
-
-fn installed_version(db: &mut Client) -> Result<Option<String>> {
-    Ok(db
-        .query_opt(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
-            &[&EXTENSION],
-        )?
-        .map(|r| r.get(0)))
 }
 
 /// `to`, checked to be installable on the server, or the server's default version.

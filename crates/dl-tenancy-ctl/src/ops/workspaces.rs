@@ -2,48 +2,51 @@
 //! list and deprovision, each serialized per workspace by the workspace lock.
 
 use crate::control::records::active_logins;
+use crate::control::records::set_workspace_state;
+use crate::domain::state::WorkspaceState;
+use crate::plan::workspace;
+use crate::server::apply::apply;
 use crate::server::catalog::live_extension_version;
+use crate::server::catalog::{extension_version, observe};
 use crate::server::roles::logins_usable;
-use crate::server::roles::refuse_to_adopt;
 
 use crate::control::lock::with_workspace_lock;
 use crate::control::records::record_failure;
 use crate::domain::error::not_provisioned;
 use crate::ops::fault_point;
-use crate::server::roles::fence_workspace;
+use crate::server::roles::fence;
 
 use crate::base::connection::connect;
 use crate::base::secret::new_handle;
 use crate::control::records::workspace_limits;
 use crate::domain::error::suspended_error;
 use crate::domain::error::{Error, ErrorCode, Result};
+use crate::domain::names::EXTENSION;
 use crate::domain::names::{validate_workspace_id, Kind, WorkspaceNames, OPAQUE_PREFIX};
-use crate::domain::names::{EXTENSION, TEMPLATE_DB};
 use crate::domain::types::{
     Endpoint, Metadata, RoleNames, Server, WorkspaceEntry, WorkspaceList, WorkspaceStatus,
 };
 use crate::ops::Tenancy;
-use crate::plan::quote::quote_ident;
 use postgres::Client;
 use std::collections::BTreeMap;
 
 /// A state other than `active` as an error for operations that need an active workspace.
-fn require_active(ws: &str, state: Option<&str>, message: Option<&str>) -> Result<()> {
+fn require_active(ws: &str, state: WorkspaceState, message: Option<&str>) -> Result<()> {
     match state {
-        Some("active") => Ok(()),
-        Some("suspended" | "purging") => Err(suspended_error(ws, None)),
-        Some("provisioning") => Err(Error::new(
+        WorkspaceState::Active => Ok(()),
+        WorkspaceState::Suspended | WorkspaceState::Purging => Err(suspended_error(ws, None)),
+        WorkspaceState::Provisioning => Err(Error::new(
             ErrorCode::ProvisioningInProgress,
             format!("workspace {ws} is being provisioned (or an attempt stopped half-way; run provision)"),
         )),
-        Some("error") => Err(Error::new(
+        WorkspaceState::Error => Err(Error::new(
             ErrorCode::ProvisioningFailed,
             format!(
                 "provisioning workspace {ws} failed: {}; run provision again",
                 message.unwrap_or("unknown error")
             ),
         )),
-        _ => Err(not_provisioned(ws)),
+        WorkspaceState::Deleted => Err(not_provisioned(ws)),
     }
 }
 
@@ -68,29 +71,29 @@ impl Tenancy {
             purge_after: None,
         };
         let Some(row) = row else { return Ok(st) };
-        let state: String = row.get(1);
-        if state == "deleted" {
+        let state: WorkspaceState = row.get::<_, &str>(1).parse()?;
+        if state == WorkspaceState::Deleted {
             return Ok(st);
         }
         let server_id: String = row.get(0);
         let names = WorkspaceNames::recorded(workspace, row.get(2))?;
         st.database = Some(names.database());
         st.server_id = Some(server_id.clone());
-        st.status = state.clone();
+        st.status = state.to_string();
         st.extension_version = row.get(3);
-        if state == "suspended" || state == "purging" {
+        if state.is_suspended() {
             // Deleted, data kept: no live check (the logins are refused on purpose).
             st.status = "suspended".into();
             st.purge_after = row.get(4);
             st.message = Some(suspended_error(workspace, st.purge_after.as_deref()).message);
             return Ok(st);
         }
-        if state == "error" {
+        if state == WorkspaceState::Error {
             // The stored error is the operator's (`dl-tenancy list`): it can name hosts, paths
             // and SQL. A tenant sees only what to do.
             st.message = Some(PROVISIONING_FAILED.into());
         }
-        if state == "active" {
+        if state == WorkspaceState::Active {
             let server = self.load_server(&mut ctl, &server_id)?;
             let logins = active_logins(&mut ctl, workspace)?;
             drop(ctl);
@@ -139,16 +142,19 @@ impl Tenancy {
         // A deleted workspace comes back only through an operator's `undelete`: a tenant's
         // `provision` must not revive it (nor make a new one beside its kept data).
         if let Some(r) = &row {
-            if matches!(r.get::<_, &str>(1), "suspended" | "purging") {
+            if r.get::<_, &str>(1)
+                .parse::<WorkspaceState>()?
+                .is_suspended()
+            {
                 return Err(suspended_error(ws, r.get(3)));
             }
         }
         // A recorded workspace keeps its names; a new one (or one deleted before) gets fresh
         // opaque ones, and nothing of those names may exist yet.
         let (server_id, state, names) = match &row {
-            Some(r) if r.get::<_, &str>(1) != "deleted" => (
+            Some(r) if r.get::<_, &str>(1) != WorkspaceState::Deleted.as_str() => (
                 r.get::<_, String>(0),
-                Some(r.get::<_, String>(1)),
+                Some(r.get::<_, &str>(1).parse::<WorkspaceState>()?),
                 WorkspaceNames::recorded(ws, r.get(2))?,
             ),
             _ => (
@@ -159,10 +165,10 @@ impl Tenancy {
         };
         let names = &names;
         let server = self.load_server(ctl, &server_id)?;
-        if state.as_deref() == Some("active") {
+        if state == Some(WorkspaceState::Active) {
             if let Some(version) = self.verify_complete(ctl, &server, names)? {
                 let limits = workspace_limits(ctl, ws)?;
-                fence_workspace(&mut connect(&server.admin_conn, None)?, names, &limits)?;
+                fence(&mut connect(&server.admin_conn, None)?, names, &limits)?;
                 return Ok(active_status(names, version, server_id));
             }
         }
@@ -184,13 +190,14 @@ impl Tenancy {
             // A new (or re-created) workspace: no stale credentials, and nothing of its names
             // on the server that dl-tenancy did not create.
             ctl.execute("DELETE FROM credentials WHERE workspace_id = $1", &[&ws])?;
-            refuse_to_adopt(&mut connect(&server.admin_conn, None)?, names)?;
+            let mut admin = connect(&server.admin_conn, None)?;
+            workspace::refuse_to_adopt(names, &observe("", &mut admin, names, false)?)?;
         }
         fault_point("after_record");
         let version = self.ensure_workspace(ctl, &server, names)?;
+        set_workspace_state(ctl, ws, WorkspaceState::Active, None)?;
         ctl.execute(
-            "UPDATE workspaces SET state = 'active', extension_version = $2, error_message = NULL,
-                    updated_at = now() WHERE id = $1",
+            "UPDATE workspaces SET extension_version = $2 WHERE id = $1",
             &[&ws, &version],
         )?;
         Ok(active_status(names, version, server_id))
@@ -219,6 +226,9 @@ impl Tenancy {
         live_extension_version(server, names)
     }
 
+    /// Everything of the workspace on its server as it should be ([`workspace::provision`]):
+    /// what is missing created, the fences re-asserted, then each kind's credential. Returns
+    /// the extension's version in the workspace's database.
     pub(crate) fn ensure_workspace(
         &self,
         ctl: &mut Client,
@@ -227,53 +237,19 @@ impl Tenancy {
     ) -> Result<String> {
         let mut admin = connect(&server.admin_conn, None)?;
         self.ensure_template(ctl, &mut admin, server)?;
-        let db = names.database();
-        let qdb = quote_ident(&db);
-        let wrole = names.workspace_role();
-        let qwrole = quote_ident(&wrole);
-
-        // The NOLOGIN role named like the database (pg_hba samerole).
-        match admin.query_opt(
-            "SELECT rolcanlogin OR rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls
-               FROM pg_catalog.pg_roles WHERE rolname = $1",
-            &[&wrole],
-        )? {
-            None => admin.batch_execute(&format!("CREATE ROLE {qwrole} NOLOGIN"))?,
-            Some(r) if r.get::<_, bool>(0) => {
-                return Err(Error::new(
-                    ErrorCode::Conflict,
-                    format!("role {wrole} exists and is not a plain NOLOGIN group role"),
-                ))
-            }
-            Some(_) => {}
-        }
-
-        if !crate::server::catalog::database_exists(&mut admin, &db)? {
-            admin.batch_execute(&format!(
-                "CREATE DATABASE {qdb} TEMPLATE {}",
-                quote_ident(TEMPLATE_DB)
-            ))?;
-        }
-        fault_point("after_create_database");
-        admin.batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {qdb} FROM PUBLIC;
-             GRANT CONNECT ON DATABASE {qdb} TO {qwrole}, dl_platform_runtime, dl_pooler_auth"
-        ))?;
-
-        let version = {
-            let mut wsdb = connect(&server.admin_conn, Some(&db))?;
-            let q = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1";
-            match wsdb.query_opt(q, &[&EXTENSION])? {
-                Some(r) => r.get::<_, String>(0),
-                None => {
-                    wsdb.batch_execute(&format!("CREATE EXTENSION {}", quote_ident(EXTENSION)))?;
-                    wsdb.query_one(q, &[&EXTENSION])?.get(0)
-                }
-            }
-        };
-
-        fence_workspace(&mut admin, names, &workspace_limits(ctl, &names.workspace)?)?;
-        fault_point("after_roles");
+        let seen = observe(&server.admin_conn, &mut admin, names, true)?;
+        let limits = workspace_limits(ctl, &names.workspace)?;
+        let steps = workspace::provision(names, &limits, &seen)?;
+        apply(
+            &server.admin_conn,
+            &mut admin,
+            &names.database(),
+            &steps,
+            &mut fault_point,
+        )?;
+        let version =
+            extension_version(&mut connect(&server.admin_conn, Some(&names.database()))?)?
+                .ok_or_else(|| Error::new(ErrorCode::Internal, "the extension vanished"))?;
         for kind in Kind::ALL {
             self.ensure_credential(ctl, &mut admin, names, kind)?;
         }
@@ -294,8 +270,7 @@ impl Tenancy {
         let Some(row) = row else {
             return Err(not_provisioned(ws));
         };
-        let state: String = row.get(1);
-        require_active(ws, Some(&state), row.get(2))?;
+        require_active(ws, row.get::<_, &str>(1).parse()?, row.get(2))?;
         Ok((WorkspaceNames::recorded(ws, row.get(3))?, row.get(0)))
     }
 

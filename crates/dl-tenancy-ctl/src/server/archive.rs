@@ -3,6 +3,8 @@
 //! tenant, through a login made for the load: see [`TenantLoader`]). Backup, restore and both
 //! ways of moving use it; `counts.rs` verifies what they copied.
 
+use crate::server::catalog::extension_version;
+
 use crate::domain::limits::TENANT_LOAD_LIMIT;
 
 use crate::base::connection::connect;
@@ -218,12 +220,7 @@ pub(crate) fn load_archive(
         "ALTER EXTENSION {} UPDATE",
         quote_ident(EXTENSION)
     ))?;
-    Ok(target
-        .query_one(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
-            &[&EXTENSION],
-        )?
-        .get(0))
+    Ok(extension_version(target)?.unwrap_or_default())
 }
 
 /// Whether the tenant made anything in `tenant_custom` (an object of any kind: each one
@@ -255,13 +252,7 @@ pub(crate) fn has_tenant_state(db: &mut Client) -> Result<bool> {
 /// The extension at `version` in the (empty) workspace database `target` is in: what a
 /// copy made at that version loads into.
 pub(crate) fn install_version(target: &mut Client, version: &str) -> Result<()> {
-    let installed: String = target
-        .query_one(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
-            &[&EXTENSION],
-        )?
-        .get(0);
-    if installed != version {
+    if extension_version(target)?.as_deref() != Some(version) {
         reinstall(target, version)?;
     }
     Ok(())

@@ -1,14 +1,13 @@
-//! Servers workspaces live on: registering them, placing a new workspace on the least-loaded
-//! one, and each server's template database (the extension installed once, cloned per
-//! workspace).
-
-use crate::domain::names::WorkspaceNames;
-use crate::domain::names::EXTENSION;
+//! What a server has: roles, databases, the extension's version, sessions, read from its
+//! catalog. Every catalog check of the library and every `pg_terminate_backend` is here.
 
 use crate::base::connection::connect;
 use crate::domain::error::{Error, ErrorCode, Result};
+use crate::domain::names::{WorkspaceNames, EXTENSION};
 use crate::domain::types::Server;
-use postgres::Client;
+use crate::plan::{RoleSeen, Seen};
+use postgres::types::Type;
+use postgres::{Client, GenericClient};
 
 /// Whether a role of that name exists on the server `admin` is connected to.
 pub(crate) fn role_exists(admin: &mut Client, role: &str) -> Result<bool> {
@@ -30,22 +29,8 @@ pub(crate) fn database_exists(admin: &mut Client, db: &str) -> Result<bool> {
         .is_some())
 }
 
-/// The extension version in the workspace database, `None` if the database or extension is gone.
-pub(crate) fn live_extension_version(
-    server: &Server,
-    names: &WorkspaceNames,
-) -> Result<Option<String>> {
-    let mut admin = connect(&server.admin_conn, None)?;
-    let exists = crate::server::catalog::database_exists(&mut admin, &names.database())?;
-    drop(admin);
-    if !exists {
-        return Ok(None);
-    }
-    let mut db = match connect(&server.admin_conn, Some(&names.database())) {
-        Ok(c) => c,
-        Err(e) if e.sqlstate() == Some("3D000") => return Ok(None),
-        Err(e) => return Err(e),
-    };
+/// The extension's version in the database `db` is connected to, if it is installed.
+pub(crate) fn extension_version(db: &mut impl GenericClient) -> Result<Option<String>> {
     Ok(db
         .query_opt(
             "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
@@ -54,15 +39,53 @@ pub(crate) fn live_extension_version(
         .map(|r| r.get(0)))
 }
 
+/// What the server has of a workspace: its roles and database (and, with `extension`, the
+/// extension's version in that database).
+pub(crate) fn observe(
+    admin_conn: &str,
+    admin: &mut Client,
+    names: &WorkspaceNames,
+    extension: bool,
+) -> Result<Seen> {
+    let mut seen = Seen::default();
+    for r in admin.query(
+        "SELECT rolname::text, rolcanlogin, rolsuper, rolcreaterole OR rolcreatedb OR rolbypassrls
+           FROM pg_catalog.pg_roles WHERE rolname = ANY($1)",
+        &[&names.all_roles()],
+    )? {
+        let role = RoleSeen {
+            can_login: r.get(1),
+            superuser: r.get(2),
+            powers: r.get(3),
+        };
+        seen.roles.insert(r.get(0), role);
+    }
+    seen.database = database_exists(admin, &names.database())?;
+    if extension && seen.database {
+        seen.extension = extension_version(&mut connect(admin_conn, Some(&names.database()))?)?;
+    }
+    Ok(seen)
+}
+
+/// The extension version in the workspace database, `None` if the database or extension is gone.
+pub(crate) fn live_extension_version(
+    server: &Server,
+    names: &WorkspaceNames,
+) -> Result<Option<String>> {
+    if !database_exists(&mut connect(&server.admin_conn, None)?, &names.database())? {
+        return Ok(None);
+    }
+    match connect(&server.admin_conn, Some(&names.database())) {
+        Ok(mut db) => extension_version(&mut db),
+        Err(e) if e.sqlstate() == Some("3D000") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The source's extension is still at the version the copy started from (an `upgrade` could
 /// have run meanwhile; its changes would not be in the stream).
 pub(crate) fn same_version(source_db: &mut Client, from_version: &str) -> Result<()> {
-    let now: String = source_db
-        .query_one(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
-            &[&EXTENSION],
-        )?
-        .get(0);
+    let now = extension_version(source_db)?.unwrap_or_default();
     if now != from_version {
         return Err(Error::new(
             ErrorCode::Conflict,
@@ -70,4 +93,57 @@ pub(crate) fn same_version(source_db: &mut Client, from_version: &str) -> Result
         ));
     }
     Ok(())
+}
+
+/// Whose sessions to end.
+pub(crate) enum Sessions<'a> {
+    /// Every session on a database.
+    OnDatabase(&'a str),
+    /// The clients' sessions on a database (direct and the pooler's server connections),
+    /// not its replication workers.
+    ClientsOn(&'a str),
+    /// Every session of these logins, wherever.
+    OfLogins(&'a [String]),
+    /// Both: the workspace's database and its logins anywhere.
+    OfWorkspace(&'a WorkspaceNames),
+    /// One backend.
+    Pid(i32),
+}
+
+/// End sessions (never this one, nor `keep`); returns how many were asked to end. Ending is
+/// `pg_terminate_backend`: a tenant's code cannot catch it.
+pub(crate) fn end_sessions(
+    admin: &mut Client,
+    which: Sessions<'_>,
+    keep: Option<i32>,
+) -> Result<i64> {
+    let keep = keep.unwrap_or(0);
+    let (filter, db, logins): (&str, String, Vec<String>) = match which {
+        Sessions::OnDatabase(db) => ("datname = $1", db.to_string(), vec![]),
+        Sessions::ClientsOn(db) => (
+            "datname = $1 AND backend_type = 'client backend'",
+            db.to_string(),
+            vec![],
+        ),
+        Sessions::OfLogins(logins) => ("usename = ANY($2)", String::new(), logins.to_vec()),
+        Sessions::OfWorkspace(names) => (
+            "(datname = $1 OR usename = ANY($2))",
+            names.database(),
+            names.all_logins(),
+        ),
+        Sessions::Pid(pid) => {
+            admin.execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])?;
+            return Ok(1);
+        }
+    };
+    // Materialized first: the list is taken before any backend is signalled.
+    let sql = format!(
+        "WITH s AS MATERIALIZED (
+             SELECT pid FROM pg_catalog.pg_stat_activity
+              WHERE {filter} AND pid <> pg_catalog.pg_backend_pid() AND pid <> $3)
+         SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM s"
+    );
+    // Typed up front: a filter leaves some parameters unused.
+    let statement = admin.prepare_typed(&sql, &[Type::TEXT, Type::TEXT_ARRAY, Type::INT4])?;
+    Ok(admin.query_one(&statement, &[&db, &logins, &keep])?.get(0))
 }

@@ -2,6 +2,9 @@
 //! extension's data tables on a platform session, the tenant's tables only in a session of the
 //! workspace's load login (a count plans the table, and planning runs the tenant's code).
 
+use crate::server::catalog::end_sessions;
+use crate::server::catalog::Sessions;
+
 use crate::base::connection::connect;
 use crate::domain::error::{Error, ErrorCode, Result};
 use crate::domain::names::WorkspaceNames;
@@ -118,8 +121,7 @@ impl Deadline {
             match stopped.recv_timeout(limit + margin) {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(mut admin) = connect(&admin_conn, None) {
-                        let _ =
-                            admin.execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid]);
+                        let _ = end_sessions(&mut admin, Sessions::Pid(pid), None);
                     }
                     true
                 }

@@ -2,6 +2,7 @@
 //! sees it. Catalog checks, roles and their access, archives (pg_dump/pg_restore), counts,
 //! logical streams between servers, the pooler's files and console, the local cluster.
 
+pub mod apply;
 pub mod archive;
 pub mod catalog;
 pub mod cluster;

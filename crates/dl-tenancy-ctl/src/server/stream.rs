@@ -18,6 +18,9 @@
 //! Every object is named `dl_move_<16 hex digits>` (the handle, recorded in the control
 //! database before any is made), so [`remove`] finds and drops them after a crash.
 
+use crate::server::catalog::end_sessions;
+use crate::server::catalog::Sessions;
+
 use crate::domain::limits::CATCH_UP_LIMIT;
 use crate::domain::limits::COPY_LIMIT;
 use crate::domain::limits::MOVER_CONNECTION_LIMIT;
@@ -438,9 +441,10 @@ fn remove_publication(source: &Server, db: &str, handle: &str) -> Result<()> {
         release_database(&mut source_admin, &mut source_db, db, handle)?;
     }
     if role_exists(&mut source_admin, handle)? {
-        source_admin.execute(
-            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1",
-            &[&handle],
+        end_sessions(
+            &mut source_admin,
+            Sessions::OfLogins(&[handle.to_string()]),
+            None,
         )?;
         source_admin.batch_execute(&format!("DROP ROLE {qh}"))?;
     }
@@ -490,7 +494,7 @@ fn drop_slot(source_admin: &mut Client, slot: &str) -> Result<()> {
                 }
             }
             Some(Some(pid)) => {
-                source_admin.execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])?;
+                end_sessions(source_admin, Sessions::Pid(pid), None)?;
             }
         }
         if started.elapsed() > CATCH_UP_LIMIT {

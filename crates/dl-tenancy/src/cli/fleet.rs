@@ -2,7 +2,8 @@
 //! the library, flattened into the top-level command list.
 
 use clap::{Args, Subcommand};
-use dl_tenancy_ctl::{names, Error, ErrorCode, Tenancy};
+use dl_tenancy_ctl::names::{self, WorkspaceId};
+use dl_tenancy_ctl::{Error, ErrorCode, Tenancy};
 
 #[derive(Subcommand, Debug)]
 pub enum FleetCmd {
@@ -32,7 +33,7 @@ pub enum FleetCmd {
 #[derive(Args, Debug)]
 pub struct MoveArgs {
     #[arg(long, allow_hyphen_values = true)]
-    workspace: String,
+    workspace: WorkspaceId,
     /// The server to move it to.
     #[arg(long)]
     to: String,
@@ -46,7 +47,7 @@ pub struct MoveArgs {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     #[arg(long, allow_hyphen_values = true)]
-    workspace: String,
+    workspace: WorkspaceId,
     /// The file to write (must not exist).
     #[arg(long)]
     to: std::path::PathBuf,
@@ -59,27 +60,27 @@ pub struct RestoreArgs {
     from: std::path::PathBuf,
     /// The workspace to restore into: new, or provisioned and empty.
     #[arg(long, allow_hyphen_values = true)]
-    workspace: String,
+    workspace: WorkspaceId,
 }
 
 #[derive(Args, Debug)]
 pub struct UsageArgs {
     /// One workspace (default: all, per server).
     #[arg(long, allow_hyphen_values = true)]
-    workspace: Option<String>,
+    workspace: Option<WorkspaceId>,
 }
 
 #[derive(Args, Debug)]
 pub struct WsArg {
     /// Workspace id, ^[a-z][a-z0-9_-]{0,47}$
     #[arg(long, allow_hyphen_values = true)]
-    workspace: String,
+    workspace: WorkspaceId,
 }
 
 #[derive(Args, Debug)]
 pub struct DeprovisionArgs {
     #[arg(long, allow_hyphen_values = true)]
-    workspace: String,
+    workspace: WorkspaceId,
     /// Must repeat the workspace id.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     confirm: String,
@@ -97,7 +98,7 @@ pub struct PurgeArgs {
         required_unless_present = "expired",
         conflicts_with = "expired"
     )]
-    workspace: Option<String>,
+    workspace: Option<WorkspaceId>,
     /// Must repeat the workspace id.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     confirm: String,
@@ -113,22 +114,15 @@ fn print<T: serde::Serialize>(v: &T) {
 pub fn run(cmd: FleetCmd, open: impl Fn() -> Result<Tenancy, Error>) -> Result<(), Error> {
     match cmd {
         FleetCmd::Deprovision(d) => {
-            names::validate_workspace_id(&d.workspace)?;
             let retention = match d.retention.as_deref() {
                 Some(r) => names::parse_duration(r)?,
                 None => dl_tenancy_ctl::DEFAULT_RETENTION_SECONDS,
             };
             print(&open()?.suspend(&d.workspace, &d.confirm, retention)?)
         }
-        FleetCmd::Undelete(w) => {
-            names::validate_workspace_id(&w.workspace)?;
-            print(&open()?.undelete(&w.workspace)?)
-        }
+        FleetCmd::Undelete(w) => print(&open()?.undelete(&w.workspace)?),
         FleetCmd::Purge(p) => match p.workspace {
-            Some(ws) => {
-                names::validate_workspace_id(&ws)?;
-                print(&open()?.purge(&ws, &p.confirm)?)
-            }
+            Some(ws) => print(&open()?.purge(&ws, &p.confirm)?),
             None if p.expired => print(&serde_json::json!({"purged": open()?.purge_expired()?})),
             None => {
                 return Err(Error::new(
@@ -138,25 +132,15 @@ pub fn run(cmd: FleetCmd, open: impl Fn() -> Result<Tenancy, Error>) -> Result<(
             }
         },
         FleetCmd::Usage(u) => match u.workspace {
-            Some(ws) => {
-                names::validate_workspace_id(&ws)?;
-                print(&open()?.usage(&ws)?)
-            }
+            Some(ws) => print(&open()?.usage(&ws)?),
             None => print(&open()?.fleet_usage()?),
         },
-        FleetCmd::Backup(b) => {
-            names::validate_workspace_id(&b.workspace)?;
-            print(&open()?.backup(&b.workspace, &b.to)?)
-        }
+        FleetCmd::Backup(b) => print(&open()?.backup(&b.workspace, &b.to)?),
         FleetCmd::Move(m) => {
-            names::validate_workspace_id(&m.workspace)?;
             let method: dl_tenancy_ctl::MoveMethod = m.method.parse()?;
             print(&open()?.move_workspace_with(&m.workspace, &m.to, method)?)
         }
-        FleetCmd::Restore(r) => {
-            names::validate_workspace_id(&r.workspace)?;
-            print(&open()?.restore(&r.from, &r.workspace)?)
-        }
+        FleetCmd::Restore(r) => print(&open()?.restore(&r.from, &r.workspace)?),
     }
     Ok(())
 }
