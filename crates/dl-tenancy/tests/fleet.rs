@@ -79,28 +79,20 @@ fn deprovision_suspends_undelete_brings_back_purge_drops() {
     let out = env.cli(&["deprovision", "--workspace", "acme"]);
     assert_eq!(out.error_code(), "confirmation_required");
     assert_eq!(t.status("acme").unwrap().status, "active");
-    let out = env.cli(&[
-        "deprovision",
-        "--workspace",
-        "acme",
-        "--confirm",
-        "acme",
-        "--retention",
-        "367d",
-    ]);
-    assert_eq!(out.error_code(), "invalid_argument");
-
-    let s = env
-        .cli(&[
+    let deprovision = |retention| {
+        env.cli(&[
             "deprovision",
             "--workspace",
             "acme",
             "--confirm",
             "acme",
             "--retention",
-            "7d",
+            retention,
         ])
-        .json();
+    };
+    assert_eq!(deprovision("367d").error_code(), "invalid_argument");
+
+    let s = deprovision("7d").json();
     eprintln!("{s:#}");
     assert_eq!(s["status"], "suspended");
     assert_eq!(s["database"], db.as_str());
@@ -317,15 +309,18 @@ fn a_tenant_cannot_undelete_itself_and_serve_purges_expired() {
     let api = Api::new(&server.base, Some(&token));
     let r = api.post("/api/v2/tenants/provision", json!({}));
     assert_eq!(r.status, 200, "{}", r.text);
-    c.cli(&[
-        "deprovision",
-        "--workspace",
-        ws,
-        "--confirm",
-        ws,
-        "--retention",
-        "30d",
-    ]);
+    let deprovision = |ws, retention| {
+        c.cli(&[
+            "deprovision",
+            "--workspace",
+            ws,
+            "--confirm",
+            ws,
+            "--retention",
+            retention,
+        ])
+    };
+    deprovision(ws, "30d");
     let r = api.get("/api/v2/tenants/status");
     assert_eq!(r.status, 401, "the old token is revoked: {}", r.text);
     let (fresh, _) = c.token(ws);
@@ -366,15 +361,7 @@ fn a_tenant_cannot_undelete_itself_and_serve_purges_expired() {
     // Deleted with no retention: the running server's sweep purges it.
     let gone = "fleet-http-expire";
     c.cli(&["provision", "--workspace", gone]);
-    c.cli(&[
-        "deprovision",
-        "--workspace",
-        gone,
-        "--confirm",
-        gone,
-        "--retention",
-        "0",
-    ]);
+    deprovision(gone, "0");
     server.wait_log("the sweep purged the workspace", |v| {
         v["fields"]["message"] == "deleted workspace purged" && v["fields"]["workspace"] == gone
     });

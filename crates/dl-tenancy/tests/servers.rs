@@ -290,32 +290,12 @@ fn admin_url_mode_on_an_existing_server() {
 fn admin_urls_with_passwords_stay_off_the_command_line() {
     let dir = pg_harness::temp_dir("dl-tenancy-argv").unwrap();
     let with_password = "postgresql://admin:hunter2@127.0.0.1:1/postgres";
+    let server_add = |url| vec!["server", "add", "--name", "db2", "--admin-url", url];
     for args in [
         vec!["--admin-url", with_password, "status", "--workspace", "a"],
-        vec![
-            "server",
-            "add",
-            "--name",
-            "db2",
-            "--admin-url",
-            with_password,
-        ],
-        vec![
-            "server",
-            "add",
-            "--name",
-            "db2",
-            "--admin-url",
-            "host=127.0.0.1 user=admin password=hunter2",
-        ],
-        vec![
-            "server",
-            "add",
-            "--name",
-            "db2",
-            "--admin-url",
-            "postgresql://admin:hunter2@127.0.0.1:1/postgres?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt",
-        ],
+        server_add(with_password),
+        server_add("host=127.0.0.1 user=admin password=hunter2"),
+        server_add("postgresql://admin:hunter2@127.0.0.1:1/postgres?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt"),
     ] {
         let out = cli_in(&dir, &args, &[]);
         assert_eq!(out.error_code(), "invalid_argument", "{args:?}");
