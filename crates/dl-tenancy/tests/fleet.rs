@@ -221,10 +221,7 @@ fn deprovision_suspends_undelete_brings_back_purge_drops() {
         .collect();
     assert_eq!(actions, ["suspend", "undelete", "suspend", "purge"]);
     // The neighbour never noticed.
-    connect(&env.uri("other", Kind::Read, true))
-        .unwrap()
-        .batch_execute(READ_QUERY)
-        .unwrap();
+    env.assert_reads("other", true);
 }
 
 /// A crash after each recorded step leaves the tenant refused, and re-running the command
@@ -684,10 +681,7 @@ fn backup_then_restore_keeps_every_row_and_grant() {
     let out = env.cli(&["restore", "--from", file_arg, "--workspace", "copy"]);
     assert_eq!(out.error_code(), "conflict");
     t.provision("custom-only").unwrap();
-    connect(&env.uri("custom-only", Kind::Override, false))
-        .unwrap()
-        .batch_execute("CREATE TABLE tenant_custom.mine (a int)")
-        .unwrap();
+    env.run_as_override("custom-only", "CREATE TABLE tenant_custom.mine (a int)");
     let out = env.cli(&["restore", "--from", file_arg, "--workspace", "custom-only"]);
     assert_eq!(out.error_code(), "conflict");
     // An empty provisioned workspace takes it.
@@ -825,13 +819,10 @@ fn restored_tenant_code_runs_without_privileges() {
     )
     .unwrap();
     for a in [&mut admin, &mut admin2] {
-        let planted: i64 = a
-            .query_one(
-                "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pwned%'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
+        let planted = count(
+            a,
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pwned%'",
+        );
         assert_eq!(planted, 0, "tenant code ran as a superuser");
     }
     let mut c = connect(&env.uri("restored", Kind::Override, true)).unwrap();

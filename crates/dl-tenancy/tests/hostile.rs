@@ -18,14 +18,9 @@ struct Arena {
     neighbour: Client,
 }
 
-const ATTACKER: &str = "mallory";
-const NEIGHBOUR: &str = "alice";
-
 impl Arena {
     fn new() -> Arena {
-        let env = Env::new();
-        env.t.provision(ATTACKER).unwrap();
-        env.t.provision(NEIGHBOUR).unwrap();
+        let env = Env::with_attacker_and_neighbour();
         let mut neighbour = connect(&env.uri(NEIGHBOUR, Kind::Read, false)).unwrap();
         neighbour.batch_execute(READ_QUERY).unwrap();
         Arena { env, neighbour }
@@ -171,23 +166,17 @@ fn shared_server_state_is_out_of_reach() {
         ] {
             assert_eq!(state_of(&mut client, flood), "54000", "{who}: {flood}");
         }
-        let most: i64 = admin
-            .query_one(
-                "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM pg_locks
+        let most = count(
+            &mut admin,
+            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM pg_locks
                   WHERE locktype = 'advisory' AND objsubid IN (1, 2) GROUP BY pid) AS s",
-                &[],
-            )
-            .unwrap()
-            .get(0);
+        );
         assert!(most <= 16, "{who}: a session holds {most} advisory locks");
         client
             .batch_execute("SELECT pg_advisory_unlock_all()")
             .unwrap();
     }
-    let large_objects: i64 = admin
-        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
-        .unwrap()
-        .get(0);
+    let large_objects = count(&mut admin, "SELECT count(*) FROM pg_largeobject_metadata");
     assert_eq!(large_objects, 0);
     arena.assert_nobody_harmed();
 }
@@ -572,10 +561,7 @@ fn status_reports_broken_logins_and_hides_internal_errors() {
     assert!(st.message.unwrap().contains("run provision"));
     assert_eq!(arena.env.t.provision(ATTACKER).unwrap().status, "active");
     assert_eq!(arena.env.t.status(ATTACKER).unwrap().status, "active");
-    connect(&arena.env.uri(ATTACKER, Kind::Read, true))
-        .unwrap()
-        .batch_execute(READ_QUERY)
-        .unwrap();
+    arena.env.assert_reads(ATTACKER, true);
 
     let mut ctl = arena.env.admin("dl_control");
     ctl.execute(
@@ -647,10 +633,7 @@ fn names_say_nothing_and_cannot_collide() {
     assert_eq!(sqlstate(&e), "28000", "{e}");
     // Deprovisioning one leaves the other whole.
     arena.env.t.deprovision(&lookalike, &lookalike).unwrap();
-    connect(&arena.env.uri(ATTACKER, Kind::Read, true))
-        .unwrap()
-        .batch_execute(READ_QUERY)
-        .unwrap();
+    arena.env.assert_reads(ATTACKER, true);
     // What a tenant can list says nothing of its neighbour (whose session is open).
     for (who, mut client) in arena.attacker_sessions() {
         for catalog in [
@@ -748,14 +731,11 @@ fn legacy_names_are_migrated_and_the_data_stays() {
         );
     }
     let mut admin = env.admin("postgres");
-    let leftovers: i64 = admin
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'ws\\_%')
+    let leftovers = count(
+        &mut admin,
+        "SELECT (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'ws\\_%')
                   + (SELECT count(*) FROM pg_database WHERE datname LIKE 'ws\\_%')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    );
     assert_eq!(leftovers, 0);
     assert_eq!(env.t.status(ATTACKER).unwrap().status, "active");
     let again = env.cli(&["migrate-names", "--all"]).json();

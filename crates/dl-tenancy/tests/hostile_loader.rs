@@ -12,11 +12,8 @@
 mod common;
 
 use common::*;
-use dl_tenancy_ctl::{ErrorCode, Kind};
+use dl_tenancy_ctl::ErrorCode;
 use std::time::Duration;
-
-const ATTACKER: &str = "mallory";
-const NEIGHBOUR: &str = "alice";
 
 /// Folded while a load login plans a query over `stalled`: sleeps ten minutes, through every
 /// cancel. Anyone else (the tenant creating the index) passes at once.
@@ -46,14 +43,8 @@ CREATE INDEX stalled_expr ON tenant_custom.stalled ((tenant_custom.stall(1)));
 /// neighbour works on, and so does the attacker's workspace.
 #[test]
 fn a_stalled_count_ends_at_the_platform_statement_timeout() {
-    let env = Env::new();
-    let t = &env.t;
-    t.provision(ATTACKER).unwrap();
-    t.provision(NEIGHBOUR).unwrap();
-    connect(&env.uri(ATTACKER, Kind::Override, false))
-        .unwrap()
-        .batch_execute(STALL)
-        .unwrap();
+    let env = Env::with_attacker_and_neighbour();
+    env.run_as_override(ATTACKER, STALL);
     dl_tenancy_ctl::connection::limit_platform_statements(Duration::from_secs(3));
 
     let file = env.dir.join("stalled.backup");
@@ -76,24 +67,17 @@ fn a_stalled_count_ends_at_the_platform_statement_timeout() {
         "the tenant's code did not run in the load session"
     );
     let mut admin = env.admin("postgres");
-    let left: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_load'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let left = count(
+        &mut admin,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_load'",
+    );
     assert_eq!(left, 0, "a load session outlived the backup");
-    let loaders: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_roles WHERE rolname LIKE '%\\_load'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let loaders = count(
+        &mut admin,
+        "SELECT count(*) FROM pg_roles WHERE rolname LIKE '%\\_load'",
+    );
     assert_eq!(loaders, 0, "the load login outlived the backup");
     for ws in [ATTACKER, NEIGHBOUR] {
-        let mut c = connect(&env.uri(ws, Kind::Read, true)).unwrap();
-        c.batch_execute(READ_QUERY).unwrap();
+        env.assert_reads(ws, true);
     }
 }

@@ -12,9 +12,6 @@ use dl_tenancy_ctl::{ErrorCode, Kind, MoveMethod};
 use postgres::Client;
 use std::time::Instant;
 
-const ATTACKER: &str = "mallory";
-const NEIGHBOUR: &str = "alice";
-
 /// Roles the tenant's code made where it ran as a superuser (it makes one each time).
 fn pwned_roles(admin: &mut Client) -> i64 {
     count(
@@ -76,10 +73,8 @@ ANALYZE tenant_custom.trap;
 /// evidence is in the log) but never as a superuser, on either server; the data arrives.
 #[test]
 fn planted_code_never_runs_as_the_platform() {
-    let env = Env::new();
+    let env = Env::with_attacker_and_neighbour();
     let t = &env.t;
-    t.provision(ATTACKER).unwrap();
-    t.provision(NEIGHBOUR).unwrap();
     let mut neighbour = connect(&env.uri(NEIGHBOUR, Kind::Read, true)).unwrap();
     let mut over = connect(&env.uri(ATTACKER, Kind::Override, false)).unwrap();
     over.batch_execute(PLANTED).unwrap();
@@ -143,10 +138,8 @@ fn planted_code_never_runs_as_the_platform() {
 /// log in and read, direct and pooled.
 #[test]
 fn restore_leaves_the_source_and_neighbours_alone() {
-    let env = Env::new();
+    let env = Env::with_attacker_and_neighbour();
     let t = &env.t;
-    t.provision(ATTACKER).unwrap();
-    t.provision(NEIGHBOUR).unwrap();
     let mut over = connect(&env.uri(ATTACKER, Kind::Override, false)).unwrap();
     over.batch_execute(CUSTOM_OBJECTS).unwrap();
     let file = env.dir.join("a.backup");
@@ -190,10 +183,8 @@ fn restore_leaves_the_source_and_neighbours_alone() {
 /// to a load login while it exists no longer blocks its removal.
 #[test]
 fn grants_reach_only_the_workspaces_own_roles() {
-    let env = Env::new();
+    let env = Env::with_attacker_and_neighbour();
     let t = &env.t;
-    t.provision(ATTACKER).unwrap();
-    t.provision(NEIGHBOUR).unwrap();
     let victim = login_of(&env.uri(NEIGHBOUR, Kind::Read, false));
     let own = login_of(&env.uri(ATTACKER, Kind::Read, false));
     for pooled in [false, true] {
@@ -245,15 +236,10 @@ fn grants_reach_only_the_workspaces_own_roles() {
 /// neighbour is served throughout. Direct and pooled.
 #[test]
 fn a_tenants_locks_make_operations_busy_not_hang() {
-    let env = Env::new();
+    let env = Env::with_attacker_and_neighbour();
     let t = &env.t;
-    t.provision(ATTACKER).unwrap();
-    t.provision(NEIGHBOUR).unwrap();
     let mut neighbour = connect(&env.uri(NEIGHBOUR, Kind::Override, true)).unwrap();
-    connect(&env.uri(ATTACKER, Kind::Override, false))
-        .unwrap()
-        .batch_execute("CREATE TABLE tenant_custom.held (id int)")
-        .unwrap();
+    env.run_as_override(ATTACKER, "CREATE TABLE tenant_custom.held (id int)");
     for pooled in [false, true] {
         let mut c = connect(&env.uri(ATTACKER, Kind::Override, pooled)).unwrap();
         c.batch_execute("BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0")
@@ -302,10 +288,7 @@ fn a_tenants_locks_make_operations_busy_not_hang() {
 /// session, idle in no transaction, stays. Direct and pooled.
 #[test]
 fn an_open_tenant_transaction_ends_at_the_ceiling() {
-    let env = Env::new();
-    let t = &env.t;
-    t.provision(ATTACKER).unwrap();
-    t.provision(NEIGHBOUR).unwrap();
+    let env = Env::with_attacker_and_neighbour();
     let mut admin = env.admin("postgres");
     admin
         .batch_execute("ALTER SYSTEM SET dl_tenancy.transaction_limit = '2s'")
@@ -362,10 +345,8 @@ fn an_open_tenant_transaction_ends_at_the_ceiling() {
 /// new login and the neighbour work on.
 #[test]
 fn a_rotated_login_ends_without_serve() {
-    let env = Env::new();
+    let env = Env::with_attacker_and_neighbour();
     let t = &env.t;
-    t.provision(ATTACKER).unwrap();
-    t.provision(NEIGHBOUR).unwrap();
     let mut neighbour = connect(&env.uri(NEIGHBOUR, Kind::Read, false)).unwrap();
     let old_uri = env.uri(ATTACKER, Kind::Read, false);
     let old_pooled = env.uri(ATTACKER, Kind::Read, true);
@@ -389,8 +370,7 @@ fn a_rotated_login_ends_without_serve() {
         assert!(connect(uri).is_err(), "the retired login logs in again");
     }
     for pooled in [false, true] {
-        let mut c = connect(&env.uri(ATTACKER, Kind::Read, pooled)).unwrap();
-        c.batch_execute(READ_QUERY).unwrap();
+        env.assert_reads(ATTACKER, pooled);
     }
     neighbour.batch_execute(READ_QUERY).unwrap();
 }

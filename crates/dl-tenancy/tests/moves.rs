@@ -108,12 +108,12 @@ fn move_keeps_the_pooled_uri_and_every_acknowledged_write() {
     t.provision("stays").unwrap();
     let second = add_second(&env);
     let db = env.database("mover");
-    connect(&env.uri("mover", Kind::Override, false))
-        .unwrap()
-        .batch_execute(&format!(
+    env.run_as_override(
+        "mover",
+        &format!(
             "{CUSTOM_OBJECTS}; ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO dl_tenant_read"
-        ))
-        .unwrap();
+        ),
+    );
     let pooled = env.uri("mover", Kind::Override, true);
     let pooled_read = env.uri("mover", Kind::Read, true);
     let old_direct = env.uri("mover", Kind::Override, false);
@@ -389,10 +389,7 @@ fn the_pooler_console_is_out_of_tenant_reach() {
         }
     }
     // The workspace still works through the pooler.
-    connect(&env.uri("tenant", Kind::Read, true))
-        .unwrap()
-        .batch_execute(READ_QUERY)
-        .unwrap();
+    env.assert_reads("tenant", true);
 }
 
 /// While a move streams (stopped after the first copy, before the pause), the tenant attacks
@@ -407,10 +404,7 @@ fn a_tenant_cannot_touch_a_move_in_flight() {
     t.provision("neighbour").unwrap();
     let second = add_second(&env);
     let db = env.database("victim");
-    connect(&env.uri("victim", Kind::Override, false))
-        .unwrap()
-        .batch_execute(CUSTOM_OBJECTS)
-        .unwrap();
+    env.run_as_override("victim", CUSTOM_OBJECTS);
     // A neighbour of the target server.
     env.cli(&["move", "--workspace", "neighbour", "--to", "second"])
         .json();

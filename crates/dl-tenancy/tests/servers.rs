@@ -231,13 +231,10 @@ fn admin_url_mode_on_an_existing_server() {
         before.stderr
     );
     let mut admin = dl_tenancy_ctl::connect(&admin_url, None).unwrap();
-    let control_dbs: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname = 'dl_control'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let control_dbs = count(
+        &mut admin,
+        "SELECT count(*) FROM pg_database WHERE datname = 'dl_control'",
+    );
     assert_eq!(
         control_dbs, 0,
         "a command before init created the control database"

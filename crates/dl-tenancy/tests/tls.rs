@@ -15,8 +15,19 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+/// psql with `conninfo` runs `command`: its stdout.
+fn psql_ok(conninfo: &str, command: &str, pooled: bool) -> String {
+    let out = psql(conninfo, command);
+    assert!(out.status.success(), "pooled={pooled}: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// psql with `conninfo` cannot run `SELECT 1` (`what` says what got in if it could): its
+/// stderr.
+fn psql_refused(conninfo: &str, what: &str) -> String {
+    let out = psql(conninfo, "SELECT 1");
+    assert!(!out.status.success(), "{what}");
+    stderr(&out)
 }
 
 #[test]
@@ -38,20 +49,16 @@ fn psql_with_the_revealed_uri_gets_verified_tls_direct_and_pooled() {
         assert!(uri.contains("sslmode=verify-full&sslrootcert=/"), "{uri}");
         assert!(!uri.contains('%'), "{uri}");
         // psql says how its connection is secured; the read query runs.
-        let out = psql(&uri, "\\conninfo");
-        assert!(out.status.success(), "pooled={pooled}: {}", stderr(&out));
+        let out = psql_ok(&uri, "\\conninfo", pooled);
         assert!(
-            stdout(&out).contains("SSL connection (protocol: TLSv1."),
-            "pooled={pooled}: {}",
-            stdout(&out)
+            out.contains("SSL connection (protocol: TLSv1."),
+            "pooled={pooled}: {out}"
         );
-        let out = psql(&uri, READ_QUERY);
-        assert!(out.status.success(), "pooled={pooled}: {}", stderr(&out));
+        psql_ok(&uri, READ_QUERY, pooled);
         // sslmode=require (encrypted, certificate not checked) works too.
         let require = with_tls(&uri, "require", None);
-        let out = psql(&require, "\\conninfo");
-        assert!(out.status.success(), "pooled={pooled}: {}", stderr(&out));
-        assert!(stdout(&out).contains("SSL connection"), "{}", stdout(&out));
+        let out = psql_ok(&require, "\\conninfo", pooled);
+        assert!(out.contains("SSL connection"), "{out}");
         // The library's connector with the same URI.
         let mut c = connect(&uri).unwrap();
         c.batch_execute(READ_QUERY).unwrap();
@@ -90,13 +97,9 @@ fn plaintext_tcp_logins_are_refused_alike_for_real_and_unknown_logins() {
         assert_ne!(plain, unknown);
         let mut answers = vec![];
         for (uri, login) in [(&plain, real.login.as_str()), (&unknown, unknown_login)] {
-            let out = psql(uri, "SELECT 1");
-            assert!(
-                !out.status.success(),
-                "pooled={pooled}: plaintext login got in"
-            );
+            let answer = psql_refused(uri, &format!("pooled={pooled}: plaintext login got in"));
             // The answer with the login's own name taken out (a client knows what it sent).
-            answers.push(stderr(&out).replace(login, "<login>"));
+            answers.push(answer.replace(login, "<login>"));
             let e = connect(uri).map(|_| ()).unwrap_err();
             let state = e.code().map(|c| c.code().to_string());
             if !pooled {
@@ -132,16 +135,8 @@ fn verify_full_refuses_another_ca_and_another_host_name() {
     for pooled in [false, true] {
         let uri = env.uri(WS, Kind::Read, pooled);
         let wrong_ca = with_tls(&uri, "verify-full", Some(&foreign));
-        let out = psql(&wrong_ca, "SELECT 1");
-        assert!(
-            !out.status.success(),
-            "pooled={pooled}: foreign CA accepted"
-        );
-        assert!(
-            stderr(&out).contains("certificate verify failed"),
-            "{}",
-            stderr(&out)
-        );
+        let err = psql_refused(&wrong_ca, &format!("pooled={pooled}: foreign CA accepted"));
+        assert!(err.contains("certificate verify failed"), "{err}");
         // The library refuses it too, and says why.
         let e = dl_tenancy_ctl::connect_plain(&wrong_ca, None)
             .map(|_| ())
@@ -170,19 +165,13 @@ fn verify_full_refuses_another_ca_and_another_host_name() {
                 ca.display()
             )
         };
-        let out = psql(&kv("verify-full"), "SELECT 1");
-        assert!(
-            !out.status.success(),
-            "pooled={pooled}: wrong host name accepted"
+        let err = psql_refused(
+            &kv("verify-full"),
+            &format!("pooled={pooled}: wrong host name accepted"),
         );
-        assert!(
-            stderr(&out).contains("does not match host name"),
-            "{}",
-            stderr(&out)
-        );
+        assert!(err.contains("does not match host name"), "{err}");
         assert!(dl_tenancy_ctl::connect_plain(&kv("verify-full"), None).is_err());
-        let out = psql(&kv("verify-ca"), "SELECT 1");
-        assert!(out.status.success(), "pooled={pooled}: {}", stderr(&out));
+        psql_ok(&kv("verify-ca"), "SELECT 1", pooled);
         dl_tenancy_ctl::connect_plain(&kv("verify-ca"), None).unwrap();
     }
     let _ = std::fs::remove_dir_all(foreign_dir);
@@ -242,9 +231,6 @@ fn local_up_keeps_its_certificates_and_remakes_missing_ones() {
     assert_eq!(read("ca.crt"), before[0], "the CA changed");
     assert_ne!(read("server.crt"), before[2]);
     for pooled in [false, true] {
-        connect(&env.uri(WS, Kind::Read, pooled))
-            .unwrap()
-            .batch_execute(READ_QUERY)
-            .unwrap();
+        env.assert_reads(WS, pooled);
     }
 }

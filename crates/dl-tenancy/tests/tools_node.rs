@@ -199,13 +199,10 @@ fn node_migration_tools_and_orms_work_with_their_defaults() {
         .unwrap()
         .get(0);
     assert_eq!(locked, 0);
-    let locked: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let locked = count(
+        &mut admin,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+    );
     assert_eq!(locked, 0);
 
     // Reads and the upsert, pooled then direct.

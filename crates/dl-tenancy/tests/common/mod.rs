@@ -34,6 +34,10 @@ pub fn skip_or_fail(test: &str, why: &str) {
     );
 }
 
+/// The hostile tests' tenant, and its neighbour on the same server.
+pub const ATTACKER: &str = "mallory";
+pub const NEIGHBOUR: &str = "alice";
+
 pub struct Env {
     pub dir: PathBuf,
     pub status: local::LocalStatus,
@@ -70,6 +74,31 @@ impl Env {
             }
         }
         panic!("local up failed: {:?}", last);
+    }
+
+    /// A fresh environment with the hostile tests' two workspaces provisioned, [`ATTACKER`]'s
+    /// and [`NEIGHBOUR`]'s.
+    pub fn with_attacker_and_neighbour() -> Env {
+        let env = Env::new();
+        env.t.provision(ATTACKER).unwrap();
+        env.t.provision(NEIGHBOUR).unwrap();
+        env
+    }
+
+    /// Runs `sql` as the tenant does, through the workspace's direct override login.
+    pub fn run_as_override(&self, ws: &str, sql: &str) {
+        connect(&self.uri(ws, Kind::Override, false))
+            .unwrap()
+            .batch_execute(sql)
+            .unwrap();
+    }
+
+    /// The workspace serves: its read query runs through its read URI.
+    pub fn assert_reads(&self, ws: &str, pooled: bool) {
+        connect(&self.uri(ws, Kind::Read, pooled))
+            .unwrap()
+            .batch_execute(READ_QUERY)
+            .unwrap();
     }
 
     /// Superuser connection over the socket.
@@ -459,13 +488,13 @@ pub fn install_tools(dir: &Path, test: &str) -> Option<String> {
 /// Overrides `person:0` .. `person:{n - 1}` named `Name {i}` in a workspace, written by its
 /// override login: the rows the driver and tool tests read and check.
 pub fn seed_named_people(env: &Env, ws: &str, n: usize) {
-    connect(&env.uri(ws, Kind::Override, false))
-        .unwrap()
-        .batch_execute(&format!(
+    env.run_as_override(
+        ws,
+        &format!(
             "INSERT INTO dl_override.person_overrides (identity_key, identity_payload_patch)
              SELECT 'person:' || i, jsonb_build_object('display_name', 'Name ' || i)
                FROM generate_series(0, {}) i",
             n - 1
-        ))
-        .unwrap();
+        ),
+    );
 }
