@@ -10,21 +10,30 @@ mod common;
 use common::*;
 use dl_tenancy_ctl::Kind;
 use serde_json::Value;
-use std::path::Path;
 use std::process::Command;
+
+/// The workspace `ws` provisioned, `keys` upserted as `verified` through its pooled override
+/// URI (that client closed), and two clients on its pooled read URI.
+fn two_pooled_readers(
+    env: &Env,
+    ws: &str,
+    keys: &[String],
+) -> (postgres::Client, postgres::Client) {
+    env.t.provision(ws).unwrap();
+    let mut writer = connect(&env.uri(ws, Kind::Override, true)).unwrap();
+    for key in keys {
+        upsert(&mut writer, key, "verified").unwrap();
+    }
+    drop(writer);
+    let uri = env.uri(ws, Kind::Read, true);
+    (connect(&uri).unwrap(), connect(&uri).unwrap())
+}
 
 #[test]
 fn named_prepared_statements_of_two_clients_stay_apart_through_the_pooler() {
     let env = Env::new();
-    env.t.provision("prep").unwrap();
-    let mut writer = connect(&env.uri("prep", Kind::Override, true)).unwrap();
     let keys: Vec<String> = (0..40).map(|i| format!("person:{i}")).collect();
-    for key in &keys {
-        upsert(&mut writer, key, "verified").unwrap();
-    }
-    let uri = env.uri("prep", Kind::Read, true);
-    let mut a = connect(&uri).unwrap();
-    let mut b = connect(&uri).unwrap();
+    let (mut a, mut b) = two_pooled_readers(&env, "prep", &keys);
     // Two clients, statements of different text and result shape, interleaved.
     let by_key = a
         .prepare("SELECT identity_key FROM dl_resolved.people WHERE identity_key = $1")
@@ -75,13 +84,7 @@ fn named_prepared_statements_of_two_clients_stay_apart_through_the_pooler() {
 #[test]
 fn a_prepared_statement_follows_its_client_to_another_server_connection() {
     let env = Env::new();
-    env.t.provision("moves").unwrap();
-    let mut writer = connect(&env.uri("moves", Kind::Override, true)).unwrap();
-    upsert(&mut writer, "person:1", "verified").unwrap();
-    drop(writer);
-    let uri = env.uri("moves", Kind::Read, true);
-    let mut app = connect(&uri).unwrap();
-    let mut other = connect(&uri).unwrap();
+    let (mut app, mut other) = two_pooled_readers(&env, "moves", &["person:1".to_string()]);
     let stmt = app
         .prepare("SELECT status FROM dl_resolved.people WHERE identity_key = $1")
         .unwrap();
@@ -107,9 +110,8 @@ const PEOPLE: usize = 40;
 /// server when `sslrootcert` names another CA (tests/drivers/*: one JSON line per driver).
 #[test]
 fn popular_drivers_with_their_defaults_get_the_right_rows() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers");
-    let Some(cache) = install_tools(
-        &dir,
+    let Some((dir, cache)) = install_tools(
+        "drivers",
         "popular_drivers_with_their_defaults_get_the_right_rows",
     ) else {
         return;
@@ -129,20 +131,15 @@ fn popular_drivers_with_their_defaults_get_the_right_rows() {
             ),
             ("node".to_string(), dir.join("node_drivers.mjs")),
         ] {
-            let out = Command::new(&program)
-                .arg(&args)
-                .env("DL_URI", &read)
-                .env("DL_OVERRIDE_URI", &write)
-                .env("DL_KEYS", PEOPLE.to_string())
-                .env("DL_FOREIGN_CA", &foreign)
-                .env("DL_NODE_MODULES", format!("{cache}/node/node_modules"))
-                .output()
-                .unwrap_or_else(|e| panic!("{program}: {e}"));
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success(),
-                "{program} {args:?} (pooled={pooled}):\n{stdout}\n{stderr}"
+            let (stdout, _) = run_ok(
+                Command::new(&program)
+                    .arg(&args)
+                    .env("DL_URI", &read)
+                    .env("DL_OVERRIDE_URI", &write)
+                    .env("DL_KEYS", PEOPLE.to_string())
+                    .env("DL_FOREIGN_CA", &foreign)
+                    .env("DL_NODE_MODULES", format!("{cache}/node/node_modules")),
+                &format!("{program} {args:?} (pooled={pooled})"),
             );
             for line in stdout.lines() {
                 let r: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));

@@ -100,16 +100,25 @@ impl Writer {
     }
 }
 
+/// `ws` and `beside` provisioned on the local server, the second server added, and `sql` (the
+/// tenant's own objects) run by `ws`'s override login: the second server and `ws`'s database.
+fn ready_to_move(env: &Env, ws: &str, beside: &str, sql: &str) -> (TlsCluster, String) {
+    env.t.provision(ws).unwrap();
+    env.t.provision(beside).unwrap();
+    let second = add_second(env);
+    let db = env.database(ws);
+    env.run_as_override(ws, sql);
+    (second, db)
+}
+
 #[test]
 fn move_keeps_the_pooled_uri_and_every_acknowledged_write() {
     let env = Env::new();
     let t = &env.t;
-    t.provision("mover").unwrap();
-    t.provision("stays").unwrap();
-    let second = add_second(&env);
-    let db = env.database("mover");
-    env.run_as_override(
+    let (second, db) = ready_to_move(
+        &env,
         "mover",
+        "stays",
         &format!(
             "{CUSTOM_OBJECTS}; ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO dl_tenant_read"
         ),
@@ -399,12 +408,7 @@ fn the_pooler_console_is_out_of_tenant_reach() {
 #[test]
 fn a_tenant_cannot_touch_a_move_in_flight() {
     let env = Env::new();
-    let t = &env.t;
-    t.provision("victim").unwrap();
-    t.provision("neighbour").unwrap();
-    let second = add_second(&env);
-    let db = env.database("victim");
-    env.run_as_override("victim", CUSTOM_OBJECTS);
+    let (second, db) = ready_to_move(&env, "victim", "neighbour", CUSTOM_OBJECTS);
     // A neighbour of the target server.
     env.cli(&["move", "--workspace", "neighbour", "--to", "second"])
         .json();

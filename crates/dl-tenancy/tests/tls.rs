@@ -30,13 +30,23 @@ fn psql_refused(conninfo: &str, what: &str) -> String {
     stderr(&out)
 }
 
-#[test]
-fn psql_with_the_revealed_uri_gets_verified_tls_direct_and_pooled() {
+/// An environment with the workspace [`WS`]; `None` after [`skip_or_fail`] where psql is
+/// missing.
+fn env_with_psql(test: &str) -> Option<Env> {
     if let Err(why) = psql_available() {
-        return skip_or_fail("psql_with_the_revealed_uri_gets_verified_tls", &why);
+        skip_or_fail(test, &why);
+        return None;
     }
     let env = Env::new();
     env.t.provision(WS).unwrap();
+    Some(env)
+}
+
+#[test]
+fn psql_with_the_revealed_uri_gets_verified_tls_direct_and_pooled() {
+    let Some(env) = env_with_psql("psql_with_the_revealed_uri_gets_verified_tls") else {
+        return;
+    };
     let ca = env.dir.join("tls/ca.crt");
     for pooled in [false, true] {
         let reveal = env.t.reveal(WS, Kind::Read, pooled).unwrap();
@@ -84,11 +94,9 @@ fn psql_with_the_revealed_uri_gets_verified_tls_direct_and_pooled() {
 /// for a real login and for one that does not exist (no login enumeration), direct and pooled.
 #[test]
 fn plaintext_tcp_logins_are_refused_alike_for_real_and_unknown_logins() {
-    if let Err(why) = psql_available() {
-        return skip_or_fail("plaintext_tcp_logins_are_refused", &why);
-    }
-    let env = Env::new();
-    env.t.provision(WS).unwrap();
+    let Some(env) = env_with_psql("plaintext_tcp_logins_are_refused") else {
+        return;
+    };
     for pooled in [false, true] {
         let real = env.t.reveal(WS, Kind::Override, pooled).unwrap();
         let plain = with_tls(&real.uri, "disable", None);
@@ -125,11 +133,9 @@ fn plaintext_tcp_logins_are_refused_alike_for_real_and_unknown_logins() {
 
 #[test]
 fn verify_full_refuses_another_ca_and_another_host_name() {
-    if let Err(why) = psql_available() {
-        return skip_or_fail("verify_full_refuses_another_ca", &why);
-    }
-    let env = Env::new();
-    env.t.provision(WS).unwrap();
+    let Some(env) = env_with_psql("verify_full_refuses_another_ca") else {
+        return;
+    };
     let (foreign, foreign_dir) = foreign_ca();
     let ca = env.dir.join("tls/ca.crt");
     for pooled in [false, true] {

@@ -13,7 +13,7 @@ mod common;
 use common::*;
 use dl_tenancy_ctl::Kind;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -81,29 +81,17 @@ struct Uris {
 }
 
 fn run(dir: &Path, cache: &str, program: &str, step: &str, uris: &Uris) -> Value {
-    let mut cmd = Command::new("node");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PG") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd
-        .arg(dir.join(program))
-        .env("DL_STEP", step)
-        .env("DL_POOLED", uris.pooled.to_string())
-        .env("DATABASE_URL", &uris.migrate)
-        .env("DB_URI", &uris.read)
-        .env("DB_OVERRIDE_URI", &uris.write)
-        .env("DL_NODE_MODULES", format!("{cache}/node/node_modules"))
-        .env("DL_PRISMA_MODULES", format!("{cache}/prisma/node_modules"))
-        .output()
-        .unwrap_or_else(|e| panic!("node {program}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{program} {step} (pooled={}):\n{stdout}\n{stderr}",
-        uris.pooled
+    let (stdout, stderr) = run_ok(
+        without_env(&mut Command::new("node"), &["PG"])
+            .arg(dir.join(program))
+            .env("DL_STEP", step)
+            .env("DL_POOLED", uris.pooled.to_string())
+            .env("DATABASE_URL", &uris.migrate)
+            .env("DB_URI", &uris.read)
+            .env("DB_OVERRIDE_URI", &uris.write)
+            .env("DL_NODE_MODULES", format!("{cache}/node/node_modules"))
+            .env("DL_PRISMA_MODULES", format!("{cache}/prisma/node_modules")),
+        &format!("node {program} {step} (pooled={})", uris.pooled),
     );
     let line = stdout.lines().last().unwrap_or_default();
     let v: Value = serde_json::from_str(line)
@@ -116,8 +104,7 @@ fn run(dir: &Path, cache: &str, program: &str, step: &str, uris: &Uris) -> Value
 fn node_migration_tools_and_orms_work_with_their_defaults() {
     let test = "node_migration_tools_and_orms_work_with_their_defaults";
     let started = Instant::now();
-    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools_node");
-    let Some(cache) = install_tools(&dir, test) else {
+    let Some((dir, cache)) = install_tools("tools_node", test) else {
         return;
     };
     let installed = started.elapsed();

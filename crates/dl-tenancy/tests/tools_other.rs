@@ -166,8 +166,7 @@ fn tools(dir: &Path, cache: &str) -> Vec<Tool> {
 fn activerecord_pgx_jdbc_and_pdo_work_with_their_defaults() {
     let test = "activerecord_pgx_jdbc_and_pdo_work_with_their_defaults";
     let started = Instant::now();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools_other");
-    let Some(cache) = install_tools(&dir, test) else {
+    let Some((dir, cache)) = install_tools("tools_other", test) else {
         return;
     };
     eprintln!("install: {:.1}s", started.elapsed().as_secs_f64());

@@ -61,23 +61,13 @@ fn run_tool(
 ) -> Value {
     std::fs::create_dir_all(work).unwrap();
     let mut cmd = Command::new(python);
-    cmd.arg(script).arg(tool).arg(work).current_dir(work);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PG") || k.starts_with("DB_") || k == "DJANGO_SETTINGS_MODULE" {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap_or_else(|e| panic!("{python}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{tool} exited {:?}:\n{stdout}\n{stderr}",
-        out.status
-    );
+    without_env(&mut cmd, &["PG", "DB_", "DJANGO_SETTINGS_MODULE"])
+        .arg(script)
+        .arg(tool)
+        .arg(work)
+        .current_dir(work)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let (stdout, stderr) = run_ok(&mut cmd, &format!("{python} {tool}"));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{tool}: one JSON line:\n{stdout}\n{stderr}");
     serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{tool}: {e}: {}", lines[0]))
@@ -86,10 +76,9 @@ fn run_tool(
 #[test]
 fn python_tools_with_their_defaults_migrate_read_and_upsert() {
     let started = Instant::now();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools_python");
     let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/seed");
-    let Some(cache) = install_tools(
-        &dir,
+    let Some((dir, cache)) = install_tools(
+        "tools_python",
         "python_tools_with_their_defaults_migrate_read_and_upsert",
     ) else {
         return;

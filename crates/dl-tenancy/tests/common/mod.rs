@@ -398,27 +398,48 @@ pub fn psql_available() -> Result<(), String> {
     }
 }
 
-/// `psql -X -tA -d <conninfo> -c <command>` with no PG* variables from our environment.
-pub fn psql(conninfo: &str, command: &str) -> Output {
-    let mut cmd = Command::new("psql");
+/// `cmd` without the variables of our environment whose names start with one of `prefixes`:
+/// a test's program sees only what the test gives it.
+pub fn without_env<'a>(cmd: &'a mut Command, prefixes: &[&str]) -> &'a mut Command {
     for (k, _) in std::env::vars() {
-        if k.starts_with("PG") {
+        if prefixes.iter().any(|p| k.starts_with(p)) {
             cmd.env_remove(k);
         }
     }
-    cmd.args([
-        "-X",
-        "-tA",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-d",
-        conninfo,
-        "-c",
-        command,
-    ])
-    .env("PGCONNECT_TIMEOUT", "30")
-    .output()
-    .expect("run psql")
+    cmd
+}
+
+/// Runs a test's program: its stdout and stderr, once it has exited 0 (`what`, the exit status
+/// and both outputs in the panic otherwise).
+pub fn run_ok(cmd: &mut Command, what: &str) -> (String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} exited {:?}:\n{stdout}\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+/// `psql -X -tA -d <conninfo> -c <command>` with no PG* variables from our environment.
+pub fn psql(conninfo: &str, command: &str) -> Output {
+    let mut cmd = Command::new("psql");
+    without_env(&mut cmd, &["PG"])
+        .args([
+            "-X",
+            "-tA",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            command,
+        ])
+        .env("PGCONNECT_TIMEOUT", "30")
+        .output()
+        .expect("run psql")
 }
 
 /// A second cluster (TLS on, pg-harness) registered as server `second` with its CA (no
@@ -471,9 +492,13 @@ pub const CUSTOM_OBJECTS: &str = r#"
     GRANT SELECT ON tenant_custom.segments, tenant_custom.enterprise TO dl_tenant_read;
 "#;
 
-/// Runs a tool test's `install.sh` (the tools installed once, from their registries, into a
-/// cache): the cache directory it prints, or `None` after [`skip_or_fail`] when it failed.
-pub fn install_tools(dir: &Path, test: &str) -> Option<String> {
+/// Runs the `install.sh` of a tool test's folder `tests/<folder>` (the tools installed once,
+/// from their registries, into a cache): the folder and the cache directory the script prints,
+/// or `None` after [`skip_or_fail`] when it failed.
+pub fn install_tools(folder: &str, test: &str) -> Option<(PathBuf, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(folder);
     let install = Command::new("bash")
         .arg(dir.join("install.sh"))
         .output()
@@ -482,7 +507,8 @@ pub fn install_tools(dir: &Path, test: &str) -> Option<String> {
         skip_or_fail(test, &String::from_utf8_lossy(&install.stderr));
         return None;
     }
-    Some(String::from_utf8_lossy(&install.stdout).trim().to_string())
+    let cache = String::from_utf8_lossy(&install.stdout).trim().to_string();
+    Some((dir, cache))
 }
 
 /// Overrides `person:0` .. `person:{n - 1}` named `Name {i}` in a workspace, written by its
