@@ -47,6 +47,12 @@ export function cli (dir, bin, args) {
   }
 }
 
+// A tool's migration command run twice in its project (the second run must change nothing):
+// both runs, as the test reads them.
+export function twice (dir, bin, args) {
+  return [cli(dir, bin, args), cli(dir, bin, args)]
+}
+
 // The key a tool's upsert writes, and the display name its patch sets.
 export const keyOf = (tool) => `person:tool-${tool}`
 export const nameOf = (tool) => `Written by ${tool}`

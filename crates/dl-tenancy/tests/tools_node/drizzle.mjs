@@ -4,7 +4,7 @@
 // Also: drizzle-kit's default migrations schema ("drizzle") is refused, as documented.
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { cli, checkResolved, main, project, readLoop, report, require, upsertTwice } from './common.mjs'
+import { cli, checkResolved, main, project, readLoop, report, require, twice, upsertTwice } from './common.mjs'
 
 const TOOL = 'drizzle'
 const pg = require('pg')
@@ -19,7 +19,7 @@ await main(TOOL, {
     writeFileSync(join(dir, 'default.config.js'),
       "module.exports = { dialect: 'postgresql', schema: './schema.js', out: './migrations', dbCredentials: { url: process.env.DATABASE_URL } }\n")
     const withDefault = cli(dir, 'drizzle-kit', ['migrate', '--config', 'default.config.js'])
-    const runs = [cli(dir, 'drizzle-kit', ['migrate']), cli(dir, 'drizzle-kit', ['migrate'])]
+    const runs = twice(dir, 'drizzle-kit', ['migrate'])
     report({ tool: TOOL, runs, default_schema_run: withDefault })
   },
   async app () {

@@ -1,6 +1,6 @@
 // knex 3: `knex migrate:latest` twice with the knexfile (tools_node/knex/), then the seed's
 // read (query builder) 200 times over a pool of 4 and the seed's upsert with jsonb.
-import { cli, checkResolved, keyOf, main, patches, project, readLoop, report, require } from './common.mjs'
+import { checkResolved, keyOf, main, patches, project, readLoop, report, require, twice } from './common.mjs'
 
 const TOOL = 'knex'
 const Knex = require('knex')
@@ -11,8 +11,7 @@ await main(TOOL, {
     // recipe: knex
     // npx knex migrate:latest   (DATABASE_URL = the override login's direct URI)
     // end recipe
-    const runs = [cli(dir, 'knex', ['migrate:latest']), cli(dir, 'knex', ['migrate:latest'])]
-    report({ tool: TOOL, runs })
+    report({ tool: TOOL, runs: twice(dir, 'knex', ['migrate:latest']) })
   },
   async app () {
     // recipe: knex

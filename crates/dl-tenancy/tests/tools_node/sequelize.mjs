@@ -2,7 +2,7 @@
 // the seed's read (Model.findAll) 200 times over a pool of 4 and the seed's upsert
 // (Model.upsert, JSONB) through the pooled URIs.
 import { readFileSync } from 'node:fs'
-import { cli, checkResolved, main, project, readLoop, report, require, upsertTwice } from './common.mjs'
+import { checkResolved, main, project, readLoop, report, require, twice, upsertTwice } from './common.mjs'
 
 const TOOL = 'sequelize'
 const { Sequelize, DataTypes } = require('sequelize')
@@ -10,8 +10,7 @@ const { Sequelize, DataTypes } = require('sequelize')
 await main(TOOL, {
   async migrate () {
     const dir = project(TOOL)
-    const runs = [cli(dir, 'sequelize-cli', ['db:migrate']), cli(dir, 'sequelize-cli', ['db:migrate'])]
-    report({ tool: TOOL, runs })
+    report({ tool: TOOL, runs: twice(dir, 'sequelize-cli', ['db:migrate']) })
   },
   async app () {
     // recipe: sequelize

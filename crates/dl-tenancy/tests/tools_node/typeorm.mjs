@@ -1,7 +1,7 @@
 // TypeORM 1: `typeorm migration:run` twice with the data source (tools_node/typeorm/), then
 // the seed's read (repository find) 200 times over a pool of 4 and the seed's upsert
 // (Repository.upsert, jsonb columns) through the pooled URIs.
-import { cli, checkResolved, main, project, readLoop, report, require, upsertTwice } from './common.mjs'
+import { checkResolved, main, project, readLoop, report, require, twice, upsertTwice } from './common.mjs'
 
 const TOOL = 'typeorm'
 const { DataSource, EntitySchema } = require('typeorm')
@@ -9,11 +9,7 @@ const { DataSource, EntitySchema } = require('typeorm')
 await main(TOOL, {
   async migrate () {
     const dir = project(TOOL)
-    const runs = [
-      cli(dir, 'typeorm', ['migration:run', '-d', 'data-source.js']),
-      cli(dir, 'typeorm', ['migration:run', '-d', 'data-source.js'])
-    ]
-    report({ tool: TOOL, runs })
+    report({ tool: TOOL, runs: twice(dir, 'typeorm', ['migration:run', '-d', 'data-source.js']) })
   },
   async app () {
     // recipe: TypeORM
