@@ -354,7 +354,8 @@ impl Api {
 pub fn openapi() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+        // The HTTP front's document (crates/dl-tenancy-http/openapi.json, the one it serves).
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dl-tenancy-http/openapi.json");
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     })
 }
