@@ -374,14 +374,7 @@ fn no_plaintext_password_in_server_log_or_control_dump() {
     env.t.provision("secret").unwrap();
     let mut passwords = vec![];
     let mut pw = |uri: String| {
-        let p = uri
-            .split(':')
-            .nth(2)
-            .unwrap()
-            .split('@')
-            .next()
-            .unwrap()
-            .to_string();
+        let p = password_of(&uri);
         assert!(p.len() >= 43);
         passwords.push(p);
     };

@@ -774,24 +774,6 @@ fn show(client: &mut Client, setting: &str) -> String {
         .unwrap_or_else(|| panic!("SHOW {setting} returned no row"))
 }
 
-fn password_of(uri: &str) -> String {
-    uri.split(':')
-        .nth(2)
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-fn login_of(uri: &str) -> String {
-    uri.trim_start_matches("postgresql://")
-        .split(':')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// The database a URI names.
 fn database_of(uri: &str) -> String {
     let base = uri.split('?').next().unwrap();

@@ -374,8 +374,3 @@ fn a_rotated_login_ends_without_serve() {
     }
     neighbour.batch_execute(READ_QUERY).unwrap();
 }
-
-fn login_of(uri: &str) -> String {
-    let after = uri.split_once("://").unwrap().1;
-    after.split(':').next().unwrap().to_string()
-}

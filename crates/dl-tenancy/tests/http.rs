@@ -10,7 +10,7 @@
 mod common;
 
 use common::http::*;
-use common::{skip_or_fail, SAFETY_NET};
+use common::{password_of, skip_or_fail, SAFETY_NET};
 use dl_tenancy_http::ROUTES;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -37,13 +37,6 @@ fn connect(uri: &str) -> Result<postgres::Client, postgres::Error> {
     // A safety net against a hang, not a speed limit.
     cfg.connect_timeout(SAFETY_NET);
     cfg.connect(tls)
-}
-
-/// The password part of `postgresql://user:password@host:port/db`.
-fn password_of(uri: &str) -> String {
-    let rest = uri.strip_prefix("postgresql://").unwrap();
-    let userinfo = rest.split('@').next().unwrap();
-    userinfo.split_once(':').unwrap().1.to_string()
 }
 
 fn provisioned(api: &Api) {

@@ -153,7 +153,7 @@ fn verify_full_refuses_another_ca_and_another_host_name() {
             "{}",
             e.message
         );
-        assert!(!e.message.contains(&password_in(&uri)), "{}", e.message);
+        assert!(!e.message.contains(&password_of(&uri)), "{}", e.message);
         // Reached by address, verified against a name the certificate does not carry:
         // verify-full refuses, verify-ca (chain only) accepts.
         let reveal = env.t.reveal(WS, Kind::Read, pooled).unwrap();
@@ -162,7 +162,7 @@ fn verify_full_refuses_another_ca_and_another_host_name() {
         } else {
             env.status.postgres.port
         };
-        let password = password_in(&reveal.uri);
+        let password = password_of(&reveal.uri);
         let kv = |mode: &str| {
             format!(
                 "host=not-this-server.invalid hostaddr=127.0.0.1 port={port} user={} password={password} dbname={} sslmode={mode} sslrootcert={}",
@@ -181,17 +181,6 @@ fn verify_full_refuses_another_ca_and_another_host_name() {
         dl_tenancy_ctl::connect_plain(&kv("verify-ca"), None).unwrap();
     }
     let _ = std::fs::remove_dir_all(foreign_dir);
-}
-
-/// The password of a revealed URI (percent-encoding aside: ours are URL-safe).
-fn password_in(uri: &str) -> String {
-    let userinfo = uri
-        .strip_prefix("postgresql://")
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap();
-    userinfo.split_once(':').unwrap().1.to_string()
 }
 
 #[test]

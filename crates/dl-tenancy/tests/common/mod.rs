@@ -219,6 +219,19 @@ pub fn sqlstate(e: &postgres::Error) -> String {
         .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
+/// The login of a revealed URI, `postgresql://login:password@host:port/db?...`.
+pub fn login_of(uri: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    rest.split(':').next().unwrap().to_string()
+}
+
+/// The password of a revealed URI (percent-encoding aside: ours are URL-safe).
+pub fn password_of(uri: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let userinfo = rest.split('@').next().unwrap();
+    userinfo.split_once(':').unwrap().1.to_string()
+}
+
 /// Replace the database of a URI (its query, `sslmode` and all, stays).
 pub fn with_db(uri: &str, db: &str) -> String {
     let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
