@@ -301,9 +301,8 @@ fn soft_delete_steps_survive_a_crash_and_finish_on_rerun() {
 fn a_tenant_cannot_undelete_itself_and_serve_purges_expired() {
     let c = cluster();
     let ws = "fleet-http-suspend";
-    let (token, _) = c.token(ws);
     let server = Server::start(&["--purge-sweep-seconds", "1"]);
-    let api = Api::new(&server.base, Some(&token));
+    let api = server.api_for(ws);
     let r = api.post("/api/v2/tenants/provision", json!({}));
     assert_eq!(r.status, 200, "{}", r.text);
     let deprovision = |ws, retention| {
@@ -320,8 +319,7 @@ fn a_tenant_cannot_undelete_itself_and_serve_purges_expired() {
     deprovision(ws, "30d");
     let r = api.get("/api/v2/tenants/status");
     assert_eq!(r.status, 401, "the old token is revoked: {}", r.text);
-    let (fresh, _) = c.token(ws);
-    let api = Api::new(&server.base, Some(&fresh));
+    let api = server.api_for(ws);
     let r = api.get("/api/v2/tenants/status");
     check("GET", "/api/v2/tenants/status", &r);
     assert_eq!(r.json["status"], "suspended", "{}", r.text);
@@ -489,11 +487,9 @@ fn usage_figures_match_the_catalog() {
 fn a_token_sees_only_its_own_usage() {
     let c = cluster();
     let (ours, theirs) = ("fleet-usage-a", "fleet-usage-b");
-    let (token_a, _) = c.token(ours);
-    let (token_b, _) = c.token(theirs);
     let server = Server::start(&[]);
-    let a = Api::new(&server.base, Some(&token_a));
-    let b = Api::new(&server.base, Some(&token_b));
+    let a = server.api_for(ours);
+    let b = server.api_for(theirs);
     let r = a.get("/api/v2/tenants/usage");
     check("GET", "/api/v2/tenants/usage", &r);
     assert_eq!((r.status, r.code()), (404, "not_provisioned"), "{}", r.text);

@@ -10,7 +10,7 @@
 mod common;
 
 use common::http::*;
-use common::{password_of, skip_or_fail, SAFETY_NET};
+use common::{password_of, skip_or_fail, CUSTOM_TABLE, READ_QUERY, SAFETY_NET, UPSERT};
 use dl_tenancy_http::ROUTES;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -44,12 +44,6 @@ fn provisioned(api: &Api) {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["status"], "active");
 }
-
-const PEOPLE: &str = include_str!("../../../tests/seed/read_query.sql");
-
-const UPSERT: &str = include_str!("../../../tests/seed/override_upsert.sql");
-
-const SEGMENTS: &str = include_str!("../../../tests/seed/custom_table.sql");
 
 /// The seed's quick start, over HTTP, as written: status -> provision -> status active ->
 /// reveal read -> connect and query -> reveal override -> upsert + custom table -> rotate ->
@@ -132,7 +126,7 @@ fn quick_start_end_to_end() {
     // 4) connect and query (simple protocol: PgBouncer pools transactions)
     {
         let mut db = connect(&read_uri).expect("read URI connects");
-        db.simple_query(PEOPLE).expect("the seed's query runs");
+        db.simple_query(READ_QUERY).expect("the seed's query runs");
         let denied = db.batch_execute(
             "INSERT INTO dl_override.person_overrides (identity_key, status) VALUES ('x', 'y')",
         );
@@ -163,7 +157,7 @@ fn quick_start_end_to_end() {
         )
         .expect("the seed's upsert runs");
         tx.commit().unwrap();
-        db.batch_execute(SEGMENTS).expect("custom table");
+        db.batch_execute(CUSTOM_TABLE).expect("custom table");
         db.batch_execute(
             "INSERT INTO tenant_custom.account_segments (id, segment) VALUES ('acct-1', 'vip')
              ON CONFLICT (id) DO NOTHING",
@@ -176,7 +170,7 @@ fn quick_start_end_to_end() {
             .unwrap();
         assert!(rows.iter().any(|m| matches!(m,
             postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("verified"))));
-        db.simple_query(PEOPLE).unwrap();
+        db.simple_query(READ_QUERY).unwrap();
     }
     // direct (not pooled) works too
     let r = call(
@@ -188,7 +182,7 @@ fn quick_start_end_to_end() {
     assert_eq!(r.json["pooled"], false);
     connect(r.json["uri"].as_str().unwrap())
         .expect("direct read URI connects")
-        .simple_query(PEOPLE)
+        .simple_query(READ_QUERY)
         .unwrap();
 
     // 5) rotate read: the old URI is refused at once, the new one works
@@ -203,7 +197,7 @@ fn quick_start_end_to_end() {
     assert_ne!(new_uri, read_uri);
     connect(&new_uri)
         .expect("new read URI connects")
-        .simple_query(PEOPLE)
+        .simple_query(READ_QUERY)
         .unwrap();
 
     // rotate override with a grace period: the previous login still works meanwhile
@@ -386,8 +380,7 @@ fn error_statuses() {
     // 429: the per-token rate limit of reveal + rotate (20/min by default), with Retry-After;
     // per token: another token of the same workspace is not limited (rotate sharing the
     // bucket: rate_limit_is_per_token_and_shared)
-    let (limited_token, _) = c.token("errors-half");
-    let limited = Api::new(&s.base, Some(&limited_token));
+    let limited = s.api_for("errors-half");
     let mut ok = 0;
     let limited_at = loop {
         let r = call(
@@ -412,8 +405,7 @@ fn error_statuses() {
         200,
         "status is not limited"
     );
-    let (fresh, _) = c.token("errors-half");
-    let other = Api::new(&s.base, Some(&fresh));
+    let other = s.api_for("errors-half");
     assert_eq!(
         call(&other, "POST", REVEAL, Body::Json(json!({"kind": "read"}))).status,
         200
@@ -442,14 +434,10 @@ fn error_statuses() {
 /// A token of workspace A never sees or changes workspace B, whatever the request says.
 #[test]
 fn tokens_are_confined_to_their_workspace() {
-    let c = cluster();
     let s = shared_server();
-    let (ta, _) = c.token("iso-a");
-    let (tb, _) = c.token("iso-b");
-    let (tc, _) = c.token("iso-c"); // never provisioned
-    let a = Api::new(&s.base, Some(&ta));
-    let b = Api::new(&s.base, Some(&tb));
-    let cc = Api::new(&s.base, Some(&tc));
+    let a = s.api_for("iso-a");
+    let b = s.api_for("iso-b");
+    let cc = s.api_for("iso-c"); // never provisioned
     provisioned(&a);
     provisioned(&b);
     let b_read = call(&b, "POST", REVEAL, Body::Json(json!({"kind": "read"})));
@@ -636,10 +624,8 @@ fn openapi_document_matches_the_router() {
 /// meanwhile is one of not_provisioned / provisioning / active.
 #[test]
 fn concurrent_provision_returns_one_result() {
-    let c = cluster();
     let s = shared_server();
-    let (token, _) = c.token("concurrent");
-    let api = Api::new(&s.base, Some(&token));
+    let api = s.api_for("concurrent");
     let (provisions, polls) = rt().block_on(async {
         let mut ps = vec![];
         for _ in 0..6 {
@@ -694,10 +680,8 @@ fn concurrent_provision_returns_one_result() {
 /// SIGTERM: the server stops accepting, finishes the request in flight, exits 0.
 #[test]
 fn graceful_shutdown_finishes_in_flight_requests() {
-    let c = cluster();
     let mut server = Server::start(&[]);
-    let (token, _) = c.token("shutdown");
-    let api = Api::new(&server.base, Some(&token));
+    let api = server.api_for("shutdown");
     let inflight = {
         let api = api.clone();
         std::thread::spawn(move || api.send("POST", PROVISION, Body::None))

@@ -125,6 +125,12 @@ pub struct Server {
 }
 
 impl Server {
+    /// A client of this server with a new token for `ws` (made by the cluster's CLI).
+    pub fn api_for(&self, ws: &str) -> Api {
+        let (token, _) = cluster().token(ws);
+        Api::new(&self.base, Some(&token))
+    }
+
     /// Start a server on a free port of the shared cluster with extra `serve` arguments.
     pub fn start(extra: &[&str]) -> Server {
         Server::start_with_log_level(extra, "info")
