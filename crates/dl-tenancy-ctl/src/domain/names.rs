@@ -20,32 +20,24 @@ fn matches_id_pattern(s: &str) -> bool {
 
 /// Check a workspace id against [`WORKSPACE_ID_PATTERN`].
 pub fn validate_workspace_id(id: &str) -> Result<()> {
-    if matches_id_pattern(id) {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorCode::InvalidWorkspaceId,
-            format!(
-                "workspace id {} does not match {WORKSPACE_ID_PATTERN}",
-                serde_json::Value::String(id.chars().take(80).collect())
-            ),
-        ))
-    }
+    check_pattern(id, ErrorCode::InvalidWorkspaceId, "workspace id")
 }
 
 /// Check a server name (same pattern as workspace ids).
 pub fn validate_server_name(name: &str) -> Result<()> {
-    if matches_id_pattern(name) {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorCode::InvalidServerName,
-            format!(
-                "server name {} does not match {WORKSPACE_ID_PATTERN}",
-                serde_json::Value::String(name.chars().take(80).collect())
-            ),
-        ))
+    check_pattern(name, ErrorCode::InvalidServerName, "server name")
+}
+
+fn check_pattern(s: &str, code: ErrorCode, what: &str) -> Result<()> {
+    if matches_id_pattern(s) {
+        return Ok(());
     }
+    // Quoted as JSON and cut short: the input is the caller's, echoed safely.
+    let shown = serde_json::Value::String(s.chars().take(80).collect());
+    Err(Error::new(
+        code,
+        format!("{what} {shown} does not match {WORKSPACE_ID_PATTERN}"),
+    ))
 }
 
 /// A name checked once where it comes in (a front's argument), then used as a `&str`.

@@ -42,6 +42,19 @@ pub(crate) struct Trip<'a> {
     pub(crate) pooler_home: Option<&'a String>,
 }
 
+impl<'a> Trip<'a> {
+    fn parts(
+        self,
+    ) -> (
+        &'a WorkspaceNames,
+        &'a Server,
+        &'a Server,
+        Option<&'a String>,
+    ) {
+        (self.names, self.source, self.target, self.pooler_home)
+    }
+}
+
 /// What the copy of a move did, up to the switch.
 pub(crate) struct Copied {
     pub(crate) rows: std::collections::BTreeMap<String, i64>,
@@ -57,12 +70,7 @@ impl Tenancy {
     /// source's passwords (tenants shut out until the switch), the pooler's auth user. Returns
     /// a superuser session in the source database and the source's extension version.
     pub(crate) fn prepare_target(&self, ctl: &mut Client, trip: Trip) -> Result<(Client, String)> {
-        let Trip {
-            names,
-            source,
-            target,
-            pooler_home,
-        } = trip;
+        let (names, source, target, pooler_home) = trip.parts();
         let db = names.database();
         let mut target_admin = connect(&target.admin_conn, None)?;
         if database_exists(&mut target_admin, &db)? {
@@ -136,12 +144,7 @@ impl Tenancy {
         trip: Trip,
         method: MoveMethod,
     ) -> Result<Copied> {
-        let Trip {
-            names,
-            source,
-            target,
-            pooler_home,
-        } = trip;
+        let (names, source, target, pooler_home) = trip.parts();
         let ws = names.workspace.as_str();
         let db = names.database();
         let cannot_stream = match method {

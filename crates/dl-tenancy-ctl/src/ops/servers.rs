@@ -2,7 +2,7 @@ use crate::base::certs::check_ca_file;
 use crate::domain::names::server_aad;
 
 use crate::base::connection::connect;
-use crate::control::lock::LOCK_TEMPLATE;
+use crate::control::lock::with_template_lock;
 use crate::domain::error::invalid;
 use crate::domain::error::Error;
 use crate::domain::error::ErrorCode;
@@ -253,11 +253,7 @@ impl Tenancy {
         {
             return Ok(installed);
         }
-        ctl.execute(
-            "SELECT pg_catalog.pg_advisory_lock($1, pg_catalog.hashtext($2))",
-            &[&LOCK_TEMPLATE, &server.id],
-        )?;
-        let res = (|| -> Result<()> {
+        with_template_lock(ctl, &server.id, |ctl| {
             let recorded: Option<String> = ctl
                 .query_one(
                     "SELECT template_version FROM servers WHERE id = $1",
@@ -290,12 +286,8 @@ impl Tenancy {
                 &[&server.id, &installed],
             )?;
             Ok(())
-        })();
-        let _ = ctl.execute(
-            "SELECT pg_catalog.pg_advisory_unlock($1, pg_catalog.hashtext($2))",
-            &[&LOCK_TEMPLATE, &server.id],
-        );
-        res.map(|()| installed)
+        })
+        .map(|()| installed)
     }
 }
 

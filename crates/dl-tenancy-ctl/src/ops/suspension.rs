@@ -12,6 +12,8 @@
 //! | `undelete` | `provisioning`, suspension cleared | `provision`'s repair: CONNECT back, fresh passwords | `active` |
 //! | `purge` | `purging` | database and roles dropped | `deleted` |
 
+use crate::server::roles::drop_database_and_roles;
+
 use crate::control::records::leave_suspension;
 use crate::domain::state::WorkspaceState;
 
@@ -31,8 +33,7 @@ use crate::domain::names::EXTENSION;
 use crate::domain::names::{validate_workspace_id, Kind, Slot, WorkspaceNames};
 use crate::domain::types::{Deprovisioned, Suspension, WorkspaceStatus};
 use crate::ops::Tenancy;
-use crate::plan::quote::quote_ident;
-use crate::server::catalog::{database_exists, role_exists};
+use crate::server::catalog::database_exists;
 use postgres::Client;
 
 fn confirm_matches(ws: &str, confirm: &str, what: &str) -> Result<()> {
@@ -318,20 +319,9 @@ impl Tenancy {
         out.database = Some(names.database());
         // Shut out first (a crash between the drops must not leave a login that works).
         shut_out(&mut admin, &names)?;
-        if database_exists(&mut admin, &names.database())? {
-            admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(&names.database())
-            ))?;
-            out.dropped_database = true;
-        }
-        crate::server::roles::remove_loader(&server.admin_conn, &mut admin, &names.loader())?;
-        for role in names.all_roles() {
-            if role_exists(&mut admin, &role)? {
-                crate::server::roles::drop_role_everywhere(&server.admin_conn, &mut admin, &role)?;
-                out.dropped_roles.push(role);
-            }
-        }
+        let dropped = drop_database_and_roles(&server.admin_conn, &mut admin, &names)?;
+        out.dropped_database = dropped.database;
+        out.dropped_roles = dropped.roles;
         let mut tx = ctl.transaction()?;
         tx.execute("DELETE FROM credentials WHERE workspace_id = $1", &[&ws])?;
         tx.execute(

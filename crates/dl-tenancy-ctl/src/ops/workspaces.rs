@@ -212,14 +212,10 @@ impl Tenancy {
     ) -> Result<Option<String>> {
         let active = active_logins(ctl, &names.workspace)?;
         let mut admin = connect(&server.admin_conn, None)?;
-        let wanted = names.all_roles();
-        let roles: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = ANY($1)",
-                &[&wanted],
-            )?
-            .get(0);
-        if roles != wanted.len() as i64 || !logins_usable(&mut admin, names, &active)? {
+        let seen = observe("", &mut admin, names, false)?;
+        if seen.roles.len() != names.all_roles().len()
+            || !logins_usable(&mut admin, names, &active)?
+        {
             return Ok(None);
         }
         drop(admin);

@@ -11,7 +11,7 @@ use crate::plan::access::{self, ShutOut};
 use crate::plan::quote::{quote_ident, quote_literal};
 use crate::plan::workspace;
 use crate::server::apply::apply_on_server;
-use crate::server::catalog::{end_sessions, observe, role_exists, Sessions};
+use crate::server::catalog::{database_exists, end_sessions, observe, role_exists, Sessions};
 use postgres::Client;
 use std::time::Instant;
 
@@ -235,14 +235,28 @@ pub(crate) fn drop_database_and_roles(
     admin_conn: &str,
     admin: &mut Client,
     names: &WorkspaceNames,
-) -> Result<()> {
-    remove_loader(admin_conn, admin, &names.loader())?;
-    admin.batch_execute(&format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        quote_ident(&names.database())
-    ))?;
-    for role in names.all_roles() {
-        drop_role_everywhere(admin_conn, admin, &role)?;
+) -> Result<Dropped> {
+    let mut dropped = Dropped::default();
+    if database_exists(admin, &names.database())? {
+        admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&names.database())
+        ))?;
+        dropped.database = true;
     }
-    Ok(())
+    remove_loader(admin_conn, admin, &names.loader())?;
+    for role in names.all_roles() {
+        if role_exists(admin, &role)? {
+            drop_role_everywhere(admin_conn, admin, &role)?;
+            dropped.roles.push(role);
+        }
+    }
+    Ok(dropped)
+}
+
+/// What [`drop_database_and_roles`] found and dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Dropped {
+    pub(crate) database: bool,
+    pub(crate) roles: Vec<String>,
 }
