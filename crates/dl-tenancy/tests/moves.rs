@@ -252,18 +252,7 @@ fn move_keeps_the_pooled_uri_and_every_acknowledged_write() {
 
     // A server registered without its CA: the pooler could not verify it, so nothing that
     // the local pooler serves moves there; the workspace stays where it is and works.
-    server_add(
-        &env,
-        "unverified",
-        &second.pg.conn_string("postgres", "postgres"),
-        &[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &second.pg.port().to_string(),
-        ],
-    )
-    .json();
+    register(&env, "unverified", &second, false);
     let out = env.cli(&["move", "--workspace", "mover", "--to", "unverified"]);
     assert_eq!(out.error_code(), "invalid_argument");
     assert!(out.stderr.contains("--ca-file"), "{}", out.stderr);

@@ -463,21 +463,25 @@ pub fn add_second(env: &Env) -> TlsCluster {
 
 pub fn add_second_with_wal_level(env: &Env, wal_level: &str) -> TlsCluster {
     let second = TlsCluster::start_with_wal_level(wal_level);
+    register(env, "second", &second, true);
+    second
+}
+
+/// Registers `cluster` as server `name`, reached on 127.0.0.1, with its CA (`--ca-file`) or
+/// without: `server add`'s JSON.
+pub fn register(env: &Env, name: &str, cluster: &TlsCluster, with_ca: bool) -> Value {
+    let port = cluster.pg.port().to_string();
+    let mut extra = vec!["--host", "127.0.0.1", "--port", &port];
+    if with_ca {
+        extra.extend(["--ca-file", cluster.certs.ca_cert.to_str().unwrap()]);
+    }
     server_add(
         env,
-        "second",
-        &second.pg.conn_string("postgres", "postgres"),
-        &[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &second.pg.port().to_string(),
-            "--ca-file",
-            second.certs.ca_cert.to_str().unwrap(),
-        ],
+        name,
+        &cluster.pg.conn_string("postgres", "postgres"),
+        &extra,
     )
-    .json();
-    second
+    .json()
 }
 
 /// `server add --name <name>` with `extra` arguments, the admin URL given in a file
