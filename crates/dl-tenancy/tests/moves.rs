@@ -35,68 +35,35 @@ fn assert_no_stream_left(admin: &mut Client, ws_db: Option<&mut Client>, label: 
 
 /// An app writing overrides through the pooled URI, one key after another, retrying a key
 /// until the write is acknowledged. Returns the acknowledged keys when stopped.
-struct Writer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    errors: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
+struct Writer(pg_harness::AppLoop<String>);
 
 impl Writer {
     fn start(uri: String) -> Writer {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let acked = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
-        let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s, a, e) = (stop.clone(), acked.clone(), errors.clone());
-        let handle = std::thread::spawn(move || {
-            let mut client: Option<Client> = None;
-            let mut i = 0;
-            while !s.load(Ordering::SeqCst) {
-                let key = format!("moving:{i}");
-                if client.is_none() {
-                    let sep = if uri.contains('?') { '&' } else { '?' };
-                    client = connect(&format!("{uri}{sep}connect_timeout=5")).ok();
-                }
-                match client.as_mut().map(|c| upsert(c, &key, "acked")) {
-                    Some(Ok(_)) => {
-                        a.lock().unwrap().push(key);
-                        i += 1;
-                    }
-                    _ => {
-                        e.fetch_add(1, Ordering::SeqCst);
-                        client = None;
-                    }
-                }
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        let uri = format!("{uri}{sep}connect_timeout=5");
+        let mut client: Option<Client> = None;
+        Writer(pg_harness::AppLoop::start(move |i| {
+            let key = format!("moving:{i}");
+            if client.is_none() {
+                client = connect(&uri).ok();
             }
-        });
-        Writer {
-            stop,
-            acked,
-            errors,
-            handle: Some(handle),
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
+            let written = client.as_mut().map(|c| upsert(c, &key, "acked"));
+            if let Some(Ok(_)) = written {
+                return Ok(key);
+            }
+            client = None;
+            Err(())
+        }))
     }
 
     /// Wait (by observed state) until `n` writes more than now are acknowledged.
     fn wait_for_more(&self, n: usize) {
-        let target = self.acked() + n;
-        let t0 = std::time::Instant::now();
-        while self.acked() < target {
-            assert!(t0.elapsed() < SAFETY_NET, "the writer stalled");
-            std::thread::yield_now();
-        }
+        self.0.wait_for_more(n, SAFETY_NET).unwrap();
     }
 
-    fn stop(mut self) -> (Vec<String>, usize) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.handle.take().unwrap().join().unwrap();
-        let acked = self.acked.lock().unwrap().clone();
-        (acked, self.errors.load(std::sync::atomic::Ordering::SeqCst))
+    fn stop(self) -> (Vec<String>, usize) {
+        let (acked, errors) = self.0.stop().unwrap();
+        (acked.into_iter().map(|(k, _)| k).collect(), errors)
     }
 }
 

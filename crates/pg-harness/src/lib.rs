@@ -40,11 +40,13 @@
 //! `$PG_CONFIG`, else `/usr/lib/postgresql/15/bin`. PgBouncer from `$PGBOUNCER`, else
 //! `/usr/sbin/pgbouncer`, else `pgbouncer` on `$PATH`.
 
+mod app;
 mod cluster;
 mod os;
 mod pgbouncer;
 mod ports;
 
+pub use app::*;
 pub use cluster::*;
 pub use os::*;
 pub use pgbouncer::*;

@@ -6,12 +6,9 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
-use pg_harness::{pg_bin_dir, PgCluster};
+use pg_harness::{pg_bin_dir, AppLoop, PgCluster};
 use postgres::types::Type;
 use postgres::{Client, NoTls};
 use serde_json::Value;
@@ -473,93 +470,51 @@ struct Writes {
 
 /// An app writing overrides through the pooled URI, one key after another, reconnecting
 /// after an error; keeps the time of each acknowledgement.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(String, Instant)>>>,
-    errors: Arc<AtomicUsize>,
-    handle: Option<JoinHandle<()>>,
-}
+struct Writer(AppLoop<String>);
 
 impl Writer {
     fn start(uri: String) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let errors = Arc::new(AtomicUsize::new(0));
-        let (s, a, e) = (stop.clone(), acked.clone(), errors.clone());
         // A fresh prefix per move: keys of earlier moves are already on the server.
         let prefix = format!("bench-move-{}", dl_tenancy_ctl::secret::new_handle());
-        let handle = std::thread::spawn(move || {
-            let mut client: Option<Client> = None;
-            let mut i = 0u64;
-            let sep = if uri.contains('?') { '&' } else { '?' };
-            let uri = format!("{uri}{sep}connect_timeout=5");
-            while !s.load(Ordering::SeqCst) {
-                if client.is_none() {
-                    client = dl_tenancy_ctl::connection::client_config(&uri)
-                        .ok()
-                        .and_then(|(cfg, tls)| cfg.connect(tls).ok());
-                }
-                let key = format!("{prefix}:{i}");
-                let ok = client.as_mut().map(|c| {
-                    c.query_typed(
-                        UPSERT,
-                        &[
-                            (&key, Type::TEXT),
-                            (&"customer", Type::TEXT),
-                            (&r#"{"title":"moved"}"#, Type::TEXT),
-                            (&r#"{"source":"bench"}"#, Type::TEXT),
-                        ],
-                    )
-                });
-                match ok {
-                    Some(Ok(_)) => {
-                        a.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((key, Instant::now()));
-                        i += 1;
-                    }
-                    _ => {
-                        e.fetch_add(1, Ordering::SeqCst);
-                        client = None;
-                        // An app's retry, not a busy loop while nothing listens.
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        let uri = format!("{uri}{sep}connect_timeout=5");
+        let mut client: Option<Client> = None;
+        Writer(AppLoop::start(move |i| {
+            if client.is_none() {
+                client = dl_tenancy_ctl::connection::client_config(&uri)
+                    .ok()
+                    .and_then(|(cfg, tls)| cfg.connect(tls).ok());
+            }
+            let key = format!("{prefix}:{i}");
+            let c = client.as_mut().ok_or(())?;
+            let row: [(&(dyn postgres::types::ToSql + Sync), Type); 4] = [
+                (&key, Type::TEXT),
+                (&"customer", Type::TEXT),
+                (&r#"{"title":"moved"}"#, Type::TEXT),
+                (&r#"{"source":"bench"}"#, Type::TEXT),
+            ];
+            match c.query_typed(UPSERT, &row) {
+                Ok(_) => Ok(key),
+                Err(_) => {
+                    client = None;
+                    Err(())
                 }
             }
-        });
-        Writer {
-            stop,
-            acked,
-            errors,
-            handle: Some(handle),
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap_or_else(|p| p.into_inner()).len()
+        }))
     }
 
     /// Waits (by observed state) until `n` more writes are acknowledged.
     fn wait_for_acks(&self, n: usize) -> R<()> {
-        let target = self.acked() + n;
-        let t = Instant::now();
-        while self.acked() < target {
-            if t.elapsed().as_secs() > 120 {
-                return fail("the app's writes through the pooled URI stalled for 2 minutes");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        Ok(())
+        let stalled = "the app's writes through the pooled URI stalled for 2 minutes";
+        self.0
+            .wait_for_more(n, std::time::Duration::from_secs(120))
+            .or_else(|_| fail(stalled))
     }
 
     /// Stops the app; the longest gap between acknowledgements within the move, which
     /// returned at `moved_at` after `move_secs`.
-    fn stop(mut self, moved_at: Instant, move_secs: f64) -> R<Writes> {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            h.join().map_err(|_| "the writer thread panicked")?;
-        }
-        let acked = std::mem::take(&mut *self.acked.lock().unwrap_or_else(|p| p.into_inner()));
+    fn stop(self, moved_at: Instant, move_secs: f64) -> R<Writes> {
+        let (acked, errors) = self.0.stop()?;
         let started = moved_at - std::time::Duration::from_secs_f64(move_secs);
         // From the last ack before the move to the first after its end, every gap that
         // overlaps the move.
@@ -572,19 +527,9 @@ impl Writer {
         }
         Ok(Writes {
             acked: acked.into_iter().map(|(k, _)| k).collect(),
-            errors: self.errors.load(Ordering::SeqCst),
+            errors,
             longest_gap_s: longest,
         })
-    }
-}
-
-impl Drop for Writer {
-    /// A measurement that failed half-way must not leave the app writing.
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 
