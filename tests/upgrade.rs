@@ -9,8 +9,8 @@ use std::thread;
 
 const OLDEST: &str = "CREATE EXTENSION dl_tenancy VERSION '0.1.0'";
 /// Every released version (sql/released/), oldest first, and the version this tree builds.
-const RELEASED: [&str; 5] = ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"];
-const CURRENT: &str = "0.6.0";
+const RELEASED: [&str; 6] = ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0"];
+const CURRENT: &str = "0.7.0";
 
 #[test]
 fn upgrade_from_every_release_keeps_every_row_and_equals_a_fresh_install() {

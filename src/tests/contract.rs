@@ -56,7 +56,7 @@ mod tests {
         let contract = json("SELECT dl_sql_schema()");
         assert_eq!(
             contract["extension"],
-            json!({"name": "dl_tenancy", "version": "0.6.0"})
+            json!({"name": "dl_tenancy", "version": "0.7.0"})
         );
         let read = &contract["roles"]["dl_tenant_read"];
         assert_eq!(
@@ -143,11 +143,11 @@ mod tests {
         assert_eq!(
             text("SELECT string_agg(version || '/' || action, ',') FROM dl_meta.schema_migrations")
                 .as_deref(),
-            Some("0.6.0/install")
+            Some("0.7.0/install")
         );
         assert_eq!(
             text("SELECT dl_tenancy_version()").as_deref(),
-            Some("0.6.0")
+            Some("0.7.0")
         );
         assert_eq!(
             text("SELECT dl_tenancy_library_version()").as_deref(),
