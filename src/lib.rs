@@ -37,6 +37,7 @@ pub(crate) unsafe fn text_array(texts: &[pg_sys::Datum]) -> pg_sys::Datum {
     ))
 }
 
+mod admission;
 mod helpers;
 mod merge_patch;
 mod overridden_fields;
@@ -57,9 +58,11 @@ pub extern "C-unwind" fn _PG_init() {
     quiet_panic_hook();
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     watchdog::define_settings(preloading);
+    admission::define_settings();
     tenant_guard::install();
     if preloading {
         watchdog::register();
+        admission::install();
     }
 }
 

@@ -150,6 +150,11 @@ enum LocalCmd {
         /// PgBouncer port (default 56432, or a free one; remembered in local.json).
         #[arg(long)]
         pooler_port: Option<u16>,
+        /// PostgreSQL's max_connections (default 200; remembered; takes effect when the
+        /// server starts). The last 10 are the platform's, the 10 before them only direct
+        /// logins may take (README "One server, many workspaces").
+        #[arg(long)]
+        max_connections: Option<u32>,
     },
     /// Stop PgBouncer and PostgreSQL (data stays).
     Down,
@@ -314,10 +319,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 LocalCmd::Up {
                     pg_port,
                     pooler_port,
+                    max_connections,
                 } => print(&local::up(&local::LocalOptions {
                     data_dir: config.data_dir,
                     pg_port,
                     pooler_port,
+                    max_connections,
                 })?),
                 LocalCmd::Down => print(&local::down(&config.data_dir)?),
                 LocalCmd::Status => print(&local::status(&config.data_dir)?),

@@ -33,6 +33,13 @@ fn local_up_is_idempotent_and_restarts_after_a_crash() {
     // Before `local up`: a JSON error, not a panic.
     let out = cli_in(d, &["status", "--workspace", "demo"], &[]);
     assert_eq!(out.error_code(), "local_not_initialized");
+    // Too few connection slots for the platform's and the direct logins' reserves, or more
+    // than it takes: refused before anything is written or started.
+    for n in ["29", "10001"] {
+        let out = cli_in(d, &["local", "up", "--max-connections", n], &[]);
+        assert_eq!(out.error_code(), "invalid_argument", "{n}: {}", out.stderr);
+        assert!(!d.join("local.json").exists());
+    }
 
     let pg = pg_harness::free_port();
     let mut pool = pg_harness::free_port();

@@ -159,10 +159,11 @@ pub const SESSION_PRELOAD: (&str, &str) = ("session_preload_libraries", "dl_tena
 /// server connection that cannot be had (its pool at the cap, or its login revoked) before
 /// it gets an error, instead of the default two minutes; after a failed server login (a
 /// revoked login's pool, or a login into a database that is not its own), the pool waits
-/// `server_login_retry` before it tries again, and a client asking meanwhile waits with it:
-/// 0.2 s keeps every pooled refusal (a typo in the database name, a revoked login) well under
-/// a second, on the first try and on every one after, while a failing server is tried at most
-/// five times a second per pool.
+/// `server_login_retry` before it tries again, and a client asking meanwhile waits with it.
+/// 1 s: while the server's pooled slots are taken (admission answers 57P03), every pool with
+/// clients waiting tries again once a second, so 200 waiting workspaces cost the server 200
+/// short-lived backends a second; at 0.2 s the postmaster fell behind forking them and the
+/// platform's own connections found its socket's queue full.
 ///
 /// `server_reset_query_always` with `RESET ALL`: PgBouncer resets every server connection a
 /// client's transaction gives back (in transaction mode it runs no reset query otherwise), so a
@@ -174,9 +175,17 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("default_pool_size", "10"),
     ("max_db_connections", "10"),
     ("max_user_connections", "10"),
+    // A client's login needs no slot of the budget (the auth user's pools are outside it), so
+    // it stays short: sockets that never log in cannot hold client slots for long.
     ("client_login_timeout", "10"),
+    // How long a pooled client waits for a server connection while the budget of all
+    // workspaces is taken (or the server refuses the pooler with 57P03): the documented wait.
     ("query_wait_timeout", "30"),
-    ("server_login_retry", "0.2"),
+    // An idle server connection goes after a second, so that the slots a burst took come back
+    // to the other workspaces at once (PgBouncer never hands one pool's idle connection to
+    // another pool).
+    ("server_idle_timeout", "1"),
+    ("server_login_retry", "1"),
     ("server_reset_query", "RESET ALL"),
     ("server_reset_query_always", "1"),
     // Protocol-level prepared statements in transaction mode (PgBouncer 1.21+): drivers that
@@ -211,6 +220,57 @@ pub fn watchdog_settings() -> Vec<(String, String)> {
         ),
     ]
 }
+
+/// The local cluster's `max_connections` unless `local up --max-connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 200;
+
+/// The fewest `max_connections` a local cluster may have: room for the reserves below.
+pub const MIN_MAX_CONNECTIONS: u32 = 30;
+
+/// The most `local up --max-connections` takes (each slot costs shared memory at start).
+pub const MAX_MAX_CONNECTIONS: u32 = 10_000;
+
+/// Connection slots workspaces never take (`dl_tenancy.direct_reserve`): the platform's (the
+/// tool, `serve`, `upgrade --parallel`, the runtime, an operator), on top of PostgreSQL's 3
+/// for superusers.
+pub const PLATFORM_SLOTS: u32 = 10;
+
+/// Slots only workspaces' direct logins may take beyond what the pooler may
+/// (`dl_tenancy.pooled_reserve` = this + [`PLATFORM_SLOTS`]): a migration on a direct URI
+/// gets in while the pooled workspaces fill the server.
+pub const DIRECT_SLOTS: u32 = 10;
+
+/// The extension's admission settings (src/admission.rs) for a server with
+/// `max_connections` slots.
+pub fn admission_settings(max_connections: u32) -> Vec<(String, String)> {
+    debug_assert!(max_connections >= MIN_MAX_CONNECTIONS);
+    vec![
+        (
+            "dl_tenancy.direct_reserve".into(),
+            PLATFORM_SLOTS.to_string(),
+        ),
+        (
+            "dl_tenancy.pooled_reserve".into(),
+            (PLATFORM_SLOTS + DIRECT_SLOTS).to_string(),
+        ),
+    ]
+}
+
+/// PostgreSQL's `superuser_reserved_connections` (its default, which `local up` keeps).
+pub const SUPERUSER_SLOTS: u32 = 3;
+
+/// The local pooler's budget of server connections for all workspaces together
+/// (`max_socket_server_connections`, scripts/pgbouncer/socket-server-budget.patch): what
+/// admission lets the pooler have with the platform's and the direct logins' slots free, so a
+/// burst waits in PgBouncer, fairly shared between the workspaces that wait, and the server
+/// seldom has to refuse the pooler at all.
+pub fn pooler_budget(max_connections: u32) -> (&'static str, String) {
+    let budget = max_connections - (PLATFORM_SLOTS + DIRECT_SLOTS) - SUPERUSER_SLOTS;
+    (POOLER_BUDGET_SETTING, budget.to_string())
+}
+
+/// The setting of that budget, which only our PgBouncer build knows.
+pub const POOLER_BUDGET_SETTING: &str = "max_socket_server_connections";
 
 /// Longest grace period of a rotation: 366 days (CLI and HTTP API alike).
 pub const MAX_GRACE_SECONDS: u64 = 366 * 86400;
@@ -279,5 +339,34 @@ impl TryFrom<u64> for GraceSeconds {
             )));
         }
         Ok(GraceSeconds(seconds))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pooler's budget stays below what admission lets the pooler have, so the server
+    /// refuses the pooler only when direct or platform sessions took more than PostgreSQL's
+    /// superuser slots; the smallest server still gets a budget.
+    #[test]
+    fn the_pooler_budget_fits_inside_admission() {
+        for max in [
+            MIN_MAX_CONNECTIONS,
+            40,
+            DEFAULT_MAX_CONNECTIONS,
+            MAX_MAX_CONNECTIONS,
+        ] {
+            let (_, budget) = pooler_budget(max);
+            let budget: u32 = budget.parse().unwrap();
+            let settings = admission_settings(max);
+            let reserve: u32 = settings
+                .iter()
+                .find(|(k, _)| k == "dl_tenancy.pooled_reserve")
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap();
+            assert!(budget >= 1, "max_connections {max}: no budget");
+            assert_eq!(budget + reserve + SUPERUSER_SLOTS, max);
+        }
     }
 }

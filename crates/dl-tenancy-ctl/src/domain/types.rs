@@ -216,3 +216,17 @@ pub(crate) struct Server {
     pub template_version: Option<String>,
     pub ca_file: Option<String>,
 }
+
+/// One workspace database's pools in the local pooler (`SHOW POOLS`, its logins together).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PoolStats {
+    pub database: String,
+    pub clients_active: u64,
+    /// Clients waiting for a server connection (the server's pooled slots are taken, or the
+    /// workspace's pool is full).
+    pub clients_waiting: u64,
+    pub servers_active: u64,
+    pub servers_idle: u64,
+    /// How long the longest-waiting client has waited.
+    pub longest_wait_ms: u64,
+}

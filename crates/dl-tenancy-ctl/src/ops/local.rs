@@ -1,3 +1,5 @@
+use crate::domain::limits::{DEFAULT_MAX_CONNECTIONS, MAX_MAX_CONNECTIONS, MIN_MAX_CONNECTIONS};
+
 use crate::base::connection::connect;
 use crate::base::secret::SecretKey;
 use crate::control;
@@ -31,6 +33,7 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
             LocalState {
                 pg_port,
                 pooler_port,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
             }
         }
     };
@@ -39,6 +42,14 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     }
     if let Some(p) = opts.pooler_port {
         state.pooler_port = p;
+    }
+    if let Some(n) = opts.max_connections {
+        if !(MIN_MAX_CONNECTIONS..=MAX_MAX_CONNECTIONS).contains(&n) {
+            return Err(crate::domain::error::invalid(format!(
+                "--max-connections must be between {MIN_MAX_CONNECTIONS} and {MAX_MAX_CONNECTIONS}"
+            )));
+        }
+        state.max_connections = n;
     }
     if state.pg_port == state.pooler_port {
         return Err(crate::domain::error::invalid(

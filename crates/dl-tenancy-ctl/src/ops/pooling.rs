@@ -1,6 +1,8 @@
 //! Which pooler serves a workspace, and the local pooler's routes: a moved workspace keeps
 //! its pooled URI, so its pooler can be another server's.
 
+use crate::domain::types::PoolStats;
+
 use crate::domain::error::Result;
 
 use crate::domain::error::Error;
@@ -130,5 +132,12 @@ impl Tenancy {
             .map(|p| p.port)
             .ok_or_else(|| Error::new(ErrorCode::PoolerNotConfigured, "no pooler"))?;
         Console::open(port, &self.key)
+    }
+
+    /// The local pooler's pools, per workspace database: clients served and waiting, server
+    /// connections, the longest wait.
+    pub fn pooler_pools(&self) -> Result<Vec<PoolStats>> {
+        let mut ctl = self.control()?;
+        self.console(&mut ctl, LOCAL_SERVER_ID)?.pools()
     }
 }

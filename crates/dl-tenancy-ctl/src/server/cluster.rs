@@ -53,6 +53,13 @@ pub const AUTH_DBNAME: (&str, &str) = ("auth_dbname", crate::domain::names::POOL
 pub struct LocalState {
     pub pg_port: u16,
     pub pooler_port: u16,
+    /// The server's `max_connections` (clusters made before it was recorded: the default).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    crate::domain::limits::DEFAULT_MAX_CONNECTIONS
 }
 
 fn abs(dir: &Path) -> Result<PathBuf> {
@@ -132,6 +139,9 @@ pub struct LocalOptions {
     /// Used at the first `up` (then remembered in local.json); a later value replaces it.
     pub pg_port: Option<u16>,
     pub pooler_port: Option<u16>,
+    /// The server's `max_connections` (remembered the same way; the default
+    /// [`DEFAULT_MAX_CONNECTIONS`](crate::domain::limits::DEFAULT_MAX_CONNECTIONS)).
+    pub max_connections: Option<u32>,
 }
 
 pub(crate) struct Layout {
@@ -155,7 +165,7 @@ impl Layout {
             log_file: self.dir.join("log").join("postgresql.log"),
             conf: vec![
                 ("log_connections".into(), "on".into()),
-                ("max_connections".into(), "200".into()),
+                ("max_connections".into(), state.max_connections.to_string()),
                 ("ssl".into(), "on".into()),
                 ("ssl_cert_file".into(), path(&certs.server_cert)),
                 ("ssl_key_file".into(), path(&certs.server_key)),
@@ -165,6 +175,9 @@ impl Layout {
             ]
             .into_iter()
             .chain(crate::domain::limits::watchdog_settings())
+            .chain(crate::domain::limits::admission_settings(
+                state.max_connections,
+            ))
             .collect(),
             hba: Some(hba_conf()),
             ident: Some(ident_conf()),
@@ -183,7 +196,9 @@ impl Layout {
         // Clients must speak TLS (PgBouncer refuses others before any login); PgBouncer
         // reaches PostgreSQL over the unix socket, where TLS has nothing to protect.
         let mut settings = crate::domain::limits::POOLER_SETTINGS.to_vec();
+        let (budget_key, budget) = crate::domain::limits::pooler_budget(state.max_connections);
         settings.extend([
+            (budget_key, budget.as_str()),
             AUTH_DBNAME,
             ("client_tls_sslmode", "require"),
             ("client_tls_key_file", key.as_str()),
@@ -337,6 +352,24 @@ pub(crate) fn check_pooler_version() -> Result<()> {
             format!(
                 "{} is PgBouncer {major}.{minor}; the local pooler needs {need_major}.{need_minor} or later \
                  (prepared statements in transaction mode): run scripts/setup, or point PGBOUNCER at one",
+                bin.display()
+            ),
+        ));
+    }
+    // The budget of server connections all workspaces share comes from a patch of ours
+    // (scripts/pgbouncer/): without it PgBouncer would refuse the setting and not start.
+    let patched = std::fs::read(&bin)
+        .map(|b| {
+            let setting = crate::domain::limits::POOLER_BUDGET_SETTING.as_bytes();
+            b.windows(setting.len()).any(|w| w == setting)
+        })
+        .unwrap_or(false);
+    if !patched {
+        return Err(Error::new(
+            ErrorCode::LocalServer,
+            format!(
+                "{} is PgBouncer without dl_tenancy's patches (scripts/pgbouncer/: one budget of \
+                 server connections for all workspaces): run scripts/setup, or point PGBOUNCER at one",
                 bin.display()
             ),
         ));

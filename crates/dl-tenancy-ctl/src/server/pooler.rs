@@ -16,6 +16,9 @@
 //!   verifiers (copied as they are), so clients authenticated before a move log in to the
 //!   new server by SCRAM pass-through.
 
+use crate::domain::names::POOLER_LOOKUP_DB;
+use crate::domain::types::PoolStats;
+
 use crate::base::secret::SecretKey;
 use crate::domain::error::{Error, ErrorCode, Result};
 use crate::plan::quote::quote_ident;
@@ -219,5 +222,39 @@ impl Console {
 
     pub(crate) fn reload(&mut self) -> Result<()> {
         self.command("RELOAD")
+    }
+
+    /// `SHOW POOLS`, summed per database (its logins' pools together); the pooler's own
+    /// console and lookup databases left out.
+    pub(crate) fn pools(&mut self) -> Result<Vec<PoolStats>> {
+        let rows = self.0.simple_query("SHOW POOLS").map_err(|e| {
+            Error::new(
+                ErrorCode::LocalServer,
+                format!("pooler console: SHOW POOLS: {e}"),
+            )
+        })?;
+        let mut by_db: std::collections::BTreeMap<String, PoolStats> = Default::default();
+        for row in rows {
+            let postgres::SimpleQueryMessage::Row(r) = row else {
+                continue;
+            };
+            let database = r.get("database").unwrap_or_default().to_string();
+            if database == "pgbouncer" || database.starts_with(POOLER_LOOKUP_DB) {
+                continue;
+            }
+            let n = |col: &str| -> u64 { r.get(col).and_then(|v| v.parse().ok()).unwrap_or(0) };
+            let p = by_db.entry(database.clone()).or_insert_with(|| PoolStats {
+                database,
+                ..Default::default()
+            });
+            p.clients_active += n("cl_active");
+            p.clients_waiting += n("cl_waiting");
+            p.servers_active += n("sv_active");
+            p.servers_idle += n("sv_idle");
+            p.longest_wait_ms = p
+                .longest_wait_ms
+                .max(n("maxwait") * 1000 + n("maxwait_us") / 1000);
+        }
+        Ok(by_db.into_values().collect())
     }
 }

@@ -60,6 +60,8 @@ pub fn cluster() -> &'static Cluster {
             data_dir: dir.clone(),
             pg_port: Some(pg_port),
             pooler_port: Some(pooler_port),
+
+            max_connections: None,
         })
         .unwrap_or_else(|e| {
             panic!("local up failed (is the extension installed? scripts/install-extension): {e}")

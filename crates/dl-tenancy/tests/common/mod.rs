@@ -58,6 +58,8 @@ impl Env {
                 data_dir: dir.clone(),
                 pg_port: Some(pg),
                 pooler_port: Some(pool),
+
+                max_connections: None,
             }) {
                 Ok(status) => {
                     let t = Tenancy::open(&Config {
@@ -339,8 +341,12 @@ impl TlsCluster {
                 .unwrap();
         assert!(made);
         let mut builder = pg_harness::PgCluster::builder();
-        // The extension's watchdog, as `local up` sets it (README: your own servers).
-        for (name, value) in dl_tenancy_ctl::fences::watchdog_settings() {
+        // The extension's watchdog and admission, as `local up` sets them (README: your own
+        // servers), for initdb's max_connections (100).
+        let settings = dl_tenancy_ctl::fences::watchdog_settings()
+            .into_iter()
+            .chain(dl_tenancy_ctl::fences::admission_settings(100));
+        for (name, value) in settings {
             builder = builder.conf(&name, &value);
         }
         let pg = builder

@@ -1,0 +1,135 @@
+//! One server, more pooled demand than it has connection slots: the extension's admission
+//! (src/admission.rs) turns the pooler away with 57P03 past its share, PgBouncer queues its
+//! clients instead of failing them, and the platform and direct logins keep their slots.
+//! Order is established by observed state (the pooler's waiting clients), never by time.
+
+mod common;
+
+use common::*;
+use dl_tenancy_ctl::local;
+use dl_tenancy_ctl::{Config, Kind, Tenancy};
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+/// Small enough that the burst below asks for several times the pooled slots:
+/// 40 - 20 (dl_tenancy.pooled_reserve) = 20 for the pooler.
+const MAX_CONNECTIONS: u32 = 40;
+/// Workspaces in the burst, one pooled client each, and one more that arrives last.
+const WORKSPACES: usize = 200;
+/// The busiest workspace's clients: more than its pool (`max_db_connections` 10) serves.
+const BUSY_CLIENTS: usize = 12;
+
+fn small_server() -> Env {
+    let dir = pg_harness::temp_dir("dl-tenancy-admission").unwrap();
+    let status = local::up(&local::LocalOptions {
+        data_dir: dir.clone(),
+        pg_port: Some(pg_harness::free_port()),
+        pooler_port: Some(pg_harness::free_port()),
+        max_connections: Some(MAX_CONNECTIONS),
+    })
+    .expect("local up with a small max_connections");
+    let t = Tenancy::open(&Config {
+        data_dir: dir.clone(),
+        admin_url: None,
+    })
+    .unwrap();
+    Env { dir, status, t }
+}
+
+/// The pooler's waiting clients, all workspaces together, and those of one database.
+fn waiting(env: &Env, db: &str) -> (u64, u64) {
+    let pools = env.t.pooler_pools().unwrap();
+    let all = pools.iter().map(|p| p.clients_waiting).sum();
+    let one = pools
+        .iter()
+        .filter(|p| p.database == db)
+        .map(|p| p.clients_waiting)
+        .sum();
+    (all, one)
+}
+
+#[test]
+fn a_burst_larger_than_the_server_waits_and_the_platform_gets_in() {
+    let env = small_server();
+    let names: Vec<String> = (0..=WORKSPACES).map(|i| format!("ws{i:03}")).collect();
+    for ws in &names {
+        env.t.provision(ws).unwrap();
+    }
+    let (busy, last) = (&names[0], &names[WORKSPACES]);
+    let busy_db = env.database(busy);
+    // The burst: every workspace's client, and the busiest workspace's extra ones, connect
+    // (pooled), meet at the barrier, then each holds a server connection for a while.
+    let mut clients: Vec<String> = names[..WORKSPACES]
+        .iter()
+        .map(|ws| env.uri(ws, Kind::Read, true))
+        .collect();
+    let busy_uri = env.uri(busy, Kind::Read, true);
+    clients.extend(std::iter::repeat_n(busy_uri, BUSY_CLIENTS - 1));
+    let barrier = Arc::new(Barrier::new(clients.len() + 1));
+    let burst: Vec<_> = clients
+        .into_iter()
+        .map(|uri| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let connected = connect(&uri);
+                barrier.wait();
+                connected?.batch_execute("SELECT pg_catalog.pg_sleep(1)")
+            })
+        })
+        .collect();
+    barrier.wait();
+    // Observed: clients wait in the pooler, the busiest workspace's among them.
+    let started = Instant::now();
+    while waiting(&env, &busy_db) == (0, 0) || waiting(&env, &busy_db).1 == 0 {
+        assert!(started.elapsed() < SAFETY_NET, "no client ever waited");
+    }
+    let (all_waiting, busy_waiting) = waiting(&env, &busy_db);
+    eprintln!(
+        "waiting in the pooler: {all_waiting} (of them {busy_waiting} of the busiest workspace)"
+    );
+    let sessions = count(
+        &mut env.admin("postgres"),
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'",
+    );
+    eprintln!("client sessions on the server: {sessions} of {MAX_CONNECTIONS}");
+
+    // While they wait: the busiest workspace's login gets in directly, a workspace that
+    // arrives last runs its query pooled, and the platform's tools work.
+    connect(&env.uri(busy, Kind::Read, false))
+        .expect("a direct login while its pool is full")
+        .batch_execute("SELECT 1")
+        .unwrap();
+    connect(&env.uri(last, Kind::Read, true))
+        .expect("the last workspace's pooled login waits and gets in")
+        .batch_execute("SELECT 1")
+        .expect("and its query runs");
+    let status = env.cli(&["status", "--workspace", last]);
+    assert_eq!(status.code, 0, "status during the burst: {}", status.stderr);
+    let upgrade = env.cli(&["upgrade", "--all"]);
+    assert_eq!(
+        upgrade.code, 0,
+        "upgrade --all during the burst: {}",
+        upgrade.stderr
+    );
+
+    // Every client of the burst connected and ran its query: none was refused.
+    let failed: Vec<String> = burst
+        .into_iter()
+        .filter_map(|t| t.join().unwrap().err().map(|e| format!("{e}")))
+        .collect();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    // After the burst the slots come back (server_idle_timeout), observed, not timed.
+    let mut admin = env.admin("postgres");
+    let started = Instant::now();
+    while count(&mut admin, WORKSPACE_SESSIONS) > 0 {
+        assert!(
+            started.elapsed() < SAFETY_NET,
+            "the burst's sessions stayed"
+        );
+    }
+}
+
+/// Sessions of workspace logins on the server.
+const WORKSPACE_SESSIONS: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity a
+     JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid
+    WHERE pg_catalog.pg_has_role(r.oid, 'dl_tenant_read', 'MEMBER') AND NOT r.rolsuper";
