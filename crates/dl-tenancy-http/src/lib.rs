@@ -10,6 +10,7 @@
 pub mod error;
 pub mod extract;
 pub mod limit;
+pub mod metrics;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
@@ -66,6 +67,8 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// How often deleted workspaces whose retention is over are purged.
     pub purge_sweep_interval: Duration,
+    /// Where Prometheus metrics are served (`/metrics`, [`metrics`]); none: not at all.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServeOptions {
@@ -77,6 +80,7 @@ impl Default for ServeOptions {
             max_concurrent_calls: 32,
             drain_timeout: Duration::from_secs(35),
             purge_sweep_interval: dl_tenancy_ctl::PURGE_SWEEP_INTERVAL,
+            metrics_listen: None,
         }
     }
 }
@@ -127,7 +131,7 @@ impl AppState {
     }
 
     /// A library call on the tenancy.
-    async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
+    pub(crate) async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
     where
         F: FnOnce(&Tenancy) -> dl_tenancy_ctl::Result<T> + Send + 'static,
         T: Send + 'static,
@@ -460,16 +464,20 @@ pub fn run(config: &Config, opts: &ServeOptions) -> dl_tenancy_ctl::Result<()> {
         .thread_name("dl-tenancy-http")
         .build()?;
     let res = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(opts.listen)
-            .await
-            .map_err(|e| {
-                dl_tenancy_ctl::Error::new(
-                    dl_tenancy_ctl::ErrorCode::InvalidArgument,
-                    format!("cannot listen on {}: {e}", opts.listen),
-                )
-            })?;
+        let listener = bind(opts.listen).await?;
         let addr = listener.local_addr()?;
-        println!("{}", serde_json::json!({"listening": addr.to_string()}));
+        let mut announce = serde_json::json!({"listening": addr.to_string()});
+        if let Some(at) = opts.metrics_listen {
+            let metrics = bind(at).await?;
+            announce["metrics"] = metrics.local_addr()?.to_string().into();
+            let app = metrics::router(state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(metrics, app).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            });
+        }
+        println!("{announce}");
         tracing::info!(listen = %addr, "serving");
         let started = Instant::now();
         serve(
@@ -485,6 +493,15 @@ pub fn run(config: &Config, opts: &ServeOptions) -> dl_tenancy_ctl::Result<()> {
     // Library calls still running past their timeout are not waited for.
     rt.shutdown_timeout(Duration::from_secs(1));
     res
+}
+
+async fn bind(at: SocketAddr) -> dl_tenancy_ctl::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(at).await.map_err(|e| {
+        dl_tenancy_ctl::Error::new(
+            dl_tenancy_ctl::ErrorCode::InvalidArgument,
+            format!("cannot listen on {at}: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -273,6 +273,10 @@ struct ServeArgs {
     /// How often deleted workspaces whose retention is over are purged (first at start).
     #[arg(long, default_value_t = dl_tenancy_ctl::PURGE_SWEEP_INTERVAL.as_secs())]
     purge_sweep_seconds: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (the operator's network only: they
+    /// name every workspace). Off unless given.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -403,6 +407,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     purge_sweep_interval: std::time::Duration::from_secs(
                         s.purge_sweep_seconds.max(1),
                     ),
+                    metrics_listen: s.metrics_listen,
                     ..Default::default()
                 },
             )?

@@ -230,3 +230,38 @@ pub struct PoolStats {
     /// How long the longest-waiting client has waited.
     pub longest_wait_ms: u64,
 }
+
+/// One server's connection slots now (`serve`'s /metrics).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServerSlots {
+    pub server: String,
+    pub max_connections: i64,
+    /// Client sessions on the server, the platform's included.
+    pub in_use: i64,
+    /// Slots workspaces never take: PostgreSQL's for superusers and the platform's
+    /// (`dl_tenancy.direct_reserve`).
+    pub reserved: i64,
+    pub free: i64,
+}
+
+/// One workspace's load now (`serve`'s /metrics). Identified by its id and server only:
+/// nothing a tenant wrote.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WorkspaceLoad {
+    pub workspace: String,
+    pub server: String,
+    /// Sessions on its database: direct ones and the pooler's server connections.
+    pub sessions: i64,
+    pub database_bytes: i64,
+    /// Its clients in the local pooler (zeros when it has none there).
+    pub pooler: PoolStats,
+}
+
+/// What every server and workspace holds now: one query per server, one `SHOW POOLS`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct LoadSnapshot {
+    pub servers: Vec<ServerSlots>,
+    pub workspaces: Vec<WorkspaceLoad>,
+    /// Servers that did not answer (their workspaces are left out).
+    pub unreachable: Vec<String>,
+}

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod credentials;
 pub mod drain;
 pub mod limits;
+pub mod load;
 pub mod local;
 pub mod migrate_names;
 pub mod move_copy;

@@ -122,6 +122,8 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     pub base: String,
+    /// `http://ADDR` of its metrics listener, when started with `--metrics-listen`.
+    pub metrics: Option<String>,
     /// Its stderr (JSON log lines), collected by a thread.
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -175,6 +177,7 @@ impl Server {
         Server {
             child,
             base: format!("http://{addr}"),
+            metrics: v["metrics"].as_str().map(|m| format!("http://{m}")),
             addr,
             log,
         }

@@ -1,0 +1,112 @@
+//! What every server and workspace holds now, for `serve`'s /metrics: per server its
+//! connection slots, per workspace its sessions, database size and clients in the local
+//! pooler. One connection and one query per server, whatever its number of workspaces.
+
+use crate::base::connection::connect;
+use crate::domain::error::{ErrorCode, Result};
+use crate::domain::types::{LoadSnapshot, PoolStats, ServerSlots, WorkspaceLoad};
+use crate::ops::Tenancy;
+use std::collections::BTreeMap;
+
+/// The server's slots: `max_connections`, what workspaces never take, what is in use.
+const SLOTS: &str = "SELECT pg_catalog.current_setting('max_connections')::bigint,
+        pg_catalog.current_setting('superuser_reserved_connections')::bigint
+          + coalesce(nullif(
+                pg_catalog.current_setting('dl_tenancy.direct_reserve', true), '')::bigint, 0),
+        (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend')";
+
+/// Size and sessions of the named databases (a database dropped meanwhile: left out).
+const DATABASES: &str = "SELECT d.datname::text, pg_catalog.pg_database_size(d.oid),
+        (SELECT count(*) FROM pg_catalog.pg_stat_activity AS a
+          WHERE a.datid = d.oid AND a.backend_type = 'client backend')
+   FROM pg_catalog.pg_database AS d WHERE d.datname = ANY($1)";
+
+impl Tenancy {
+    /// Every server's slots and every active or suspended workspace's load. A server that
+    /// does not answer is listed as unreachable instead of failing the whole snapshot.
+    pub fn load_snapshot(&self) -> Result<LoadSnapshot> {
+        let mut ctl = self.control()?;
+        let mut by_server: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for r in ctl.query("SELECT id FROM servers ORDER BY id", &[])? {
+            by_server.insert(r.get(0), vec![]);
+        }
+        for r in ctl.query(
+            "SELECT server_id, id, database_name FROM workspaces
+              WHERE state IN ('active', 'suspended') ORDER BY id",
+            &[],
+        )? {
+            by_server
+                .entry(r.get(0))
+                .or_default()
+                .push((r.get(1), r.get(2)));
+        }
+        let mut servers = Vec::with_capacity(by_server.len());
+        for id in by_server.keys() {
+            servers.push(self.load_server(&mut ctl, id)?);
+        }
+        drop(ctl);
+        let pools: BTreeMap<String, PoolStats> = match self.pooler_pools() {
+            Ok(p) => p.into_iter().map(|s| (s.database.clone(), s)).collect(),
+            // No local server, or one without a pooler: no pooled clients to show.
+            Err(e)
+                if matches!(
+                    e.code,
+                    ErrorCode::PoolerNotConfigured | ErrorCode::ServerNotFound
+                ) =>
+            {
+                BTreeMap::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let mut snap = LoadSnapshot::default();
+        for server in servers {
+            let workspaces = &by_server[&server.id];
+            match server_load(&server.admin_conn, &server.id, workspaces, &pools) {
+                Ok((slots, loads)) => {
+                    snap.servers.push(slots);
+                    snap.workspaces.extend(loads);
+                }
+                Err(_) => snap.unreachable.push(server.id.clone()),
+            }
+        }
+        Ok(snap)
+    }
+}
+
+fn server_load(
+    admin_conn: &str,
+    server: &str,
+    workspaces: &[(String, String)],
+    pools: &BTreeMap<String, PoolStats>,
+) -> Result<(ServerSlots, Vec<WorkspaceLoad>)> {
+    let mut db = connect(admin_conn, None)?;
+    let row = db.query_one(SLOTS, &[])?;
+    let (max_connections, reserved, in_use): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let names: Vec<&str> = workspaces.iter().map(|(_, d)| d.as_str()).collect();
+    let mut figures: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for r in db.query(DATABASES, &[&names])? {
+        let size: Option<i64> = r.get(1);
+        figures.insert(r.get(0), (size.unwrap_or(0), r.get(2)));
+    }
+    let loads = workspaces
+        .iter()
+        .filter_map(|(ws, database)| {
+            let (database_bytes, sessions) = *figures.get(database)?;
+            Some(WorkspaceLoad {
+                workspace: ws.clone(),
+                server: server.to_string(),
+                sessions,
+                database_bytes,
+                pooler: pools.get(database).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    let slots = ServerSlots {
+        server: server.to_string(),
+        max_connections,
+        in_use,
+        reserved,
+        free: max_connections - in_use,
+    };
+    Ok((slots, loads))
+}

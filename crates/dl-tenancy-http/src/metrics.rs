@@ -1,0 +1,209 @@
+//! `serve --metrics-listen ADDR`: Prometheus metrics on a listener of their own, for the
+//! operator's network only. They name every workspace of the server, so they are never on the
+//! tenants' API port, where a tenant's token would reach them. One scrape reads one
+//! [`LoadSnapshot`] (one query per server, one `SHOW POOLS`), bounded like any library call.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use dl_tenancy_ctl::LoadSnapshot;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotLabels {
+    server: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkspaceLabels {
+    workspace: String,
+    server: String,
+}
+
+type Gauges<L> = Family<L, Gauge>;
+type FloatGauges<L> = Family<L, Gauge<f64, AtomicU64>>;
+
+/// The router of the metrics listener: `/metrics` and nothing else.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async { ApiError::not_found() })
+        .with_state(state)
+}
+
+async fn scrape(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let snap = st.call(|t| t.load_snapshot()).await?;
+    let text = render(&snap).map_err(|_| ApiError::internal("metrics encoding"))?;
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+}
+
+/// The snapshot in the OpenMetrics text format.
+pub fn render(snap: &LoadSnapshot) -> Result<String, std::fmt::Error> {
+    let mut reg = Registry::with_prefix("dl");
+    let slots = Gauges::<SlotLabels>::default();
+    let max = Gauges::<ServerLabels>::default();
+    let unreachable = Gauges::<ServerLabels>::default();
+    for s in &snap.servers {
+        let server = s.server.clone();
+        max.get_or_create(&ServerLabels {
+            server: server.clone(),
+        })
+        .set(s.max_connections);
+        for (state, v) in [
+            ("in_use", s.in_use),
+            ("reserved", s.reserved),
+            ("free", s.free),
+        ] {
+            slots
+                .get_or_create(&SlotLabels {
+                    server: server.clone(),
+                    state: state.into(),
+                })
+                .set(v);
+        }
+    }
+    for server in &snap.unreachable {
+        unreachable
+            .get_or_create(&ServerLabels {
+                server: server.clone(),
+            })
+            .set(1);
+    }
+    let sessions = Gauges::<WorkspaceLabels>::default();
+    let bytes = Gauges::<WorkspaceLabels>::default();
+    let active = Gauges::<WorkspaceLabels>::default();
+    let waiting = Gauges::<WorkspaceLabels>::default();
+    let servers = Gauges::<WorkspaceLabels>::default();
+    let longest = FloatGauges::<WorkspaceLabels>::default();
+    for w in &snap.workspaces {
+        let l = WorkspaceLabels {
+            workspace: w.workspace.clone(),
+            server: w.server.clone(),
+        };
+        sessions.get_or_create(&l).set(w.sessions);
+        bytes.get_or_create(&l).set(w.database_bytes);
+        let p = &w.pooler;
+        active.get_or_create(&l).set(p.clients_active as i64);
+        waiting.get_or_create(&l).set(p.clients_waiting as i64);
+        servers
+            .get_or_create(&l)
+            .set((p.servers_active + p.servers_idle) as i64);
+        longest
+            .get_or_create(&l)
+            .set(p.longest_wait_ms as f64 / 1000.0);
+    }
+    reg.register(
+        "server_connections",
+        "Connection slots of the server by state: in_use (every client session), reserved \
+         (never taken by workspaces: superusers' and the platform's), free (max_connections - in_use)",
+        slots,
+    );
+    reg.register(
+        "server_max_connections",
+        "The server's max_connections",
+        max,
+    );
+    reg.register(
+        "server_unreachable",
+        "1: the server did not answer this scrape",
+        unreachable,
+    );
+    reg.register(
+        "workspace_sessions",
+        "Sessions on the workspace's database: direct ones and the pooler's server connections",
+        sessions,
+    );
+    reg.register(
+        "workspace_database_bytes",
+        "Size of the workspace's database",
+        bytes,
+    );
+    reg.register(
+        "workspace_pooler_clients_active",
+        "The workspace's clients in the local pooler that have a server connection",
+        active,
+    );
+    reg.register(
+        "workspace_pooler_clients_waiting",
+        "The workspace's clients in the local pooler waiting for a server connection",
+        waiting,
+    );
+    reg.register(
+        "workspace_pooler_server_connections",
+        "The local pooler's server connections for the workspace",
+        servers,
+    );
+    reg.register(
+        "workspace_pooler_longest_wait_seconds",
+        "How long the workspace's longest-waiting pooled client has waited",
+        longest,
+    );
+    let mut out = String::new();
+    encode(&mut out, &reg)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dl_tenancy_ctl::{PoolStats, ServerSlots, WorkspaceLoad};
+
+    /// The series' names and labels, rendered from a snapshot without a server.
+    #[test]
+    fn a_snapshot_renders_as_labelled_series() {
+        let snap = LoadSnapshot {
+            servers: vec![ServerSlots {
+                server: "local".into(),
+                max_connections: 200,
+                in_use: 12,
+                reserved: 13,
+                free: 188,
+            }],
+            workspaces: vec![WorkspaceLoad {
+                workspace: "acme".into(),
+                server: "local".into(),
+                sessions: 3,
+                database_bytes: 8_000_000,
+                pooler: PoolStats {
+                    database: "dlw_0".into(),
+                    clients_waiting: 2,
+                    longest_wait_ms: 1500,
+                    ..Default::default()
+                },
+            }],
+            unreachable: vec!["far".into()],
+        };
+        let text = render(&snap).unwrap();
+        for line in [
+            "dl_server_connections{server=\"local\",state=\"free\"} 188",
+            "dl_server_max_connections{server=\"local\"} 200",
+            "dl_server_unreachable{server=\"far\"} 1",
+            "dl_workspace_sessions{workspace=\"acme\",server=\"local\"} 3",
+            "dl_workspace_database_bytes{workspace=\"acme\",server=\"local\"} 8000000",
+            "dl_workspace_pooler_clients_waiting{workspace=\"acme\",server=\"local\"} 2",
+            "dl_workspace_pooler_longest_wait_seconds{workspace=\"acme\",server=\"local\"} 1.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+        assert!(!text.contains("dlw_0"), "database names stay internal");
+    }
+}

@@ -1,0 +1,131 @@
+//! `serve --metrics-listen`: Prometheus metrics of every server and workspace in one scrape,
+//! on a listener of their own. Load on one workspace (direct sessions, a pooled client in a
+//! transaction, a table of rows) shows in its series and not in its neighbour's; the tenants'
+//! API port has no /metrics, and a tenant's token does not open it there.
+
+mod common;
+
+use common::connect;
+use common::http::*;
+use std::collections::BTreeMap;
+
+/// One scrape: `name{labels}` -> value, for the series of this crate (`dl_`).
+fn scrape(server: &Server) -> BTreeMap<String, f64> {
+    let base = server
+        .metrics
+        .as_deref()
+        .expect("serve with --metrics-listen");
+    let r = Api::new(base, None).get("/metrics");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("application/openmetrics-text"),
+        "{:?}",
+        r.headers
+    );
+    r.text
+        .lines()
+        .filter(|l| l.starts_with("dl_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn series(m: &BTreeMap<String, f64>, name: &str, ws: &str) -> f64 {
+    let key = format!("{name}{{workspace=\"{ws}\",server=\"local\"}}");
+    *m.get(&key)
+        .unwrap_or_else(|| panic!("no {key} in {:?}", m.keys().collect::<Vec<_>>()))
+}
+
+fn uri(ws: &str, pooled: bool) -> String {
+    let mut args = vec![
+        "connection-uris",
+        "reveal",
+        "--workspace",
+        ws,
+        "--kind",
+        "override",
+    ];
+    if pooled {
+        args.push("--pooled");
+    }
+    cluster().cli(&args)["uri"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn metrics_follow_one_workspace_s_load_and_stay_off_the_tenant_port() {
+    let c = cluster();
+    for ws in ["met-busy", "met-calm"] {
+        c.cli(&["provision", "--workspace", ws]);
+    }
+    let server = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let before = scrape(&server);
+    for state in ["in_use", "reserved", "free"] {
+        let key = format!("dl_server_connections{{server=\"local\",state=\"{state}\"}}");
+        assert!(
+            before.contains_key(&key),
+            "no {key} in {before:?}; serve's log: {}",
+            server.log_text()
+        );
+    }
+    assert!(before["dl_server_max_connections{server=\"local\"}"] >= 30.0);
+    let sessions = |m: &BTreeMap<String, f64>, ws: &str| series(m, "dl_workspace_sessions", ws);
+    let bytes = |m: &BTreeMap<String, f64>, ws: &str| series(m, "dl_workspace_database_bytes", ws);
+
+    // Load on met-busy: three direct sessions, a pooled client inside a transaction (it holds
+    // a server connection of the pooler), and a table with rows.
+    let direct: Vec<_> = (0..3)
+        .map(|_| connect(&uri("met-busy", false)).unwrap())
+        .collect();
+    let mut pooled = connect(&uri("met-busy", true)).unwrap();
+    let mut tx = pooled.transaction().unwrap();
+    tx.batch_execute(
+        "CREATE TABLE tenant_custom.met_rows AS
+           SELECT g AS id, pg_catalog.repeat('x', 200) AS pad FROM pg_catalog.generate_series(1, 20000) AS g",
+    )
+    .unwrap();
+    let during = scrape(&server);
+    // Three direct sessions and the pooler's one: sessions are there once connect returns.
+    assert!(sessions(&during, "met-busy") >= 4.0, "{during:?}");
+    assert_eq!(sessions(&during, "met-calm"), 0.0);
+    assert_eq!(
+        series(&during, "dl_workspace_pooler_clients_active", "met-busy"),
+        1.0
+    );
+    assert!(
+        series(
+            &during,
+            "dl_workspace_pooler_server_connections",
+            "met-busy"
+        ) >= 1.0
+    );
+    assert_eq!(
+        series(&during, "dl_workspace_pooler_clients_waiting", "met-busy"),
+        0.0
+    );
+    assert!(
+        during["dl_server_connections{server=\"local\",state=\"in_use\"}"]
+            >= before["dl_server_connections{server=\"local\",state=\"in_use\"}"] + 4.0
+    );
+    tx.commit().unwrap();
+    drop(direct);
+    drop(pooled);
+    let after = scrape(&server);
+    assert!(
+        bytes(&after, "met-busy") > bytes(&before, "met-busy") + 1_000_000.0,
+        "the 20,000 rows show in the database size"
+    );
+
+    // Not on the tenants' port, with or without a token.
+    let api = server.api_for("met-busy");
+    assert_eq!(api.get("/metrics").status, 404);
+    assert_eq!(Api::new(&server.base, None).get("/metrics").status, 404);
+    // Labels are ids the platform gave: nothing a tenant wrote reaches them.
+    let text = Api::new(server.metrics.as_deref().unwrap(), None)
+        .get("/metrics")
+        .text;
+    assert!(!text.contains("met_rows"));
+}
