@@ -49,7 +49,7 @@ pub use ops::migrate_names::{NameMigration, NameMigrationReport};
 pub use ops::moves::MoveReport;
 pub use ops::tokens;
 pub use ops::upgrade::{UpgradeEvent, UpgradeOptions, UpgradeReport, WorkspaceUpgrade};
-pub use ops::usage::{FleetUsage, ServerUsage, UsageError, WorkspaceUsage};
+pub use ops::usage::{FleetUsage, ServerUsage, UsageError, WorkspaceSummary, WorkspaceUsage};
 pub use ops::{Config, Tenancy, ADMIN_URL_ENV, DATA_DIR_ENV, DEFAULT_DATA_DIR, FAULT_ENV};
 pub use plan::moves::MoveMethod;
 pub use server::pooler::{POOLER_ADMIN_USER, POOLER_REMOTE_AUTH_USER};

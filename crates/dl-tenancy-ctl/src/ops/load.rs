@@ -6,6 +6,7 @@ use crate::base::connection::connect;
 use crate::domain::error::{ErrorCode, Result};
 use crate::domain::types::{LoadSnapshot, PoolStats, ServerSlots, WorkspaceLoad};
 use crate::ops::Tenancy;
+use crate::server::catalog::database_figures;
 use std::collections::BTreeMap;
 
 /// The server's slots: `max_connections`, what workspaces never take, what is in use.
@@ -14,12 +15,6 @@ const SLOTS: &str = "SELECT pg_catalog.current_setting('max_connections')::bigin
           + coalesce(nullif(
                 pg_catalog.current_setting('dl_tenancy.direct_reserve', true), '')::bigint, 0),
         (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend')";
-
-/// Size and sessions of the named databases (a database dropped meanwhile: left out).
-const DATABASES: &str = "SELECT d.datname::text, pg_catalog.pg_database_size(d.oid),
-        (SELECT count(*) FROM pg_catalog.pg_stat_activity AS a
-          WHERE a.datid = d.oid AND a.backend_type = 'client backend')
-   FROM pg_catalog.pg_database AS d WHERE d.datname = ANY($1)";
 
 impl Tenancy {
     /// Every server's slots and every active or suspended workspace's load. A server that
@@ -83,20 +78,16 @@ fn server_load(
     let row = db.query_one(SLOTS, &[])?;
     let (max_connections, reserved, in_use): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     let names: Vec<&str> = workspaces.iter().map(|(_, d)| d.as_str()).collect();
-    let mut figures: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for r in db.query(DATABASES, &[&names])? {
-        let size: Option<i64> = r.get(1);
-        figures.insert(r.get(0), (size.unwrap_or(0), r.get(2)));
-    }
+    let figures = database_figures(&mut db, &names)?;
     let loads = workspaces
         .iter()
         .filter_map(|(ws, database)| {
-            let (database_bytes, sessions) = *figures.get(database)?;
+            let f = figures.get(database)?;
             Some(WorkspaceLoad {
                 workspace: ws.clone(),
                 server: server.to_string(),
-                sessions,
-                database_bytes,
+                sessions: f.sessions,
+                database_bytes: f.bytes,
                 pooler: pools.get(database).cloned().unwrap_or_default(),
             })
         })

@@ -1,13 +1,16 @@
 //! Usage per workspace: database size, connections, rows in the extension's data tables and
 //! the last activity, read from the server's catalog at call time (nothing is sampled or
 //! stored). `usage --workspace W` and `GET /api/v2/tenants/usage` show one workspace;
-//! `usage` without a workspace lists every workspace per server, for the operator.
+//! `usage` without a workspace lists every workspace per server, for the operator, from the
+//! server's shared catalog alone (one query per server: it enters no workspace database, so
+//! it has no row counts and no last activity).
 
 use crate::base::connection::connect;
 use crate::domain::error::{Error, ErrorCode, Result};
 use crate::domain::names::EXTENSION;
 use crate::domain::names::{validate_workspace_id, WorkspaceNames};
 use crate::ops::Tenancy;
+use crate::server::catalog::database_figures;
 use postgres::Client;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -35,11 +38,23 @@ pub struct WorkspaceUsage {
     pub last_activity: Option<String>,
 }
 
+/// One workspace in the operator-wide view: what the server's shared catalog says.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WorkspaceSummary {
+    pub workspace: String,
+    pub status: String,
+    pub server_id: String,
+    pub database: String,
+    pub database_size_bytes: i64,
+    pub connections: i64,
+    pub connection_limit: i32,
+}
+
 /// One server's workspaces in the operator-wide view.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ServerUsage {
     pub server_id: String,
-    pub workspaces: Vec<WorkspaceUsage>,
+    pub workspaces: Vec<WorkspaceSummary>,
     /// Workspaces whose figures could not be read, with why (operator output only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<UsageError>,
@@ -159,13 +174,7 @@ impl Tenancy {
     ) -> Result<WorkspaceUsage> {
         let mut db = connect(admin_conn, Some(&names.database())).map_err(|e| {
             if e.sqlstate() == Some("3D000") {
-                Error::new(
-                    ErrorCode::NotProvisioned,
-                    format!(
-                        "the database of workspace {} is missing; run provision",
-                        names.workspace
-                    ),
-                )
+                Error::new(ErrorCode::NotProvisioned, missing(&names.workspace))
             } else {
                 e
             }
@@ -184,8 +193,9 @@ impl Tenancy {
         })
     }
 
-    /// `usage`: every active or suspended workspace, per server. A workspace whose figures
-    /// cannot be read is listed under `errors` instead of failing the whole view.
+    /// `usage`: every active or suspended workspace, per server, one query per server. A
+    /// workspace whose figures cannot be read (its database is gone, its server does not
+    /// answer) is listed under `errors` instead of failing the whole view.
     pub fn fleet_usage(&self) -> Result<FleetUsage> {
         let mut ctl = self.control()?;
         let rows = ctl.query(
@@ -195,32 +205,73 @@ impl Tenancy {
               ORDER BY s.created_at, s.id, w.id",
             &[],
         )?;
-        let mut servers: Vec<ServerUsage> = vec![];
-        let mut admin_conn = String::new();
+        // Per server, in order: its workspaces (id, status, database).
+        let mut listed: Vec<(String, Vec<Recorded>)> = vec![];
         for r in rows {
             let server_id: String = r.get(0);
-            if servers.last().map(|s| &s.server_id) != Some(&server_id) {
-                admin_conn = self.load_server(&mut ctl, &server_id)?.admin_conn;
-                servers.push(ServerUsage {
-                    server_id: server_id.clone(),
-                    workspaces: vec![],
-                    errors: vec![],
+            if listed.last().map(|(s, _)| s) != Some(&server_id) {
+                listed.push((server_id, vec![]));
+            }
+            if let Some(ws) = r.get::<_, Option<String>>(1) {
+                let entry = &mut listed.last_mut().expect("pushed above").1;
+                entry.push(Recorded {
+                    workspace: ws,
+                    status: r.get(2),
+                    database: r.get(3),
                 });
             }
-            let Some(ws) = r.get::<_, Option<String>>(1) else {
-                continue;
-            };
-            let entry = servers.last_mut().expect("pushed above");
-            let measured = WorkspaceNames::recorded(&ws, r.get(3))
-                .and_then(|names| self.usage_of(&admin_conn, &server_id, &names, r.get(2)));
-            match measured {
-                Ok(u) => entry.workspaces.push(u),
-                Err(e) => entry.errors.push(UsageError {
-                    workspace: ws,
-                    error: e.to_string(),
-                }),
-            }
+        }
+        let mut servers = Vec::with_capacity(listed.len());
+        for (server_id, workspaces) in listed {
+            let server = self.load_server(&mut ctl, &server_id)?;
+            servers.push(server_usage(&server.admin_conn, &server_id, workspaces));
         }
         Ok(FleetUsage { servers })
     }
+}
+
+/// A workspace as the control database records it.
+struct Recorded {
+    workspace: String,
+    status: String,
+    database: String,
+}
+
+fn missing(workspace: &str) -> String {
+    format!("the database of workspace {workspace} is missing; run provision")
+}
+
+fn server_usage(admin_conn: &str, server_id: &str, workspaces: Vec<Recorded>) -> ServerUsage {
+    let mut out = ServerUsage {
+        server_id: server_id.into(),
+        workspaces: vec![],
+        errors: vec![],
+    };
+    let names: Vec<&str> = workspaces.iter().map(|w| w.database.as_str()).collect();
+    let figures =
+        connect(admin_conn, None).and_then(|mut admin| database_figures(&mut admin, &names));
+    for Recorded {
+        workspace,
+        status,
+        database,
+    } in workspaces
+    {
+        let found = match &figures {
+            Ok(f) => f.get(&database).copied().ok_or_else(|| missing(&workspace)),
+            Err(e) => Err(e.to_string()),
+        };
+        match found {
+            Ok(f) => out.workspaces.push(WorkspaceSummary {
+                workspace,
+                status,
+                server_id: server_id.into(),
+                database,
+                database_size_bytes: f.bytes,
+                connections: f.sessions,
+                connection_limit: f.connection_limit,
+            }),
+            Err(error) => out.errors.push(UsageError { workspace, error }),
+        }
+    }
+    out
 }

@@ -147,3 +147,39 @@ pub(crate) fn end_sessions(
     let statement = admin.prepare_typed(&sql, &[Type::TEXT, Type::TEXT_ARRAY, Type::INT4])?;
     Ok(admin.query_one(&statement, &[&db, &logins, &keep])?.get(0))
 }
+
+/// What the server's shared catalog says of one database, without entering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DatabaseFigures {
+    pub bytes: i64,
+    pub connection_limit: i32,
+    /// Client sessions on it now (direct ones and a pooler's server connections).
+    pub sessions: i64,
+}
+
+/// [`DatabaseFigures`] of the named databases, in one query whatever their number; a name
+/// with no database (dropped meanwhile) is left out.
+pub(crate) fn database_figures(
+    admin: &mut Client,
+    names: &[&str],
+) -> Result<std::collections::BTreeMap<String, DatabaseFigures>> {
+    let rows = admin.query(
+        "SELECT d.datname::text, pg_catalog.pg_database_size(d.oid), d.datconnlimit,
+                (SELECT count(*) FROM pg_catalog.pg_stat_activity AS a
+                  WHERE a.datid = d.oid AND a.backend_type = 'client backend')
+           FROM pg_catalog.pg_database AS d WHERE d.datname = ANY($1)",
+        &[&names],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let bytes: Option<i64> = r.get(1);
+            let figures = DatabaseFigures {
+                bytes: bytes.unwrap_or(0),
+                connection_limit: r.get(2),
+                sessions: r.get(3),
+            };
+            (r.get(0), figures)
+        })
+        .collect())
+}
