@@ -82,6 +82,36 @@ struct Target {
     version: String,
 }
 
+/// The connections one upgrade worker keeps from one workspace to the next: the control
+/// database and each server's admin session (a new connection per workspace and purpose was
+/// most of a no-op run's time). Dropped after a failure, so the next workspace starts clean.
+#[derive(Default)]
+struct Kept {
+    control: Option<Client>,
+    admin: BTreeMap<usize, Client>,
+}
+
+impl Kept {
+    fn control(&mut self, t: &Tenancy) -> Result<&mut Client> {
+        if self.control.is_none() {
+            self.control = Some(t.control()?);
+        }
+        Ok(self.control.as_mut().expect("set above"))
+    }
+
+    /// The server's admin session. Its commits (the fences' role and database settings) do
+    /// not wait for the disk: a crash may lose the last ones, and the upgrade, run again,
+    /// applies them again.
+    fn admin(&mut self, index: usize, server: &Server) -> Result<&mut Client> {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.admin.entry(index) {
+            let mut admin = connect(&server.admin_conn, None)?;
+            admin.batch_execute("SET synchronous_commit = off")?;
+            e.insert(admin);
+        }
+        Ok(self.admin.get_mut(&index).expect("set above"))
+    }
+}
+
 fn valid_version(v: &str) -> bool {
     let parts: Vec<&str> = v.split('.').collect();
     parts.len() == 3
@@ -165,8 +195,9 @@ impl Tenancy {
 
         let canaries = options.canary.min(targets.len());
         let mut canary_failed = false;
+        let mut kept = Kept::default();
         for target in &targets[..canaries] {
-            let result = self.upgrade_one(&servers[target.server], target, options);
+            let result = self.upgrade_one(&servers[target.server], target, options, &mut kept);
             canary_failed |= result.status == "failed";
             finish(result);
             if canary_failed {
@@ -183,10 +214,14 @@ impl Tenancy {
             let next = AtomicUsize::new(0);
             std::thread::scope(|scope| {
                 for _ in 0..options.parallel.clamp(1, 32).min(rest.len().max(1)) {
-                    scope.spawn(|| loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(target) = rest.get(i) else { break };
-                        finish(self.upgrade_one(&servers[target.server], target, options));
+                    scope.spawn(|| {
+                        let mut kept = Kept::default();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(target) = rest.get(i) else { break };
+                            let server = &servers[target.server];
+                            finish(self.upgrade_one(server, target, options, &mut kept));
+                        }
                     });
                 }
             });
@@ -220,6 +255,7 @@ impl Tenancy {
         server: &Server,
         target: &Target,
         options: &UpgradeOptions,
+        kept: &mut Kept,
     ) -> WorkspaceUpgrade {
         let started = Instant::now();
         let mut from_version = None;
@@ -236,8 +272,8 @@ impl Tenancy {
                 &target.database,
             )?;
             let limits =
-                crate::control::records::workspace_limits(&mut self.control()?, &target.workspace)?;
-            crate::server::roles::fence(&mut connect(&server.admin_conn, None)?, &names, &limits)?;
+                crate::control::records::workspace_limits(kept.control(self)?, &target.workspace)?;
+            crate::server::roles::fence(kept.admin(target.server, server)?, &names, &limits)?;
             Ok(
                 if from_version.as_deref() == Some(target.version.as_str()) {
                     "already_current"
@@ -246,6 +282,9 @@ impl Tenancy {
                 },
             )
         })();
+        if outcome.is_err() {
+            *kept = Kept::default();
+        }
         let status = match &outcome {
             Ok(status) => status,
             Err(e) if e.sqlstate() == Some(LOCK_NOT_AVAILABLE) => "busy",
@@ -267,7 +306,8 @@ impl Tenancy {
             }),
             millis: started.elapsed().as_millis() as u64,
         };
-        if let Err(e) = self.record_upgrade(&result) {
+        if let Err(e) = self.record_upgrade(kept, &result) {
+            *kept = Kept::default();
             // The upgrade itself happened (or not) regardless; say why it is not recorded.
             let mut result = result;
             result.error = Some(format!(
@@ -279,9 +319,9 @@ impl Tenancy {
         result
     }
 
-    fn record_upgrade(&self, result: &WorkspaceUpgrade) -> Result<()> {
+    fn record_upgrade(&self, kept: &mut Kept, result: &WorkspaceUpgrade) -> Result<()> {
         let done = result.status == "upgraded" || result.status == "already_current";
-        let mut ctl = self.control()?;
+        let ctl = kept.control(self)?;
         ctl.execute(
             "INSERT INTO workspace_upgrades (workspace_id, from_version, to_version, state, error_message, attempts)
              VALUES ($1, $2, $3, $4, $5, 1)
