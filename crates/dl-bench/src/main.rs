@@ -256,6 +256,9 @@ fn run(cfg: &Config) -> R<()> {
     if cfg.selected(ScenarioName::Fleet) {
         results.push(scenarios::fleet::run(&bench)?);
     }
+    if cfg.selected(ScenarioName::Many) {
+        results.push(scenarios::many::run(&bench)?);
+    }
     results.sort_by_key(|s| s.id);
     write_report(cfg, &meta, &results)?;
     drop(bench);

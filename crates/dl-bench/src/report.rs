@@ -179,7 +179,8 @@ impl Scenario {
 
     pub fn met(&self, row: usize) -> Option<bool> {
         let t = self.rows[row].target?;
-        if t.op == Op::MedianBelow {
+        // Without a baseline, a target is on the median itself.
+        if t.op == Op::MedianBelow || self.rows[row].baseline.is_none() {
             return Some(t.met(self.rows[row].median()));
         }
         Some(t.met(self.ratio(row)?))

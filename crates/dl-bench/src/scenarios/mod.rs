@@ -4,6 +4,7 @@
 pub mod filtered;
 pub mod fleet;
 pub mod load;
+pub mod many;
 pub mod memory;
 pub mod merge_patch;
 pub mod override_write;
@@ -46,6 +47,10 @@ pub enum ScenarioName {
     /// 11: backup and move of a workspace vs pg_dump | pg_restore (needs --dl-tenancy-bin)
     #[value(alias = "11")]
     Fleet,
+    /// 14: one server, many workspaces: provisioning, a burst, usage, upgrade, the API
+    /// (needs --dl-tenancy-bin)
+    #[value(alias = "14")]
+    Many,
 }
 
 impl ScenarioName {
