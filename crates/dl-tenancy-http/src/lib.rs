@@ -455,7 +455,8 @@ pub fn run(config: &Config, opts: &ServeOptions) -> dl_tenancy_ctl::Result<()> {
     dl_tenancy_ctl::connection::limit_platform_statements(
         opts.call_timeout + Duration::from_secs(1),
     );
-    let tenancy = Tenancy::open(config)?;
+    // Read-only calls (status, metadata, reveal, token lookups) reuse a few sessions.
+    let tenancy = Tenancy::open(config)?.with_kept_sessions();
     spawn_grace_sweeper(tenancy.clone());
     spawn_purge_sweeper(tenancy.clone(), opts.purge_sweep_interval);
     let state = AppState::new(tenancy, opts)?;

@@ -3,4 +3,5 @@
 
 pub mod certs;
 pub mod connection;
+pub mod kept;
 pub mod secret;

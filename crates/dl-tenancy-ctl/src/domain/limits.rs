@@ -272,6 +272,16 @@ pub fn pooler_budget(max_connections: u32) -> (&'static str, String) {
 /// The setting of that budget, which only our PgBouncer build knows.
 pub const POOLER_BUDGET_SETTING: &str = "max_socket_server_connections";
 
+/// Sessions `serve` keeps for its read-only calls, to the control database and to each
+/// server: few, because they take the platform's reserved slots ([`PLATFORM_SLOTS`]); a
+/// call waits for one rather than opening more.
+pub const KEPT_SESSIONS: u32 = 4;
+
+/// How long `serve`'s `status` trusts a workspace's extension version it saw in the
+/// workspace's database (entering it is a new session each time): a version changed behind
+/// the tool's back shows within this.
+pub const LIVE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest grace period of a rotation: 366 days (CLI and HTTP API alike).
 pub const MAX_GRACE_SECONDS: u64 = 366 * 86400;
 

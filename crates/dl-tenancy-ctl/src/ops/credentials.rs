@@ -101,7 +101,7 @@ impl Tenancy {
     /// `connection-uris reveal`: the URI of the active login of `kind`, direct or through the
     /// server's PgBouncer. The same URI until the next rotation.
     pub fn reveal(&self, workspace: &str, kind: Kind, pooled: bool) -> Result<Reveal> {
-        let mut ctl = self.control()?;
+        let mut ctl = self.control_read()?;
         let (names, server_id) = self.active_workspace(&mut ctl, workspace)?;
         let server = self.load_server(&mut ctl, &server_id)?;
         let row = ctl

@@ -20,12 +20,16 @@ pub mod usage;
 pub mod workspaces;
 
 use crate::base::connection;
+use crate::base::kept::{Kept, Session};
 use crate::base::secret::SecretKey;
 use crate::control;
 use crate::domain::error::{self, ErrorCode, Result};
+use crate::domain::limits::{KEPT_SESSIONS, LIVE_CHECK_TTL};
 use crate::domain::progress;
 use crate::server::cluster;
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 /// Environment variable naming a fault point where the process exits at once (tests only).
 pub const FAULT_ENV: &str = "DL_TENANCY_FAULT";
@@ -85,6 +89,10 @@ pub struct Tenancy {
     /// Set once this handle has brought the control database's schema up to date: the
     /// migrations are applied at the first connection, not by each operation.
     schema: Arc<OnceLock<()>>,
+    /// Sessions kept for read-only calls ([`Tenancy::with_kept_sessions`]; `serve`).
+    kept: Option<Arc<Kept>>,
+    /// With kept sessions: each workspace's extension version as last seen live, and when.
+    seen_live: Arc<Mutex<HashMap<String, (Instant, String)>>>,
 }
 
 impl Tenancy {
@@ -105,6 +113,8 @@ impl Tenancy {
                     data_dir: Some(config.data_dir.clone()),
                     progress: Default::default(),
                     schema: Default::default(),
+                    kept: None,
+                    seen_live: Default::default(),
                 })
             }
             Some(url) => Ok(Tenancy {
@@ -114,6 +124,8 @@ impl Tenancy {
                 data_dir: None,
                 progress: Default::default(),
                 schema: Default::default(),
+                kept: None,
+                seen_live: Default::default(),
             }),
         }
     }
@@ -136,6 +148,8 @@ impl Tenancy {
             data_dir: None,
             progress: Default::default(),
             schema: Default::default(),
+            kept: None,
+            seen_live: Default::default(),
         };
         t.register_primary_if_empty(url)?;
         Ok(t)
@@ -152,7 +166,57 @@ impl Tenancy {
             data_dir: None,
             progress: Default::default(),
             schema: Default::default(),
+            kept: None,
+            seen_live: Default::default(),
         }
+    }
+
+    /// Keep sessions for read-only calls (status, metadata, reveal, token lookups): up to
+    /// [`KEPT_SESSIONS`] to the control database and to each server, instead of new ones per
+    /// call. For a long-running front (`serve`); a CLI call opens what it needs.
+    pub fn with_kept_sessions(mut self) -> Tenancy {
+        self.kept = Some(Arc::new(Kept::new(KEPT_SESSIONS)));
+        self
+    }
+
+    /// A session in the control database for reading: a kept one when this handle keeps
+    /// sessions, else a new one.
+    pub(crate) fn control_read(&self) -> Result<Session> {
+        let Some(kept) = &self.kept else {
+            return self.control().map(Session::Own);
+        };
+        if self.schema.get().is_none() {
+            drop(self.control()?);
+        }
+        kept.get(&self.control_conn, Some(control::CONTROL_DB))
+    }
+
+    /// A superuser session on `server`'s maintenance database for reading (kept or new).
+    pub(crate) fn admin_read(&self, admin_conn: &str) -> Result<Session> {
+        match &self.kept {
+            Some(kept) => kept.get(admin_conn, None),
+            None => connection::connect(admin_conn, None).map(Session::Own),
+        }
+    }
+
+    /// A workspace's extension version as last seen live within [`LIVE_CHECK_TTL`] (kept
+    /// sessions only: a CLI call always looks).
+    pub(crate) fn seen_live(&self, workspace: &str) -> Option<String> {
+        self.kept.as_ref()?;
+        let seen = self.seen_live.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, version) = seen.get(workspace)?;
+        (at.elapsed() < LIVE_CHECK_TTL).then(|| version.clone())
+    }
+
+    pub(crate) fn saw_live(&self, workspace: &str, version: Option<&str>) {
+        if self.kept.is_none() {
+            return;
+        }
+        let mut seen = self.seen_live.lock().unwrap_or_else(|e| e.into_inner());
+        match version {
+            Some(v) => seen.insert(workspace.to_string(), (Instant::now(), v.to_string())),
+            None => seen.remove(workspace),
+        };
     }
 
     /// Report each step of long operations (move, drain, backup, restore) to `progress`.

@@ -12,10 +12,8 @@ use crate::domain::names::validate_workspace_id;
 use crate::ops::Tenancy;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use postgres::Client;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::sync::Mutex;
 
 /// Prefix of every token (lets secret scanners recognise them).
 pub const TOKEN_PREFIX: &str = "dlt_";
@@ -160,40 +158,17 @@ pub fn list(tenancy: &Tenancy, workspace: Option<&str>) -> Result<TokenList> {
     })
 }
 
-/// Verifies presented tokens for the server, reusing a few control-database connections.
+/// Verifies presented tokens for the server, on its handle's kept control sessions
+/// ([`Tenancy::with_kept_sessions`]).
 pub struct TokenStore {
     tenancy: Tenancy,
-    idle: Mutex<Vec<Client>>,
 }
-
-/// Idle connections kept by a [`TokenStore`].
-const MAX_IDLE: usize = 8;
 
 impl TokenStore {
     /// A store on `tenancy`'s control database; creates the table when missing.
     pub fn open(tenancy: Tenancy) -> Result<TokenStore> {
-        let ctl = tenancy.control()?;
-        Ok(TokenStore {
-            tenancy,
-            idle: Mutex::new(vec![ctl]),
-        })
-    }
-
-    fn take_idle(&self) -> Option<Client> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(c) = idle.pop() {
-            if !c.is_closed() {
-                return Some(c);
-            }
-        }
-        None
-    }
-
-    fn give_back(&self, c: Client) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(c);
-        }
+        drop(tenancy.control()?);
+        Ok(TokenStore { tenancy })
     }
 
     /// The principal of a live token; `None` for a malformed, unknown or revoked one.
@@ -203,44 +178,14 @@ impl TokenStore {
             return Ok(None);
         }
         let hash = sha256(presented);
-        let lookup = |c: &mut Client| {
-            c.query_opt(
-                "SELECT id, workspace_id FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
-                &[&hash],
-            )
-        };
-        let (mut c, pooled) = match self.take_idle() {
-            Some(c) => (c, true),
-            None => (self.tenancy.control()?, false),
-        };
-        let row = match lookup(&mut c) {
-            Ok(row) => row,
-            // An idle connection may have been closed by the server (restart, idle timeout):
-            // once more on a new one.
-            Err(_) if pooled => {
-                drop(c);
-                c = self.tenancy.control()?;
-                lookup(&mut c)?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        self.give_back(c);
+        let row = self.tenancy.control_read()?.query_opt(
+            "SELECT id, workspace_id FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+            &[&hash],
+        )?;
         Ok(row.map(|r| Principal {
             token_id: r.get(0),
             workspace: r.get(1),
         }))
-    }
-}
-
-impl Drop for TokenStore {
-    /// The sync `postgres` client blocks on its own runtime when dropped, which panics inside
-    /// an async runtime (where a server drops its state): close the idle connections on a
-    /// plain thread.
-    fn drop(&mut self) {
-        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
-        if !idle.is_empty() {
-            let _ = std::thread::spawn(move || drop(idle)).join();
-        }
     }
 }
 

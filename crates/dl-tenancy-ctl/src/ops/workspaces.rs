@@ -55,7 +55,7 @@ impl Tenancy {
     /// and has the extension (`not_provisioned` with a message when it was dropped by hand).
     pub fn status(&self, workspace: &str) -> Result<WorkspaceStatus> {
         validate_workspace_id(workspace)?;
-        let mut ctl = self.control()?;
+        let mut ctl = self.control_read()?;
         let row = ctl.query_opt(
             "SELECT server_id, state, database_name, extension_version, purge_after::text
                FROM workspaces WHERE id = $1",
@@ -97,10 +97,10 @@ impl Tenancy {
             let server = self.load_server(&mut ctl, &server_id)?;
             let logins = active_logins(&mut ctl, workspace)?;
             drop(ctl);
-            match live_extension_version(&server, &names)? {
+            match self.live_version(&server, &names)? {
                 Some(v) => {
                     st.extension_version = Some(v);
-                    let mut admin = connect(&server.admin_conn, None)?;
+                    let mut admin = self.admin_read(&server.admin_conn)?;
                     if !logins_usable(&mut admin, &names, &logins)? {
                         st.status = "error".into();
                         st.message = Some(CREDENTIALS_BROKEN.into());
@@ -203,6 +203,17 @@ impl Tenancy {
         Ok(active_status(names, version, server_id))
     }
 
+    /// The workspace's extension version, live: as `serve` saw it within
+    /// [`crate::domain::limits::LIVE_CHECK_TTL`], else read in its database.
+    fn live_version(&self, server: &Server, names: &WorkspaceNames) -> Result<Option<String>> {
+        if let Some(v) = self.seen_live(&names.workspace) {
+            return Ok(Some(v));
+        }
+        let v = live_extension_version(server, names)?;
+        self.saw_live(&names.workspace, v.as_deref());
+        Ok(v)
+    }
+
     /// Everything an active workspace needs is there: database + extension, roles, credentials.
     fn verify_complete(
         &self,
@@ -272,7 +283,7 @@ impl Tenancy {
 
     /// `connection-uris metadata`: where and as whom to connect; no secrets.
     pub fn metadata(&self, workspace: &str) -> Result<Metadata> {
-        let mut ctl = self.control()?;
+        let mut ctl = self.control_read()?;
         let (names, server_id) = self.active_workspace(&mut ctl, workspace)?;
         let server = self.load_server(&mut ctl, &server_id)?;
         let version: Option<String> = ctl
