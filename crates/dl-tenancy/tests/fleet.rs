@@ -407,12 +407,12 @@ fn usage_figures_match_the_catalog() {
         assert!(started.elapsed() < SAFETY_NET, "the database never settled");
     };
     eprintln!("{}", serde_json::to_string_pretty(&u).unwrap());
-    assert_eq!(u.workspace, "acme");
-    assert_eq!(u.status, "active");
-    assert_eq!(u.database, db);
-    assert_eq!(u.database_size_bytes, before.0);
-    assert_eq!(u.connections, before.1);
-    assert!(u.connections >= 3, "{u:?}");
+    assert_eq!(u.summary.workspace, "acme");
+    assert_eq!(u.summary.status, "active");
+    assert_eq!(u.summary.database, db);
+    assert_eq!(u.summary.database_size_bytes, before.0);
+    assert_eq!(u.summary.connections, before.1);
+    assert!(u.summary.connections >= 3, "{u:?}");
     let limit: i32 = admin
         .query_one(
             "SELECT datconnlimit FROM pg_database WHERE datname = $1",
@@ -420,7 +420,7 @@ fn usage_figures_match_the_catalog() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(u.connection_limit, limit);
+    assert_eq!(u.summary.connection_limit, limit);
     // Every data table of the extension, each count equal to count(*).
     let mut wsdb = env.admin(&db);
     let registered: Vec<String> = wsdb

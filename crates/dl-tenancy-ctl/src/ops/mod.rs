@@ -106,27 +106,18 @@ impl Tenancy {
         match &config.admin_url {
             None => {
                 let state = cluster::LocalState::read(&config.data_dir)?;
-                Ok(Tenancy {
-                    control_conn: state.admin_conn_string(&config.data_dir, "postgres"),
-                    key: SecretKey::load(&config.data_dir, false)?,
-                    local: true,
-                    data_dir: Some(config.data_dir.clone()),
-                    progress: Default::default(),
-                    schema: Default::default(),
-                    kept: None,
-                    seen_live: Default::default(),
-                })
+                let mut t = Tenancy::from_parts(
+                    state.admin_conn_string(&config.data_dir, "postgres"),
+                    SecretKey::load(&config.data_dir, false)?,
+                );
+                t.local = true;
+                t.data_dir = Some(config.data_dir.clone());
+                Ok(t)
             }
-            Some(url) => Ok(Tenancy {
-                control_conn: url.clone(),
-                key: SecretKey::load(&config.data_dir, false)?,
-                local: false,
-                data_dir: None,
-                progress: Default::default(),
-                schema: Default::default(),
-                kept: None,
-                seen_live: Default::default(),
-            }),
+            Some(url) => Ok(Tenancy::from_parts(
+                url.clone(),
+                SecretKey::load(&config.data_dir, false)?,
+            )),
         }
     }
 
@@ -141,16 +132,7 @@ impl Tenancy {
         })?;
         let key = SecretKey::load(&config.data_dir, true)?;
         control::ensure_control_db(url)?;
-        let t = Tenancy {
-            control_conn: url.to_string(),
-            key,
-            local: false,
-            data_dir: None,
-            progress: Default::default(),
-            schema: Default::default(),
-            kept: None,
-            seen_live: Default::default(),
-        };
+        let t = Tenancy::from_parts(url.to_string(), key);
         t.register_primary_if_empty(url)?;
         Ok(t)
     }

@@ -15,9 +15,9 @@ use postgres::Client;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// One workspace's usage.
+/// One workspace's figures from the server's shared catalog: all the operator-wide view has.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct WorkspaceUsage {
+pub struct WorkspaceSummary {
     pub workspace: String,
     /// The recorded state: `active` or `suspended` (a deleted workspace keeps its data).
     pub status: String,
@@ -30,24 +30,19 @@ pub struct WorkspaceUsage {
     pub connections: i64,
     /// The database's connection cap (`dl-tenancy limits`).
     pub connection_limit: i32,
+}
+
+/// One workspace's usage: its summary, and what needs entering its database.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WorkspaceUsage {
+    #[serde(flatten)]
+    pub summary: WorkspaceSummary,
     /// Exact row counts (`count(*)`) of every table the extension keeps data in (those it
     /// registers with `pg_extension_config_dump`), by qualified name.
     pub rows: BTreeMap<String, i64>,
     /// The latest of: the newest `updated_at`/`changed_at` in those tables, and the last
     /// state change of a session on the database now. `null`: no rows and no sessions.
     pub last_activity: Option<String>,
-}
-
-/// One workspace in the operator-wide view: what the server's shared catalog says.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct WorkspaceSummary {
-    pub workspace: String,
-    pub status: String,
-    pub server_id: String,
-    pub database: String,
-    pub database_size_bytes: i64,
-    pub connections: i64,
-    pub connection_limit: i32,
 }
 
 /// One server's workspaces in the operator-wide view.
@@ -181,13 +176,15 @@ impl Tenancy {
         })?;
         let f = measure(&mut db)?;
         Ok(WorkspaceUsage {
-            workspace: names.workspace.clone(),
-            status,
-            server_id: server_id.into(),
-            database: names.database(),
-            database_size_bytes: f.size,
-            connections: f.connections,
-            connection_limit: f.limit,
+            summary: WorkspaceSummary {
+                workspace: names.workspace.clone(),
+                status,
+                server_id: server_id.into(),
+                database: names.database(),
+                database_size_bytes: f.size,
+                connections: f.connections,
+                connection_limit: f.limit,
+            },
             rows: f.rows,
             last_activity: f.last,
         })
