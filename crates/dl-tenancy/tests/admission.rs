@@ -133,3 +133,49 @@ fn a_burst_larger_than_the_server_waits_and_the_platform_gets_in() {
 const WORKSPACE_SESSIONS: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity a
      JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid
     WHERE pg_catalog.pg_has_role(r.oid, 'dl_tenant_read', 'MEMBER') AND NOT r.rolsuper";
+
+/// A hostile workspace holds its pooled server connections in open transactions, and asks for
+/// more: it keeps at most its pool (10 of the budget's 17), its extra client waits in the
+/// pooler instead of reaching the server, and its neighbour's reads still run, pooled and
+/// direct.
+#[test]
+fn a_workspace_holding_transactions_open_keeps_only_its_pool() {
+    let env = small_server();
+    for ws in ["holder", "beside"] {
+        env.t.provision(ws).unwrap();
+    }
+    let holder_db = env.database("holder");
+    let uri = env.uri("holder", Kind::Override, true);
+    let held: Vec<_> = (0..10)
+        .map(|_| {
+            let mut c = connect(&uri).unwrap();
+            c.batch_execute("BEGIN; SELECT 1").unwrap();
+            c
+        })
+        .collect();
+    let extra =
+        std::thread::spawn(move || connect(&uri).and_then(|mut c| c.batch_execute("SELECT 1")));
+    let started = Instant::now();
+    while waiting(&env, &holder_db).1 == 0 {
+        assert!(
+            started.elapsed() < SAFETY_NET,
+            "the extra client never waited"
+        );
+    }
+    let on_server = count(
+        &mut env.admin("postgres"),
+        &format!("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = '{holder_db}'"),
+    );
+    assert_eq!(on_server, 10, "the holder reached past its pool");
+    for pooled in [true, false] {
+        connect(&env.uri("beside", Kind::Read, pooled))
+            .unwrap_or_else(|e| panic!("the neighbour (pooled {pooled}): {e}"))
+            .batch_execute(READ_QUERY)
+            .unwrap();
+    }
+    drop(held);
+    extra
+        .join()
+        .unwrap()
+        .expect("the extra client runs once the holder lets go");
+}
