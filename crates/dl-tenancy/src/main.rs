@@ -150,9 +150,9 @@ enum LocalCmd {
         /// PgBouncer port (default 56432, or a free one; remembered in local.json).
         #[arg(long)]
         pooler_port: Option<u16>,
-        /// PostgreSQL's max_connections (default 200; remembered; takes effect when the
-        /// server starts). The last 10 are the platform's, the 10 before them only direct
-        /// logins may take (README "One server, many workspaces").
+        /// PostgreSQL's max_connections (default 200, at least 40; remembered; takes effect
+        /// when the server starts). All but 33 are the pooler's budget for the workspaces
+        /// (README "One server, many workspaces").
         #[arg(long)]
         max_connections: Option<u32>,
     },

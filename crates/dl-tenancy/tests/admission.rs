@@ -11,9 +11,9 @@ use dl_tenancy_ctl::{Config, Kind, Tenancy};
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
-/// Small enough that the burst below asks for several times the pooled slots:
-/// 40 - 20 (dl_tenancy.pooled_reserve) = 20 for the pooler.
-const MAX_CONNECTIONS: u32 = 40;
+/// Small enough that the burst below asks for several times the pooled slots: the pooler's
+/// budget is 50 - 33 = 17 (domain/limits.rs, pooler_budget).
+const MAX_CONNECTIONS: u32 = 50;
 /// Workspaces in the burst, one pooled client each, and one more that arrives last.
 const WORKSPACES: usize = 200;
 /// The busiest workspace's clients: more than its pool (`max_db_connections` 10) serves.
@@ -118,6 +118,15 @@ fn a_burst_larger_than_the_server_waits_and_the_platform_gets_in() {
         .filter_map(|t| t.join().unwrap().err().map(|e| format!("{e}")))
         .collect();
     assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    // PgBouncer may open a descriptor for each of its max_client_conn clients and more.
+    let log = std::fs::read_to_string(env.dir.join("pgbouncer/pgbouncer.log")).unwrap();
+    let fd_limit: u64 = log
+        .split("kernel file descriptor limit: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("PgBouncer logs its file descriptor limit");
+    assert!(fd_limit > 2_012, "PgBouncer's fd limit {fd_limit}");
     // After the burst the slots come back (server_idle_timeout), observed, not timed.
     let mut admin = env.admin("postgres");
     let started = Instant::now();

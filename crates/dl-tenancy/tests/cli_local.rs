@@ -35,7 +35,7 @@ fn local_up_is_idempotent_and_restarts_after_a_crash() {
     assert_eq!(out.error_code(), "local_not_initialized");
     // Too few connection slots for the platform's and the direct logins' reserves, or more
     // than it takes: refused before anything is written or started.
-    for n in ["29", "10001"] {
+    for n in ["39", "10001"] {
         let out = cli_in(d, &["local", "up", "--max-connections", n], &[]);
         assert_eq!(out.error_code(), "invalid_argument", "{n}: {}", out.stderr);
         assert!(!d.join("local.json").exists());

@@ -77,6 +77,19 @@ pub fn server_command(program: impl AsRef<OsStr>) -> Command {
     }
 }
 
+/// [`server_command`] for a program that keeps many files open: its soft limit of open files
+/// raised to its hard limit (at most 65,536). PgBouncer keeps a descriptor per client and per
+/// server connection, and the usual soft limit (1,024, which `runuser`'s PAM session sets again)
+/// is below its `max_client_conn`: past it, new server connections fail ("connect failed").
+pub fn server_command_with_many_files(program: impl AsRef<OsStr>) -> Command {
+    const RAISE: &str = "n=$(ulimit -Hn); \
+        if [ \"$n\" = unlimited ] || [ \"$n\" -gt 65536 ]; then n=65536; fi; \
+        ulimit -Sn \"$n\"; exec \"$0\" \"$@\"";
+    let mut c = server_command("sh");
+    c.arg("-c").arg(RAISE).arg(program.as_ref());
+    c
+}
+
 /// Create a directory (and parents) owned by the server user with the given mode.
 pub fn make_server_dir(path: &Path, mode: u32) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| Error(format!("mkdir {}: {e}", path.display())))?;

@@ -1,7 +1,10 @@
 //! PgBouncer: the executable and its version, the usual ini, the free functions on a directory
 //! you own, and [`PgBouncer`] (a throwaway one for tests).
 
-use crate::{err, free_port, make_server_dir, run, server_command, temp_dir, write_server_file};
+use crate::{
+    err, free_port, make_server_dir, run, server_command_with_many_files, temp_dir,
+    write_server_file,
+};
 use crate::{Error, Result};
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
@@ -168,7 +171,7 @@ pub fn start_pgbouncer(spec: &PgBouncerSpec) -> Result<bool> {
         return Ok(false);
     }
     let _ = fs::remove_file(spec.pid_path());
-    let mut cmd = server_command(pgbouncer_bin());
+    let mut cmd = server_command_with_many_files(pgbouncer_bin());
     cmd.arg("-d").arg(spec.ini_path());
     run(cmd, "pgbouncer")?;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -32,7 +32,7 @@ pub fn run(b: &Bench) -> R<Scenario> {
         "One server, many workspaces",
         &format!(
             "The tool's local cluster (`dl-tenancy local up`: max_connections 200, the pooler's budget of \
-             server connections for all workspaces 177) with {n} workspaces. Provisioning: one CLI call per \
+             server connections for all workspaces 167) with {n} workspaces. Provisioning: one CLI call per \
              workspace, one after the other; cost at {n} = median of the last {window} calls against the \
              first {window}. Burst: every workspace opens one pooled connection (TLS, its read login), all \
              meet at a barrier, then each runs `SELECT pg_sleep({BURST_QUERY_SECS})`; wait = time to the \
@@ -176,12 +176,12 @@ fn burst(t: &Tenancy, names: &[String]) -> R<(usize, Vec<f64>)> {
             std::thread::spawn(move || -> Result<f64, String> {
                 let client = dl_tenancy_ctl::connection::client_config(&uri)
                     .map_err(|e| e.to_string())
-                    .and_then(|(cfg, tls)| cfg.connect(tls).map_err(|e| e.to_string()));
+                    .and_then(|(cfg, tls)| cfg.connect(tls).map_err(|e| why("connect", &e)));
                 barrier.wait();
                 let started = Instant::now();
                 client?
                     .batch_execute(&format!("SELECT pg_catalog.pg_sleep({BURST_QUERY_SECS})"))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| why("query", &e))?;
                 Ok(started.elapsed().as_secs_f64() - BURST_QUERY_SECS)
             })
         })
@@ -193,14 +193,22 @@ fn burst(t: &Tenancy, names: &[String]) -> R<(usize, Vec<f64>)> {
         match th.join().map_err(|_| "a burst client panicked")? {
             Ok(w) => waits.push(w.max(0.0)),
             Err(e) => {
-                if errors == 0 {
-                    log(format!("scenario 14: first burst error: {e}"));
+                if errors < 3 {
+                    log(format!("scenario 14: burst error: {e}"));
                 }
                 errors += 1;
             }
         }
     }
     Ok((errors, waits))
+}
+
+/// What failed, with the server's SQLSTATE and message when it answered.
+fn why(what: &str, e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{what}: {} {}", d.code().code(), d.message()),
+        None => format!("{what}: {e}"),
+    }
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {

@@ -175,9 +175,10 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("default_pool_size", "10"),
     ("max_db_connections", "10"),
     ("max_user_connections", "10"),
-    // A client's login needs no slot of the budget (the auth user's pools are outside it), so
-    // it stays short: sockets that never log in cannot hold client slots for long.
-    ("client_login_timeout", "10"),
+    // A client's login needs no slot of the budget (the auth user's pools are outside it),
+    // but a storm of them is slow: 1,000 pooled clients connecting at once on 2 cores (TLS
+    // and SCRAM on both sides, one lookup each) took over 10 s, and 213 were cut off.
+    ("client_login_timeout", "30"),
     // How long a pooled client waits for a server connection while the budget of all
     // workspaces is taken (or the server refuses the pooler with 57P03): the documented wait.
     ("query_wait_timeout", "30"),
@@ -225,7 +226,7 @@ pub fn watchdog_settings() -> Vec<(String, String)> {
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 200;
 
 /// The fewest `max_connections` a local cluster may have: room for the reserves below.
-pub const MIN_MAX_CONNECTIONS: u32 = 30;
+pub const MIN_MAX_CONNECTIONS: u32 = 40;
 
 /// The most `local up --max-connections` takes (each slot costs shared memory at start).
 pub const MAX_MAX_CONNECTIONS: u32 = 10_000;
@@ -259,13 +260,22 @@ pub fn admission_settings(max_connections: u32) -> Vec<(String, String)> {
 /// PostgreSQL's `superuser_reserved_connections` (its default, which `local up` keeps).
 pub const SUPERUSER_SLOTS: u32 = 3;
 
+/// The pooler's own sessions for its logins' lookups (`auth_query`): one pool of
+/// `default_pool_size` (10), outside the budget so that a client's login never waits for a
+/// tenant's query, but on the same socket, so the budget leaves room for them. Without it a
+/// burst of 1,000 took the budget and the lookups the last slots admission keeps, the server
+/// refused the pooler's next logins (57P03) faster than they ended, and 9 clients got
+/// `too many clients already`.
+pub const POOLER_AUTH_SLOTS: u32 = 10;
+
 /// The local pooler's budget of server connections for all workspaces together
 /// (`max_socket_server_connections`, scripts/pgbouncer/socket-server-budget.patch): what
 /// admission lets the pooler have with the platform's and the direct logins' slots free, so a
 /// burst waits in PgBouncer, fairly shared between the workspaces that wait, and the server
 /// seldom has to refuse the pooler at all.
 pub fn pooler_budget(max_connections: u32) -> (&'static str, String) {
-    let budget = max_connections - (PLATFORM_SLOTS + DIRECT_SLOTS) - SUPERUSER_SLOTS;
+    let budget =
+        max_connections - (PLATFORM_SLOTS + DIRECT_SLOTS) - SUPERUSER_SLOTS - POOLER_AUTH_SLOTS;
     (POOLER_BUDGET_SETTING, budget.to_string())
 }
 
@@ -376,7 +386,12 @@ mod tests {
                 .map(|(_, v)| v.parse().unwrap())
                 .unwrap();
             assert!(budget >= 1, "max_connections {max}: no budget");
-            assert_eq!(budget + reserve + SUPERUSER_SLOTS, max);
+            assert_eq!(budget + POOLER_AUTH_SLOTS + reserve + SUPERUSER_SLOTS, max);
         }
+        let auth_pool = POOLER_SETTINGS
+            .iter()
+            .find(|(k, _)| *k == "default_pool_size")
+            .map(|(_, v)| v.parse::<u32>().unwrap());
+        assert_eq!(auth_pool, Some(POOLER_AUTH_SLOTS));
     }
 }
