@@ -31,7 +31,8 @@ extern "C-unwind" {
 static mut PREVIOUS: ClientAuthenticationHook = None;
 
 /// The start of PostgreSQL 15's `Port` (libpq/libpq-be.h) up to `user_name`: pgrx leaves the
-/// struct opaque, and admission needs the socket's family and the login's name.
+/// struct opaque, and admission needs the socket's family and the login's name. Checked field
+/// by field against the 15 headers; [`install`] refuses other versions.
 #[repr(C)]
 struct PortStart {
     sock: c_int,
@@ -74,8 +75,16 @@ pub fn define_settings() {
     );
 }
 
-/// Installs the hook (from `_PG_init` while shared_preload_libraries is processed).
+/// Installs the hook (from `_PG_init` while shared_preload_libraries is processed). Only
+/// against PostgreSQL 15, whose `Port` [`PortStart`] mirrors: another version's struct may
+/// differ, and a misread login name would turn admission off silently.
 pub fn install() {
+    if cfg!(not(feature = "pg15")) {
+        pgrx::warning!(
+            "dl_tenancy: connection admission needs PostgreSQL 15's Port layout; not installed"
+        );
+        return;
+    }
     // SAFETY: the postmaster loads the library once, single-threaded, before any backend.
     unsafe {
         PREVIOUS = ClientAuthentication_hook;
