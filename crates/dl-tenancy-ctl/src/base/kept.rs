@@ -4,7 +4,7 @@
 //! nothing one call leaves in a session (an advisory lock, a setting) reaches the next.
 
 use crate::base::connection::connect;
-use crate::domain::error::{Error, Result};
+use crate::domain::error::{Error, ErrorCode, Result};
 use postgres::Client;
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -101,8 +101,14 @@ impl Kept {
         };
         match pool.get() {
             Ok(c) => Ok(Session::Kept(c)),
-            // No session to be had within the timeout: one of our own, or its error (which
-            // names the cause: the server is down, the database is gone, ...).
+            // Every session in use for the whole timeout: busy, not one more session (a flood
+            // of calls must not take more of the server's slots than the platform keeps).
+            Err(_) if pool.state().connections >= self.size => Err(Error::new(
+                ErrorCode::Busy,
+                "every session kept for this server is in use; retry",
+            )),
+            // None could be opened: the error of one more try names the cause (the server is
+            // down, the database is gone, ...), or the server is back.
             Err(_) => connect(conn, db).map(Session::Own),
         }
     }
