@@ -110,3 +110,37 @@ pub(crate) fn workspace_limits(ctl: &mut Client, ws: &str) -> Result<Limits> {
         }),
     }
 }
+
+/// A workspace that has data on its server (active or suspended), as recorded.
+pub(crate) struct Recorded {
+    pub workspace: String,
+    pub status: String,
+    pub database: String,
+}
+
+/// Every server, oldest first, with its active and suspended workspaces by id.
+pub(crate) fn workspaces_by_server(ctl: &mut Client) -> Result<Vec<(String, Vec<Recorded>)>> {
+    let rows = ctl.query(
+        "SELECT s.id, w.id, w.state, w.database_name
+           FROM servers AS s
+           LEFT JOIN workspaces AS w ON w.server_id = s.id AND w.state IN ('active', 'suspended')
+          ORDER BY s.created_at, s.id, w.id",
+        &[],
+    )?;
+    let mut listed: Vec<(String, Vec<Recorded>)> = vec![];
+    for r in rows {
+        let server_id: String = r.get(0);
+        if listed.last().map(|(s, _)| s) != Some(&server_id) {
+            listed.push((server_id, vec![]));
+        }
+        if let Some(workspace) = r.get::<_, Option<String>>(1) {
+            let entry = &mut listed.last_mut().expect("pushed above").1;
+            entry.push(Recorded {
+                workspace,
+                status: r.get(2),
+                database: r.get(3),
+            });
+        }
+    }
+    Ok(listed)
+}

@@ -3,6 +3,7 @@
 //! pooler. One connection and one query per server, whatever its number of workspaces.
 
 use crate::base::connection::connect;
+use crate::control::records::{workspaces_by_server, Recorded};
 use crate::domain::error::{ErrorCode, Result};
 use crate::domain::types::{LoadSnapshot, PoolStats, ServerSlots, WorkspaceLoad};
 use crate::ops::Tenancy;
@@ -21,23 +22,10 @@ impl Tenancy {
     /// does not answer is listed as unreachable instead of failing the whole snapshot.
     pub fn load_snapshot(&self) -> Result<LoadSnapshot> {
         let mut ctl = self.control()?;
-        let mut by_server: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        for r in ctl.query("SELECT id FROM servers ORDER BY id", &[])? {
-            by_server.insert(r.get(0), vec![]);
-        }
-        for r in ctl.query(
-            "SELECT server_id, id, database_name FROM workspaces
-              WHERE state IN ('active', 'suspended') ORDER BY id",
-            &[],
-        )? {
-            by_server
-                .entry(r.get(0))
-                .or_default()
-                .push((r.get(1), r.get(2)));
-        }
-        let mut servers = Vec::with_capacity(by_server.len());
-        for id in by_server.keys() {
-            servers.push(self.load_server(&mut ctl, id)?);
+        let listed = workspaces_by_server(&mut ctl)?;
+        let mut servers = Vec::with_capacity(listed.len());
+        for (id, workspaces) in listed {
+            servers.push((self.load_server(&mut ctl, &id)?, workspaces));
         }
         drop(ctl);
         let pools: BTreeMap<String, PoolStats> = match self.pooler_pools() {
@@ -54,9 +42,8 @@ impl Tenancy {
             Err(e) => return Err(e),
         };
         let mut snap = LoadSnapshot::default();
-        for server in servers {
-            let workspaces = &by_server[&server.id];
-            match server_load(&server.admin_conn, &server.id, workspaces, &pools) {
+        for (server, workspaces) in servers {
+            match server_load(&server.admin_conn, &server.id, &workspaces, &pools) {
                 Ok((slots, loads)) => {
                     snap.servers.push(slots);
                     snap.workspaces.extend(loads);
@@ -71,24 +58,24 @@ impl Tenancy {
 fn server_load(
     admin_conn: &str,
     server: &str,
-    workspaces: &[(String, String)],
+    workspaces: &[Recorded],
     pools: &BTreeMap<String, PoolStats>,
 ) -> Result<(ServerSlots, Vec<WorkspaceLoad>)> {
     let mut db = connect(admin_conn, None)?;
     let row = db.query_one(SLOTS, &[])?;
     let (max_connections, reserved, in_use): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    let names: Vec<&str> = workspaces.iter().map(|(_, d)| d.as_str()).collect();
+    let names: Vec<&str> = workspaces.iter().map(|w| w.database.as_str()).collect();
     let figures = database_figures(&mut db, &names)?;
     let loads = workspaces
         .iter()
-        .filter_map(|(ws, database)| {
-            let f = figures.get(database)?;
+        .filter_map(|w| {
+            let f = figures.get(&w.database)?;
             Some(WorkspaceLoad {
-                workspace: ws.clone(),
+                workspace: w.workspace.clone(),
                 server: server.to_string(),
                 sessions: f.sessions,
                 database_bytes: f.bytes,
-                pooler: pools.get(database).cloned().unwrap_or_default(),
+                pooler: pools.get(&w.database).cloned().unwrap_or_default(),
             })
         })
         .collect();

@@ -6,6 +6,7 @@
 //! it has no row counts and no last activity).
 
 use crate::base::connection::connect;
+use crate::control::records::{workspaces_by_server, Recorded};
 use crate::domain::error::{Error, ErrorCode, Result};
 use crate::domain::names::EXTENSION;
 use crate::domain::names::{validate_workspace_id, WorkspaceNames};
@@ -195,29 +196,7 @@ impl Tenancy {
     /// answer) is listed under `errors` instead of failing the whole view.
     pub fn fleet_usage(&self) -> Result<FleetUsage> {
         let mut ctl = self.control()?;
-        let rows = ctl.query(
-            "SELECT s.id, w.id, w.state, w.database_name
-               FROM servers AS s
-               LEFT JOIN workspaces AS w ON w.server_id = s.id AND w.state IN ('active', 'suspended')
-              ORDER BY s.created_at, s.id, w.id",
-            &[],
-        )?;
-        // Per server, in order: its workspaces (id, status, database).
-        let mut listed: Vec<(String, Vec<Recorded>)> = vec![];
-        for r in rows {
-            let server_id: String = r.get(0);
-            if listed.last().map(|(s, _)| s) != Some(&server_id) {
-                listed.push((server_id, vec![]));
-            }
-            if let Some(ws) = r.get::<_, Option<String>>(1) {
-                let entry = &mut listed.last_mut().expect("pushed above").1;
-                entry.push(Recorded {
-                    workspace: ws,
-                    status: r.get(2),
-                    database: r.get(3),
-                });
-            }
-        }
+        let listed = workspaces_by_server(&mut ctl)?;
         let mut servers = Vec::with_capacity(listed.len());
         for (server_id, workspaces) in listed {
             let server = self.load_server(&mut ctl, &server_id)?;
@@ -225,13 +204,6 @@ impl Tenancy {
         }
         Ok(FleetUsage { servers })
     }
-}
-
-/// A workspace as the control database records it.
-struct Recorded {
-    workspace: String,
-    status: String,
-    database: String,
 }
 
 fn missing(workspace: &str) -> String {
