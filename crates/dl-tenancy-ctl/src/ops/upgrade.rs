@@ -86,12 +86,12 @@ struct Target {
 /// database and each server's admin session (a new connection per workspace and purpose was
 /// most of a no-op run's time). Dropped after a failure, so the next workspace starts clean.
 #[derive(Default)]
-struct Kept {
+struct WorkerSessions {
     control: Option<Client>,
     admin: BTreeMap<usize, Client>,
 }
 
-impl Kept {
+impl WorkerSessions {
     fn control(&mut self, t: &Tenancy) -> Result<&mut Client> {
         if self.control.is_none() {
             self.control = Some(t.control()?);
@@ -195,7 +195,7 @@ impl Tenancy {
 
         let canaries = options.canary.min(targets.len());
         let mut canary_failed = false;
-        let mut kept = Kept::default();
+        let mut kept = WorkerSessions::default();
         for target in &targets[..canaries] {
             let result = self.upgrade_one(&servers[target.server], target, options, &mut kept);
             canary_failed |= result.status == "failed";
@@ -215,7 +215,7 @@ impl Tenancy {
             std::thread::scope(|scope| {
                 for _ in 0..options.parallel.clamp(1, 32).min(rest.len().max(1)) {
                     scope.spawn(|| {
-                        let mut kept = Kept::default();
+                        let mut kept = WorkerSessions::default();
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(target) = rest.get(i) else { break };
@@ -255,7 +255,7 @@ impl Tenancy {
         server: &Server,
         target: &Target,
         options: &UpgradeOptions,
-        kept: &mut Kept,
+        kept: &mut WorkerSessions,
     ) -> WorkspaceUpgrade {
         let started = Instant::now();
         let mut from_version = None;
@@ -283,7 +283,7 @@ impl Tenancy {
             )
         })();
         if outcome.is_err() {
-            *kept = Kept::default();
+            *kept = WorkerSessions::default();
         }
         let status = match &outcome {
             Ok(status) => status,
@@ -307,7 +307,7 @@ impl Tenancy {
             millis: started.elapsed().as_millis() as u64,
         };
         if let Err(e) = self.record_upgrade(kept, &result) {
-            *kept = Kept::default();
+            *kept = WorkerSessions::default();
             // The upgrade itself happened (or not) regardless; say why it is not recorded.
             let mut result = result;
             result.error = Some(format!(
@@ -319,7 +319,7 @@ impl Tenancy {
         result
     }
 
-    fn record_upgrade(&self, kept: &mut Kept, result: &WorkspaceUpgrade) -> Result<()> {
+    fn record_upgrade(&self, kept: &mut WorkerSessions, result: &WorkspaceUpgrade) -> Result<()> {
         let done = result.status == "upgraded" || result.status == "already_current";
         let ctl = kept.control(self)?;
         ctl.execute(
