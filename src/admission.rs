@@ -1,25 +1,61 @@
 //! Admission: the server's connection slots shared between the platform and its tenants. With
 //! the library in `shared_preload_libraries`, a workspace login (a member of `dl_tenant_read`
-//! or `dl_tenant_override`, not a superuser, not a `<database>_load` login) is let in only
-//! while enough slots stay free:
+//! or `dl_tenant_override`, not a superuser, not a `<database>_load` login) is counted, by
+//! the way it arrives, against one of two caps the server keeps in shared memory:
 //!
 //! - through the pooler (a unix-socket login: PgBouncer runs beside the server; tenants reach
-//!   the server over TCP only), while more than `dl_tenancy.pooled_reserve` slots are free.
-//!   Otherwise the login is refused with 57P03 (`cannot_connect_now`), which PgBouncer takes
-//!   as "try again" (with scripts/pgbouncer/57P03-is-temporary.patch for every client of the
-//!   pool): its clients wait in the pool's queue (up to its `query_wait_timeout`) instead of
-//!   failing, and get a server connection as soon as one frees up;
-//! - directly, while more than `dl_tenancy.direct_reserve` slots are free; otherwise 53300.
+//!   the server over TCP only): at most `dl_tenancy.pooled_slots` sessions together. Past it
+//!   the login is refused with 57P03 (`cannot_connect_now`), which PgBouncer takes as "try
+//!   again" (with scripts/pgbouncer/57P03-is-temporary.patch for every client of the pool):
+//!   its clients wait in the pool's queue (up to its `query_wait_timeout`) instead of failing;
+//! - directly: at most `dl_tenancy.direct_slots` sessions together; past it 53300.
 //!
-//! What is left belongs to the platform (the tool, `serve`, the runtime, an operator), on top
-//! of PostgreSQL's `superuser_reserved_connections`. 0 turns a reserve off.
+//! Two caps, not one reserve of free slots: idle direct sessions of a few workspaces cannot
+//! take the slots the pooler's budget counts on, nor a pooled burst the direct logins'. What
+//! neither cap covers belongs to the platform (the tool, `serve`, the runtime, an operator)
+//! and to the pooler's own `auth_query` logins. 0 turns a cap off.
+//!
+//! The refusals are counted per database, and `SHOW dl_tenancy.admission` (superusers only)
+//! shows both caps, the sessions counted against them and those counts, as JSON.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
-use std::ffi::{c_char, c_int, CStr};
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI32, Ordering};
 
-static POOLED_RESERVE: GucSetting<i32> = GucSetting::<i32>::new(0);
-static DIRECT_RESERVE: GucSetting<i32> = GucSetting::<i32>::new(0);
+static POOLED_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(0);
+static DIRECT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(0);
+static FIGURES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+// SAFETY (the three): names no other library uses.
+static POOLED: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"dl_tenancy.admission.pooled") };
+static DIRECT: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"dl_tenancy.admission.direct") };
+static REFUSED: PgLwLock<[Refusals; REFUSAL_ENTRIES]> =
+    unsafe { PgLwLock::new(c"dl_tenancy.admission.refused") };
+
+/// Databases whose refusals are counted (a server of 1,000 workspaces fills a quarter); past
+/// it, refusals of further databases are not counted, the refusals themselves still happen.
+const REFUSAL_ENTRIES: usize = 4096;
+
+/// Refusals of one database since the server started.
+#[derive(Clone, Copy)]
+struct Refusals {
+    /// The database's name, NUL-padded (NAMEDATALEN is 64); all zeros: a free entry.
+    database: [u8; 64],
+    pooled: u64,
+    direct: u64,
+}
+
+// SAFETY: plain bytes and integers, no pointers.
+unsafe impl PGRXSharedMemory for Refusals {}
+
+const FREE: Refusals = Refusals {
+    database: [0; 64],
+    pooled: 0,
+    direct: 0,
+};
 
 type ClientAuthenticationHook = Option<unsafe extern "C-unwind" fn(*mut pg_sys::Port, c_int)>;
 
@@ -52,33 +88,57 @@ struct PortStart {
 
 const AF_UNIX: u16 = 1;
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Pooled = 1,
+    Direct = 2,
+}
+
 pub fn define_settings() {
     GucRegistry::define_int_guc(
-        c"dl_tenancy.pooled_reserve",
-        c"Connection slots workspace logins through the pooler leave free.",
-        c"Below it, their logins get 57P03 and PgBouncer queues their clients until a slot frees up. 0: off.",
-        &POOLED_RESERVE,
+        c"dl_tenancy.pooled_slots",
+        c"Sessions workspace logins may hold through the pooler, all workspaces together.",
+        c"Past it, their logins get 57P03 and PgBouncer queues their clients until one ends. 0: no cap.",
+        &POOLED_SLOTS,
         0,
-        10_000,
+        100_000,
         GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
-        c"dl_tenancy.direct_reserve",
-        c"Connection slots workspace logins connecting directly leave free.",
-        c"Below it, their logins get 53300; the rest is the platform's. 0: off.",
-        &DIRECT_RESERVE,
+        c"dl_tenancy.direct_slots",
+        c"Sessions workspace logins may hold connecting directly, all workspaces together.",
+        c"Past it, their logins get 53300. 0: no cap.",
+        &DIRECT_SLOTS,
         0,
-        10_000,
+        100_000,
         GucContext::Sighup,
         GucFlags::default(),
     );
 }
 
-/// Installs the hook (from `_PG_init` while shared_preload_libraries is processed). Only
-/// against PostgreSQL 15, whose `Port` [`PortStart`] mirrors: another version's struct may
-/// differ, and a misread login name would turn admission off silently.
+/// Installs the hook, the shared counters and `dl_tenancy.admission` (from `_PG_init` while
+/// shared_preload_libraries is processed). The hook only against PostgreSQL 15, whose `Port`
+/// [`PortStart`] mirrors: another version's struct may differ, and a misread login name would
+/// turn admission off silently.
 pub fn install() {
+    pg_shmem_init!(POOLED);
+    pg_shmem_init!(DIRECT);
+    pg_shmem_init!(REFUSED = [FREE; REFUSAL_ENTRIES]);
+    // SAFETY: the show hook is guarded; the setting cannot be set (internal).
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"dl_tenancy.admission",
+            c"Workspace sessions and refusals by the way they arrive (JSON; superusers only).",
+            c"",
+            &FIGURES,
+            GucContext::Internal,
+            GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
+            None,
+            None,
+            Some(show_figures),
+        );
+    }
     if cfg!(not(feature = "pg15")) {
         pgrx::warning!(
             "dl_tenancy: connection admission needs PostgreSQL 15's Port layout; not installed"
@@ -97,20 +157,42 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
     if let Some(previous) = PREVIOUS {
         previous(port, status);
     }
-    let (pooled, direct) = (POOLED_RESERVE.get(), DIRECT_RESERVE.get());
-    if status != pg_sys::STATUS_OK as c_int || (pooled == 0 && direct == 0) || port.is_null() {
+    if status != pg_sys::STATUS_OK as c_int || port.is_null() {
         return;
     }
     let start = &*(port as *const PortStart);
     if start.user_name.is_null() || !is_workspace_login(CStr::from_ptr(start.user_name)) {
         return;
     }
-    let through_pooler = start.raddr.addr.ss_family == AF_UNIX;
-    if through_pooler {
-        if pooled > 0 && !pg_sys::HaveNFreeProcs(pooled) {
+    let way = if start.raddr.addr.ss_family == AF_UNIX {
+        Way::Pooled
+    } else {
+        Way::Direct
+    };
+    let (sessions, cap) = match way {
+        Way::Pooled => (POOLED.get(), POOLED_SLOTS.get()),
+        Way::Direct => (DIRECT.get(), DIRECT_SLOTS.get()),
+    };
+    if cap == 0 {
+        return;
+    }
+    if take_slot(sessions, cap) {
+        // Given back when the session ends, however it ends (a crash resets shared memory).
+        pg_sys::before_shmem_exit(Some(give_back), pg_sys::Datum::from(way as usize));
+        return;
+    }
+    // Only for a database that exists: a login may name any database before PostgreSQL
+    // looks it up, and made-up names would fill the table.
+    if !start.database_name.is_null()
+        && pg_sys::get_database_oid(start.database_name, true) != pg_sys::InvalidOid
+    {
+        count_refusal(CStr::from_ptr(start.database_name).to_bytes(), way);
+    }
+    match way {
+        Way::Pooled => {
             // Not in the server log: PgBouncer retries every server_login_retry for each pool
             // with clients waiting, and a line each would fill the log during a long burst.
-            // The waiting shows in the pooler (SHOW POOLS, serve's metrics).
+            // The waiting shows in the pooler (SHOW POOLS) and serve's metrics.
             pg_sys::log_min_messages = pg_sys::PANIC as c_int;
             ereport!(
                 PgLogLevel::FATAL,
@@ -119,14 +201,118 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
                 "PgBouncer retries and its clients wait in the pool's queue."
             );
         }
-    } else if direct > 0 && !pg_sys::HaveNFreeProcs(direct) {
-        ereport!(
+        Way::Direct => ereport!(
             PgLogLevel::FATAL,
             PgSqlErrorCode::ERRCODE_TOO_MANY_CONNECTIONS,
-            "the server's connection slots for workspaces are taken",
+            "the server's connection slots for direct workspace logins are taken",
             "Retry later, or use the pooled URI: its clients wait for a free slot."
-        );
+        ),
     }
+}
+
+/// One more session below `cap`, or none.
+fn take_slot(sessions: &AtomicI32, cap: i32) -> bool {
+    sessions
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn give_back(_code: c_int, way: pg_sys::Datum) {
+    let sessions = if way.value() == Way::Pooled as usize {
+        POOLED.get()
+    } else {
+        DIRECT.get()
+    };
+    sessions.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// FNV-1a: where a database's entry starts its search.
+fn slot_of(name: &[u8]) -> usize {
+    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % REFUSAL_ENTRIES as u64) as usize
+}
+
+fn count_refusal(name: &[u8], way: Way) {
+    let name = &name[..name.len().min(63)];
+    if name.is_empty() {
+        return;
+    }
+    let mut table = REFUSED.exclusive();
+    let first = slot_of(name);
+    for i in 0..REFUSAL_ENTRIES {
+        let entry = &mut table[(first + i) % REFUSAL_ENTRIES];
+        let free = entry.database[0] == 0;
+        if free {
+            entry.database[..name.len()].copy_from_slice(name);
+        }
+        if free || stored_name(&entry.database) == name {
+            match way {
+                Way::Pooled => entry.pooled += 1,
+                Way::Direct => entry.direct += 1,
+            }
+            return;
+        }
+    }
+}
+
+fn json_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn stored_name(database: &[u8; 64]) -> &[u8] {
+    let end = database.iter().position(|b| *b == 0).unwrap_or(64);
+    &database[..end]
+}
+
+/// `SHOW dl_tenancy.admission`: the caps, the sessions counted against them, and the refusals
+/// per database (names of databases that exist: ours, `dlw_...`).
+#[pg_guard]
+unsafe extern "C-unwind" fn show_figures() -> *const c_char {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"{{"pooled":{{"sessions":{},"slots":{}}},"direct":{{"sessions":{},"slots":{}}},"refused":["#,
+        POOLED.get().load(Ordering::Acquire),
+        POOLED_SLOTS.get(),
+        DIRECT.get().load(Ordering::Acquire),
+        DIRECT_SLOTS.get(),
+    );
+    let table = REFUSED.share();
+    let mut first = true;
+    for entry in table.iter().filter(|e| e.database[0] != 0) {
+        let name = json_escaped(&String::from_utf8_lossy(stored_name(&entry.database)));
+        let _ = write!(
+            out,
+            r#"{}{{"database":"{}","pooled":{},"direct":{}}}"#,
+            if first { "" } else { "," },
+            name,
+            entry.pooled,
+            entry.direct
+        );
+        first = false;
+    }
+    drop(table);
+    out.push_str("]}");
+    let text = CString::new(out).unwrap_or_default();
+    pg_sys::pstrdup(text.as_ptr())
 }
 
 /// A workspace login: a member of one of the extension's tenant groups, not a superuser, not

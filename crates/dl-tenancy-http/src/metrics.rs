@@ -13,6 +13,7 @@ use axum::Router;
 use dl_tenancy_ctl::LoadSnapshot;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -25,6 +26,19 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 struct SlotLabels {
     server: String,
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WayLabels {
+    server: String,
+    way: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    workspace: String,
+    server: String,
+    way: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,8 +75,21 @@ pub fn render(snap: &LoadSnapshot) -> Result<String, std::fmt::Error> {
     let slots = Gauges::<SlotLabels>::default();
     let max = Gauges::<ServerLabels>::default();
     let unreachable = Gauges::<ServerLabels>::default();
+    let way_sessions = Gauges::<WayLabels>::default();
+    let way_slots = Gauges::<WayLabels>::default();
     for s in &snap.servers {
         let server = s.server.clone();
+        for (way, w) in [
+            ("pooled", &s.admission.pooled),
+            ("direct", &s.admission.direct),
+        ] {
+            let l = WayLabels {
+                server: server.clone(),
+                way: way.into(),
+            };
+            way_sessions.get_or_create(&l).set(w.sessions);
+            way_slots.get_or_create(&l).set(w.slots);
+        }
         max.get_or_create(&ServerLabels {
             server: server.clone(),
         })
@@ -93,7 +120,17 @@ pub fn render(snap: &LoadSnapshot) -> Result<String, std::fmt::Error> {
     let waiting = Gauges::<WorkspaceLabels>::default();
     let servers = Gauges::<WorkspaceLabels>::default();
     let longest = FloatGauges::<WorkspaceLabels>::default();
+    let refused = Family::<RefusalLabels, Counter>::default();
     for w in &snap.workspaces {
+        for (way, n) in [("pooled", w.refused_pooled), ("direct", w.refused_direct)] {
+            refused
+                .get_or_create(&RefusalLabels {
+                    workspace: w.workspace.clone(),
+                    server: w.server.clone(),
+                    way: way.into(),
+                })
+                .inc_by(n);
+        }
         let l = WorkspaceLabels {
             workspace: w.workspace.clone(),
             server: w.server.clone(),
@@ -120,6 +157,16 @@ pub fn render(snap: &LoadSnapshot) -> Result<String, std::fmt::Error> {
         "server_max_connections",
         "The server's max_connections",
         max,
+    );
+    reg.register(
+        "server_workspace_sessions",
+        "Workspace sessions admission counts, by the way they arrive (pooled, direct)",
+        way_sessions,
+    );
+    reg.register(
+        "server_workspace_slots",
+        "Admission's cap on workspace sessions by way (0: no cap)",
+        way_slots,
     );
     reg.register(
         "server_unreachable",
@@ -156,6 +203,12 @@ pub fn render(snap: &LoadSnapshot) -> Result<String, std::fmt::Error> {
         "How long the workspace's longest-waiting pooled client has waited",
         longest,
     );
+    reg.register(
+        "workspace_refusals",
+        "The workspace's logins admission refused since the server started: pooled (57P03, \
+         its clients waited in the pooler) and direct (53300)",
+        refused,
+    );
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)
@@ -164,7 +217,7 @@ pub fn render(snap: &LoadSnapshot) -> Result<String, std::fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dl_tenancy_ctl::{PoolStats, ServerSlots, WorkspaceLoad};
+    use dl_tenancy_ctl::{Admission, AdmissionWay, PoolStats, ServerSlots, WorkspaceLoad};
 
     /// The series' names and labels, rendered from a snapshot without a server.
     #[test]
@@ -174,8 +227,19 @@ mod tests {
                 server: "local".into(),
                 max_connections: 200,
                 in_use: 12,
-                reserved: 13,
+                reserved: 23,
                 free: 188,
+                admission: Admission {
+                    pooled: AdmissionWay {
+                        sessions: 5,
+                        slots: 137,
+                    },
+                    direct: AdmissionWay {
+                        sessions: 1,
+                        slots: 40,
+                    },
+                    refused: vec![],
+                },
             }],
             workspaces: vec![WorkspaceLoad {
                 workspace: "acme".into(),
@@ -188,6 +252,8 @@ mod tests {
                     longest_wait_ms: 1500,
                     ..Default::default()
                 },
+                refused_pooled: 7,
+                refused_direct: 0,
             }],
             unreachable: vec!["far".into()],
         };
@@ -196,6 +262,9 @@ mod tests {
             "dl_server_connections{server=\"local\",state=\"free\"} 188",
             "dl_server_max_connections{server=\"local\"} 200",
             "dl_server_unreachable{server=\"far\"} 1",
+            "dl_server_workspace_sessions{server=\"local\",way=\"pooled\"} 5",
+            "dl_server_workspace_slots{server=\"local\",way=\"direct\"} 40",
+            "dl_workspace_refusals_total{workspace=\"acme\",server=\"local\",way=\"pooled\"} 7",
             "dl_workspace_sessions{workspace=\"acme\",server=\"local\"} 3",
             "dl_workspace_database_bytes{workspace=\"acme\",server=\"local\"} 8000000",
             "dl_workspace_pooler_clients_waiting{workspace=\"acme\",server=\"local\"} 2",

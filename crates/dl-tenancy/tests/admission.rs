@@ -141,7 +141,9 @@ fn a_burst_larger_than_the_server_waits_and_the_platform_gets_in() {
 /// Sessions of workspace logins on the server.
 const WORKSPACE_SESSIONS: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity a
      JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid
-    WHERE pg_catalog.pg_has_role(r.oid, 'dl_tenant_read', 'MEMBER') AND NOT r.rolsuper";
+    WHERE (pg_catalog.pg_has_role(r.oid, 'dl_tenant_read', 'MEMBER')
+           OR pg_catalog.pg_has_role(r.oid, 'dl_tenant_override', 'MEMBER'))
+      AND NOT r.rolsuper";
 
 /// A hostile workspace holds its pooled server connections in open transactions, and asks for
 /// more: it keeps at most its pool (10 of the budget's 17), its extra client waits in the
@@ -187,4 +189,85 @@ fn a_workspace_holding_transactions_open_keeps_only_its_pool() {
         .join()
         .unwrap()
         .expect("the extra client runs once the holder lets go");
+}
+
+/// Direct logins have a cap of their own (`dl_tenancy.direct_slots`, 10 on this server): one
+/// workspace holding direct sessions idle gets 53300 past it, and cannot take the slots the
+/// pooler's budget counts on: two other workspaces then fill the whole budget (17) with
+/// pooled clients in open transactions, and none of them is refused or waits. The platform
+/// still gets in, and the refusal shows in what `serve`'s /metrics renders.
+#[test]
+fn direct_sessions_cannot_take_the_pooled_slots() {
+    let env = small_server();
+    for ws in ["hog", "pool-a", "pool-b"] {
+        env.t.provision(ws).unwrap();
+    }
+    let hog_uri = env.uri("hog", Kind::Override, false);
+    let mut hog = Vec::new();
+    let refused = loop {
+        match connect(&hog_uri) {
+            Ok(c) => hog.push(c),
+            Err(e) => break e,
+        }
+        assert!(hog.len() <= 12, "direct logins were never capped");
+    };
+    assert_eq!(sqlstate(&refused), "53300", "{refused}");
+    assert!(
+        format!("{refused:?}").contains("direct workspace logins"),
+        "{refused:?}"
+    );
+    let direct_slots = dl_tenancy_ctl::fences::direct_slots(MAX_CONNECTIONS) as usize;
+    assert_eq!(hog.len(), direct_slots, "direct sessions admitted");
+
+    let (_, budget) = dl_tenancy_ctl::fences::pooler_budget(MAX_CONNECTIONS);
+    let budget: usize = budget.parse().unwrap();
+    let pooled: Vec<_> = (0..budget)
+        .map(|i| {
+            let ws = if i < 10 { "pool-a" } else { "pool-b" };
+            let mut c = connect(&env.uri(ws, Kind::Read, true))
+                .unwrap_or_else(|e| panic!("pooled client {i}: {e}"));
+            c.batch_execute("BEGIN; SELECT 1")
+                .unwrap_or_else(|e| panic!("pooled client {i}: {e}"));
+            c
+        })
+        .collect();
+    assert_eq!(waiting(&env, "").0, 0, "a pooled client waited");
+    let mut admin = env.admin("postgres");
+    assert_eq!(
+        count(&mut admin, WORKSPACE_SESSIONS) as usize,
+        direct_slots + budget
+    );
+    let status = env.cli(&["status", "--workspace", "pool-a"]);
+    assert_eq!(status.code, 0, "status: {}", status.stderr);
+
+    let snap = env.t.load_snapshot().unwrap();
+    let server = &snap.servers[0];
+    assert_eq!(server.admission.direct.sessions as usize, direct_slots);
+    assert_eq!(server.admission.pooled.sessions as usize, budget);
+    let load = |ws: &str| snap.workspaces.iter().find(|w| w.workspace == ws).unwrap();
+    assert_eq!(load("hog").refused_direct, 1);
+    assert_eq!(
+        load("pool-a").refused_direct + load("pool-a").refused_pooled,
+        0
+    );
+    // A tenant cannot read the server's figures (other workspaces' refusals).
+    let err = hog[0]
+        .query_one("SHOW dl_tenancy.admission", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{err}");
+
+    drop(pooled);
+    drop(hog);
+    let started = Instant::now();
+    while env.t.load_snapshot().unwrap().servers[0]
+        .admission
+        .direct
+        .sessions
+        > 0
+    {
+        assert!(
+            started.elapsed() < SAFETY_NET,
+            "the direct sessions stayed counted"
+        );
+    }
 }

@@ -110,6 +110,13 @@ fn metrics_follow_one_workspace_s_load_and_stay_off_the_tenant_port() {
         during["dl_server_connections{server=\"local\",state=\"in_use\"}"]
             >= before["dl_server_connections{server=\"local\",state=\"in_use\"}"] + 4.0
     );
+    // Admission counts the direct sessions against the direct logins' cap.
+    let direct_key = "dl_server_workspace_sessions{server=\"local\",way=\"direct\"}";
+    assert!(during[direct_key] >= before[direct_key] + 3.0, "{during:?}");
+    assert!(during["dl_server_workspace_slots{server=\"local\",way=\"direct\"}"] >= 10.0);
+    let refused =
+        "dl_workspace_refusals_total{workspace=\"met-busy\",server=\"local\",way=\"direct\"}";
+    assert_eq!(during.get(refused), Some(&0.0), "{during:?}");
     tx.commit().unwrap();
     drop(direct);
     drop(pooled);

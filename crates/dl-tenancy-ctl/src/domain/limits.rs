@@ -231,28 +231,31 @@ pub const MIN_MAX_CONNECTIONS: u32 = 40;
 /// The most `local up --max-connections` takes (each slot costs shared memory at start).
 pub const MAX_MAX_CONNECTIONS: u32 = 10_000;
 
-/// Connection slots workspaces never take (`dl_tenancy.direct_reserve`): the platform's (the
-/// tool, `serve`, `upgrade --parallel`, the runtime, an operator), on top of PostgreSQL's 3
-/// for superusers.
+/// Connection slots workspaces never take: the platform's (the tool, `serve`, `upgrade
+/// --parallel`, the runtime, an operator), on top of PostgreSQL's 3 for superusers.
 pub const PLATFORM_SLOTS: u32 = 10;
 
-/// Slots only workspaces' direct logins may take beyond what the pooler may
-/// (`dl_tenancy.pooled_reserve` = this + [`PLATFORM_SLOTS`]): a migration on a direct URI
-/// gets in while the pooled workspaces fill the server.
-pub const DIRECT_SLOTS: u32 = 10;
+/// Sessions all workspaces' direct logins may hold together (`dl_tenancy.direct_slots`): a
+/// fifth of the server, at least 10. A cap of their own, so that a few workspaces' idle direct
+/// sessions cannot take the slots the pooler's budget counts on, and a pooled burst cannot
+/// take theirs (a migration on a direct URI gets in while the pooled workspaces fill the
+/// server).
+pub fn direct_slots(max_connections: u32) -> u32 {
+    (max_connections / 5).max(10)
+}
 
 /// The extension's admission settings (src/admission.rs) for a server with
-/// `max_connections` slots.
+/// `max_connections` slots: the pooled workspaces' cap is the pooler's budget.
 pub fn admission_settings(max_connections: u32) -> Vec<(String, String)> {
     debug_assert!(max_connections >= MIN_MAX_CONNECTIONS);
     vec![
         (
-            "dl_tenancy.direct_reserve".into(),
-            PLATFORM_SLOTS.to_string(),
+            "dl_tenancy.pooled_slots".into(),
+            pooler_budget(max_connections).1,
         ),
         (
-            "dl_tenancy.pooled_reserve".into(),
-            (PLATFORM_SLOTS + DIRECT_SLOTS).to_string(),
+            "dl_tenancy.direct_slots".into(),
+            direct_slots(max_connections).to_string(),
         ),
     ]
 }
@@ -269,13 +272,17 @@ pub const SUPERUSER_SLOTS: u32 = 3;
 pub const POOLER_AUTH_SLOTS: u32 = 10;
 
 /// The local pooler's budget of server connections for all workspaces together
-/// (`max_socket_server_connections`, scripts/pgbouncer/socket-server-budget.patch): what
-/// admission lets the pooler have with the platform's and the direct logins' slots free, so a
-/// burst waits in PgBouncer, fairly shared between the workspaces that wait, and the server
+/// (`max_socket_server_connections`, scripts/pgbouncer/socket-server-budget.patch), and
+/// admission's cap on pooled workspace sessions: what is left of the server past the
+/// platform's, the superusers', the direct logins' and the pooler's lookups' slots. A burst
+/// waits in PgBouncer, fairly shared between the workspaces that wait, and the server
 /// seldom has to refuse the pooler at all.
 pub fn pooler_budget(max_connections: u32) -> (&'static str, String) {
-    let budget =
-        max_connections - (PLATFORM_SLOTS + DIRECT_SLOTS) - SUPERUSER_SLOTS - POOLER_AUTH_SLOTS;
+    let budget = max_connections
+        - PLATFORM_SLOTS
+        - SUPERUSER_SLOTS
+        - POOLER_AUTH_SLOTS
+        - direct_slots(max_connections);
     (POOLER_BUDGET_SETTING, budget.to_string())
 }
 
@@ -366,27 +373,32 @@ impl TryFrom<u64> for GraceSeconds {
 mod tests {
     use super::*;
 
-    /// The pooler's budget stays below what admission lets the pooler have, so the server
-    /// refuses the pooler only when direct or platform sessions took more than PostgreSQL's
-    /// superuser slots; the smallest server still gets a budget.
+    /// The pooler's budget is admission's pooled cap, so the server never refuses the pooler
+    /// within it; the two caps, the pooler's lookups, the platform and the superusers add up
+    /// to `max_connections`; the smallest server still gets a budget.
     #[test]
     fn the_pooler_budget_fits_inside_admission() {
         for max in [
             MIN_MAX_CONNECTIONS,
-            40,
+            50,
             DEFAULT_MAX_CONNECTIONS,
             MAX_MAX_CONNECTIONS,
         ] {
             let (_, budget) = pooler_budget(max);
             let budget: u32 = budget.parse().unwrap();
-            let settings = admission_settings(max);
-            let reserve: u32 = settings
-                .iter()
-                .find(|(k, _)| k == "dl_tenancy.pooled_reserve")
-                .map(|(_, v)| v.parse().unwrap())
-                .unwrap();
+            let setting = |name: &str| -> u32 {
+                let settings = admission_settings(max);
+                let (_, v) = settings.iter().find(|(k, _)| k == name).unwrap();
+                v.parse().unwrap()
+            };
             assert!(budget >= 1, "max_connections {max}: no budget");
-            assert_eq!(budget + POOLER_AUTH_SLOTS + reserve + SUPERUSER_SLOTS, max);
+            assert_eq!(setting("dl_tenancy.pooled_slots"), budget);
+            let direct = setting("dl_tenancy.direct_slots");
+            assert!(direct >= 10);
+            assert_eq!(
+                budget + direct + POOLER_AUTH_SLOTS + PLATFORM_SLOTS + SUPERUSER_SLOTS,
+                max
+            );
         }
         let auth_pool = POOLER_SETTINGS
             .iter()

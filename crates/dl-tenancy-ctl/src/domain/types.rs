@@ -2,7 +2,7 @@
 //! the control database records.
 
 use crate::domain::names::Kind;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// `GET status`: `{"workspace","status","database","extension_version",...}`.
@@ -238,10 +238,35 @@ pub struct ServerSlots {
     pub max_connections: i64,
     /// Client sessions on the server, the platform's included.
     pub in_use: i64,
-    /// Slots workspaces never take: PostgreSQL's for superusers and the platform's
-    /// (`dl_tenancy.direct_reserve`).
+    /// Slots workspaces never take: past admission's two caps (the platform's, the
+    /// superusers', the pooler's lookups').
     pub reserved: i64,
     pub free: i64,
+    /// Admission's caps and the workspace sessions counted against them (zeros without the
+    /// library in `shared_preload_libraries`).
+    pub admission: Admission,
+}
+
+/// What `SHOW dl_tenancy.admission` tells (src/admission.rs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Admission {
+    pub pooled: AdmissionWay,
+    pub direct: AdmissionWay,
+    /// Refusals since the server started, per database that had any.
+    pub refused: Vec<Refused>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdmissionWay {
+    pub sessions: i64,
+    pub slots: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Refused {
+    pub database: String,
+    pub pooled: u64,
+    pub direct: u64,
 }
 
 /// One workspace's load now (`serve`'s /metrics). Identified by its id and server only:
@@ -255,6 +280,10 @@ pub struct WorkspaceLoad {
     pub database_bytes: i64,
     /// Its clients in the local pooler (zeros when it has none there).
     pub pooler: PoolStats,
+    /// Its logins refused by admission since the server started: through the pooler (57P03,
+    /// its clients waited) and direct (53300).
+    pub refused_pooled: u64,
+    pub refused_direct: u64,
 }
 
 /// What every server and workspace holds now: one query per server, one `SHOW POOLS`.

@@ -4,18 +4,19 @@
 
 use crate::base::connection::connect;
 use crate::control::records::{workspaces_by_server, Recorded};
-use crate::domain::error::{ErrorCode, Result};
-use crate::domain::types::{LoadSnapshot, PoolStats, ServerSlots, WorkspaceLoad};
+use crate::domain::error::{Error, ErrorCode, Result};
+use crate::domain::types::{
+    Admission, LoadSnapshot, PoolStats, Refused, ServerSlots, WorkspaceLoad,
+};
 use crate::ops::Tenancy;
 use crate::server::catalog::database_figures;
 use std::collections::BTreeMap;
 
-/// The server's slots: `max_connections`, what workspaces never take, what is in use.
+/// The server's slots: `max_connections`, what is in use, and admission's figures (NULL
+/// without the library preloaded).
 const SLOTS: &str = "SELECT pg_catalog.current_setting('max_connections')::bigint,
-        pg_catalog.current_setting('superuser_reserved_connections')::bigint
-          + coalesce(nullif(
-                pg_catalog.current_setting('dl_tenancy.direct_reserve', true), '')::bigint, 0),
-        (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend')";
+        (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'),
+        pg_catalog.current_setting('dl_tenancy.admission', true)";
 
 impl Tenancy {
     /// Every server's slots and every active or suspended workspace's load. A server that
@@ -63,14 +64,27 @@ fn server_load(
 ) -> Result<(ServerSlots, Vec<WorkspaceLoad>)> {
     let mut db = connect(admin_conn, None)?;
     let row = db.query_one(SLOTS, &[])?;
-    let (max_connections, reserved, in_use): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let (max_connections, in_use): (i64, i64) = (row.get(0), row.get(1));
+    let admission: Admission = match row.get::<_, Option<String>>(2) {
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("dl_tenancy.admission: {e}")))?,
+        None => Admission::default(),
+    };
+    let refused: BTreeMap<&str, &Refused> = admission
+        .refused
+        .iter()
+        .map(|r| (r.database.as_str(), r))
+        .collect();
     let names: Vec<&str> = workspaces.iter().map(|w| w.database.as_str()).collect();
     let figures = database_figures(&mut db, &names)?;
     let loads = workspaces
         .iter()
         .filter_map(|w| {
             let f = figures.get(&w.database)?;
+            let r = refused.get(w.database.as_str());
             Some(WorkspaceLoad {
+                refused_pooled: r.map_or(0, |r| r.pooled),
+                refused_direct: r.map_or(0, |r| r.direct),
                 workspace: w.workspace.clone(),
                 server: server.to_string(),
                 sessions: f.sessions,
@@ -83,8 +97,12 @@ fn server_load(
         server: server.to_string(),
         max_connections,
         in_use,
-        reserved,
+        reserved: match (admission.pooled.slots, admission.direct.slots) {
+            (0, _) | (_, 0) => 0,
+            (pooled, direct) => max_connections - pooled - direct,
+        },
         free: max_connections - in_use,
+        admission,
     };
     Ok((slots, loads))
 }
