@@ -69,6 +69,9 @@ pub struct ServeOptions {
     pub purge_sweep_interval: Duration,
     /// Where Prometheus metrics are served (`/metrics`, [`metrics`]); none: not at all.
     pub metrics_listen: Option<SocketAddr>,
+    /// The benchmark's baseline (`serve --baseline`, hidden): `GET /api/v2/tenants/status`
+    /// answers from the control database alone, through the same stack.
+    pub baseline: bool,
 }
 
 impl Default for ServeOptions {
@@ -81,6 +84,7 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(35),
             purge_sweep_interval: dl_tenancy_ctl::PURGE_SWEEP_INTERVAL,
             metrics_listen: None,
+            baseline: false,
         }
     }
 }
@@ -92,6 +96,7 @@ pub struct AppState {
     limiter: RateLimiter,
     call_timeout: Duration,
     calls: Semaphore,
+    baseline: bool,
 }
 
 impl AppState {
@@ -104,6 +109,7 @@ impl AppState {
             limiter: RateLimiter::new(opts.rate_per_minute),
             call_timeout: opts.call_timeout,
             calls: Semaphore::new(opts.max_concurrent_calls.max(1)),
+            baseline: opts.baseline,
         }))
     }
 
@@ -173,6 +179,9 @@ async fn openapi() -> Response {
 
 async fn status(State(st): State<Arc<AppState>>, Auth(p): Auth) -> Api<Response> {
     let ws = p.workspace;
+    if st.baseline {
+        return Ok(Json(st.call(move |t| t.status_recorded(&ws)).await?).into_response());
+    }
     Ok(Json(st.call(move |t| t.status(&ws)).await?).into_response())
 }
 

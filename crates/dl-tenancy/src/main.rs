@@ -277,6 +277,9 @@ struct ServeArgs {
     /// name every workspace). Off unless given.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The benchmark's baseline: status from the control database alone.
+    #[arg(long, hide = true)]
+    baseline: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -408,6 +411,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                         s.purge_sweep_seconds.max(1),
                     ),
                     metrics_listen: s.metrics_listen,
+                    baseline: s.baseline,
                     ..Default::default()
                 },
             )?

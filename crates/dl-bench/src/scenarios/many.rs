@@ -32,14 +32,15 @@ pub fn run(b: &Bench) -> R<Scenario> {
         "One server, many workspaces",
         &format!(
             "The tool's local cluster (`dl-tenancy local up`: max_connections 200, the pooler's budget of \
-             server connections for all workspaces 167) with {n} workspaces. Provisioning: one CLI call per \
+             server connections for all workspaces 137) with {n} workspaces. Provisioning: one CLI call per \
              workspace, one after the other; cost at {n} = median of the last {window} calls against the \
              first {window}. Burst: every workspace opens one pooled connection (TLS, its read login), all \
              meet at a barrier, then each runs `SELECT pg_sleep({BURST_QUERY_SECS})`; wait = time to the \
              answer minus {BURST_QUERY_SECS} s. Fleet `usage` and a no-op `upgrade --all` (every workspace \
              already current): wall time of the CLI call. API: {API_CLIENTS} clients with keep-alive, each \
              with its own workspace's token, for {api_secs} s per endpoint; serve's CPU per request from \
-             /proc (user + system)."
+             /proc (user + system); the baseline is the same serve with `--baseline`, whose status answers \
+             from the control database alone."
         ),
     );
     let Some(bin) = b.cfg.dl_tenancy_bin.clone() else {
@@ -130,11 +131,28 @@ fn measure(s: &mut Scenario, tool: &Tool, n: usize, window: usize, api_secs: u64
     );
 
     log("scenario 14: the API");
-    let api = Serve::start(tool)?;
     let tokens: Vec<String> = names[..API_CLIENTS.min(n)]
         .iter()
         .map(|ws| dl_tenancy_ctl::tokens::create(&t, ws).map(|i| i.token))
         .collect::<Result<_, _>>()?;
+    // The baseline: the same serve, token check and handler, answering status from the
+    // control database alone (`serve --baseline`).
+    let status = Call::get("/api/v2/tenants/status");
+    let baseline = {
+        let api = Serve::start(tool, &["--baseline"])?;
+        api.drive(&status, &tokens, Duration::from_secs(api_secs))?
+    };
+    let base_rate = s.baseline(
+        "API baseline: status from the control database only, requests per second",
+        "req/s",
+        vec![baseline.0],
+    );
+    let base_cpu = s.baseline(
+        "API baseline: serve's CPU per request",
+        "ms",
+        vec![baseline.1],
+    );
+    let api = Serve::start(tool, &[])?;
     for (label, call) in [
         ("status", Call::get("/api/v2/tenants/status")),
         (
@@ -152,10 +170,18 @@ fn measure(s: &mut Scenario, tool: &Tool, n: usize, window: usize, api_secs: u64
             vec![rate],
             Some(Target::at_least(200.0)),
         );
-        s.absolute(
+        s.compared(
+            &format!("API {label}: requests per second, against the baseline"),
+            "req/s",
+            vec![rate],
+            base_rate,
+            None,
+        );
+        s.compared(
             &format!("API {label}: serve's CPU per request"),
             "ms",
             vec![cpu_ms],
+            base_cpu,
             None,
         );
     }
@@ -230,7 +256,7 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(tool: &Tool) -> R<Serve> {
+    fn start(tool: &Tool, extra: &[&str]) -> R<Serve> {
         let mut child = Command::new(&tool.bin)
             .env_remove("DL_TENANCY_ADMIN_URL")
             .arg("--data-dir")
@@ -242,6 +268,7 @@ impl Serve {
                 "--rate-limit-per-minute",
                 "0",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

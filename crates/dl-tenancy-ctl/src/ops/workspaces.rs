@@ -56,67 +56,40 @@ impl Tenancy {
     pub fn status(&self, workspace: &str) -> Result<WorkspaceStatus> {
         validate_workspace_id(workspace)?;
         let mut ctl = self.control_read()?;
-        let row = ctl.query_opt(
-            "SELECT server_id, state, database_name, extension_version, purge_after::text
-               FROM workspaces WHERE id = $1",
-            &[&workspace],
-        )?;
-        let mut st = WorkspaceStatus {
-            workspace: workspace.to_string(),
-            status: "not_provisioned".into(),
-            database: None,
-            extension_version: None,
-            server_id: None,
-            message: None,
-            purge_after: None,
+        let (mut st, live) = recorded_status(&mut ctl, workspace)?;
+        let Some((server_id, names)) = live else {
+            return Ok(st);
         };
-        let Some(row) = row else { return Ok(st) };
-        let state: WorkspaceState = row.get::<_, &str>(1).parse()?;
-        if state == WorkspaceState::Deleted {
-            return Ok(st);
-        }
-        let server_id: String = row.get(0);
-        let names = WorkspaceNames::recorded(workspace, row.get(2))?;
-        st.database = Some(names.database());
-        st.server_id = Some(server_id.clone());
-        st.status = state.to_string();
-        st.extension_version = row.get(3);
-        if state.is_suspended() {
-            // Deleted, data kept: no live check (the logins are refused on purpose).
-            st.status = "suspended".into();
-            st.purge_after = row.get(4);
-            st.message = Some(suspended_error(workspace, st.purge_after.as_deref()).message);
-            return Ok(st);
-        }
-        if state == WorkspaceState::Error {
-            // The stored error is the operator's (`dl-tenancy list`): it can name hosts, paths
-            // and SQL. A tenant sees only what to do.
-            st.message = Some(PROVISIONING_FAILED.into());
-        }
-        if state == WorkspaceState::Active {
-            let server = self.load_server(&mut ctl, &server_id)?;
-            let logins = active_logins(&mut ctl, workspace)?;
-            drop(ctl);
-            match self.live_version(&server, &names)? {
-                Some(v) => {
-                    st.extension_version = Some(v);
-                    let mut admin = self.admin_read(&server.admin_conn)?;
-                    if !logins_usable(&mut admin, &names, &logins)? {
-                        st.status = "error".into();
-                        st.message = Some(CREDENTIALS_BROKEN.into());
-                    }
+        let server = self.load_server(&mut ctl, &server_id)?;
+        let logins = active_logins(&mut ctl, workspace)?;
+        drop(ctl);
+        match self.live_version(&server, &names)? {
+            Some(v) => {
+                st.extension_version = Some(v);
+                let mut admin = self.admin_read(&server.admin_conn)?;
+                if !logins_usable(&mut admin, &names, &logins)? {
+                    st.status = "error".into();
+                    st.message = Some(CREDENTIALS_BROKEN.into());
                 }
-                None => {
-                    st.status = "not_provisioned".into();
-                    st.extension_version = None;
-                    st.message = Some(format!(
-                        "database {} is missing or has no {EXTENSION} extension (removed outside dl-tenancy); run provision",
-                        names.database()
-                    ));
-                }
+            }
+            None => {
+                st.status = "not_provisioned".into();
+                st.extension_version = None;
+                st.message = Some(format!(
+                    "database {} is missing or has no {EXTENSION} extension (removed outside dl-tenancy); run provision",
+                    names.database()
+                ));
             }
         }
         Ok(st)
+    }
+
+    /// What `status` answers from the control database alone, before its live check: the
+    /// benchmark's baseline for the API (`serve --baseline`).
+    pub fn status_recorded(&self, workspace: &str) -> Result<WorkspaceStatus> {
+        validate_workspace_id(workspace)?;
+        let mut ctl = self.control_read()?;
+        Ok(recorded_status(&mut ctl, workspace)?.0)
     }
 
     /// `provision`: idempotent; serialized per workspace by an advisory lock in `dl_control`.
@@ -380,3 +353,51 @@ const PROVISIONING_FAILED: &str = "provisioning did not finish; run provision ag
 /// What `status` says of an active workspace whose logins were changed outside dl-tenancy.
 const CREDENTIALS_BROKEN: &str =
     "the workspace's logins were changed outside dl-tenancy; run provision to repair them";
+
+/// The workspace's status as recorded, and for an `active` one what its live check needs.
+fn recorded_status(
+    ctl: &mut Client,
+    workspace: &str,
+) -> Result<(WorkspaceStatus, Option<(String, WorkspaceNames)>)> {
+    let row = ctl.query_opt(
+        "SELECT server_id, state, database_name, extension_version, purge_after::text
+           FROM workspaces WHERE id = $1",
+        &[&workspace],
+    )?;
+    let mut st = WorkspaceStatus {
+        workspace: workspace.to_string(),
+        status: "not_provisioned".into(),
+        database: None,
+        extension_version: None,
+        server_id: None,
+        message: None,
+        purge_after: None,
+    };
+    let Some(row) = row else {
+        return Ok((st, None));
+    };
+    let state: WorkspaceState = row.get::<_, &str>(1).parse()?;
+    if state == WorkspaceState::Deleted {
+        return Ok((st, None));
+    }
+    let server_id: String = row.get(0);
+    let names = WorkspaceNames::recorded(workspace, row.get(2))?;
+    st.database = Some(names.database());
+    st.server_id = Some(server_id.clone());
+    st.status = state.to_string();
+    st.extension_version = row.get(3);
+    if state.is_suspended() {
+        // Deleted, data kept: no live check (the logins are refused on purpose).
+        st.status = "suspended".into();
+        st.purge_after = row.get(4);
+        st.message = Some(suspended_error(workspace, st.purge_after.as_deref()).message);
+        return Ok((st, None));
+    }
+    if state == WorkspaceState::Error {
+        // The stored error is the operator's (`dl-tenancy list`): it can name hosts, paths
+        // and SQL. A tenant sees only what to do.
+        st.message = Some(PROVISIONING_FAILED.into());
+    }
+    let live = (state == WorkspaceState::Active).then_some((server_id, names));
+    Ok((st, live))
+}
