@@ -16,7 +16,8 @@
 //! and to the pooler's own `auth_query` logins. 0 turns a cap off.
 //!
 //! The refusals are counted per database, and `SHOW dl_tenancy.admission` (superusers only)
-//! shows both caps, the sessions counted against them and those counts, as JSON.
+//! shows both caps, the sessions counted against them and those counts, as JSON. Each admitted
+//! workspace session also gets its memory share (`dl_tenancy.session_memory_mb`).
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 static POOLED_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static DIRECT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static FIGURES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static SESSION_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 // SAFETY (the three): names no other library uses.
 static POOLED: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"dl_tenancy.admission.pooled") };
@@ -115,6 +117,16 @@ pub fn define_settings() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"dl_tenancy.session_memory_mb",
+        c"Memory a workspace login's session may allocate beyond what it starts with, in MB.",
+        c"Past it, the allocation fails with 53200 in that session alone (RLIMIT_DATA), instead of the OOM killer restarting the server. 0: no limit.",
+        &SESSION_MEMORY_MB,
+        0,
+        1_048_576,
+        GucContext::Sighup,
+        GucFlags::UNIT_MB,
+    );
 }
 
 /// Installs the hook, the shared counters and `dl_tenancy.admission` (from `_PG_init` while
@@ -164,6 +176,7 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
     if start.user_name.is_null() || !is_workspace_login(CStr::from_ptr(start.user_name)) {
         return;
     }
+    fence_memory();
     let way = if start.raddr.addr.ss_family == AF_UNIX {
         Way::Pooled
     } else {
@@ -208,6 +221,39 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
             "Retry later, or use the pooled URI: its clients wait for a free slot."
         ),
     }
+}
+
+/// Caps the session's private memory (heap and anonymous mappings, not shared memory) at what
+/// it holds now plus `dl_tenancy.session_memory_mb`: past it malloc fails, and PostgreSQL
+/// answers the query with 53200 `out of memory` and the session goes on. One tenant query
+/// within `work_mem` (an `array_agg` of large values) otherwise grew to gigabytes and the
+/// OOM killer restarted the whole server.
+fn fence_memory() {
+    let share = i64::from(SESSION_MEMORY_MB.get()) * 1024 * 1024;
+    if share <= 0 {
+        return;
+    }
+    let Some(now) = data_bytes() else {
+        pgrx::warning!("dl_tenancy: cannot read this session's memory; not limited");
+        return;
+    };
+    let limit = (now + share) as libc::rlim_t;
+    let lim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: a system call on a local struct, for this process only.
+    if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) } != 0 {
+        pgrx::warning!("dl_tenancy: cannot limit this session's memory");
+    }
+}
+
+/// `VmData` of this process: what RLIMIT_DATA counts.
+fn data_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmData:"))?;
+    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// One more session below `cap`, or none.

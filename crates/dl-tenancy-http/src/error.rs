@@ -64,6 +64,28 @@ impl ApiError {
         )
     }
 
+    /// Past the workspace's calls per minute (every endpoint).
+    pub fn too_many_calls(retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after.max(1)),
+            ..ApiError::new(
+                ErrorCode::RateLimited,
+                "too many requests for this workspace; retry later",
+            )
+        }
+    }
+
+    /// The workspace has as many calls waiting as it may.
+    pub fn calls_in_flight() -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                ErrorCode::RateLimited,
+                "too many requests of this workspace are running or waiting; retry when one is done",
+            )
+        }
+    }
+
     pub fn rate_limited(retry_after: u64) -> Self {
         ApiError {
             retry_after: Some(retry_after.max(1)),

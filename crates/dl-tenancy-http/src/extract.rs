@@ -1,6 +1,7 @@
 //! Extractors: the bearer-token principal and a strict JSON body.
 
 use crate::error::ApiError;
+use crate::limit::CallSlot;
 use crate::AppState;
 use axum::body::{Body, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -51,9 +52,10 @@ async fn read_capped(mut body: Body) -> Result<Vec<u8>, BodyError> {
     }
 }
 
-/// The workspace a request acts on, decided by its bearer token and nothing else.
-#[derive(Debug, Clone)]
-pub struct Auth(pub Principal);
+/// The workspace a request acts on, decided by its bearer token and nothing else, and its
+/// slot among the workspace's calls in flight (held until the handler ends).
+#[derive(Debug)]
+pub struct Auth(pub Principal, pub CallSlot);
 
 impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = ApiError;
@@ -83,7 +85,8 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         let span = tracing::Span::current();
         span.record("workspace", principal.workspace.as_str());
         span.record("token_id", principal.token_id.as_str());
-        Ok(Auth(principal))
+        let slot = state.admit(&principal.workspace).await?;
+        Ok(Auth(principal, slot))
     }
 }
 

@@ -7,6 +7,7 @@
 //! the result is the library struct as JSON (what the CLI prints) or
 //! `{"error":{"code","message"}}` ([`error::ApiError`]).
 
+pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod limit;
@@ -61,6 +62,8 @@ pub struct ServeOptions {
     pub call_timeout: Duration,
     /// Reveal + rotate requests per token per minute (token bucket); 0 = unlimited.
     pub rate_per_minute: u32,
+    /// Requests per workspace per minute, every endpoint (token bucket); 0 = unlimited.
+    pub calls_per_minute: u32,
     /// Library calls running at once (the rest wait, within their timeout).
     pub max_concurrent_calls: usize,
     /// After SIGTERM/SIGINT, how long in-flight requests may take before the process exits.
@@ -80,6 +83,7 @@ impl Default for ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             call_timeout: Duration::from_secs(30),
             rate_per_minute: 20,
+            calls_per_minute: limit::CALLS_PER_MINUTE,
             max_concurrent_calls: 32,
             drain_timeout: Duration::from_secs(35),
             purge_sweep_interval: dl_tenancy_ctl::PURGE_SWEEP_INTERVAL,
@@ -94,6 +98,8 @@ pub struct AppState {
     pub tenancy: Tenancy,
     pub tokens: TokenStore,
     limiter: RateLimiter,
+    workspace_calls: RateLimiter,
+    in_flight: Arc<limit::InFlight>,
     call_timeout: Duration,
     calls: Semaphore,
     baseline: bool,
@@ -107,6 +113,8 @@ impl AppState {
             tenancy,
             tokens,
             limiter: RateLimiter::new(opts.rate_per_minute),
+            workspace_calls: RateLimiter::new(opts.calls_per_minute),
+            in_flight: Arc::default(),
             call_timeout: opts.call_timeout,
             calls: Semaphore::new(opts.max_concurrent_calls.max(1)),
             baseline: opts.baseline,
@@ -146,6 +154,19 @@ impl AppState {
         self.blocking(move || f(&st.tenancy)).await
     }
 
+    /// A workspace's call past its token: within its calls per minute, then its turn among
+    /// its calls running (waiting within the call's time limit).
+    pub(crate) async fn admit(&self, workspace: &str) -> Result<limit::CallSlot, ApiError> {
+        self.workspace_calls
+            .check(workspace)
+            .map_err(|wait| ApiError::too_many_calls(wait.as_secs_f64().ceil() as u64))?;
+        match tokio::time::timeout(self.call_timeout, self.in_flight.enter(workspace)).await {
+            Ok(Some(slot)) => Ok(slot),
+            Ok(None) => Err(ApiError::calls_in_flight()),
+            Err(_) => Err(ApiError::timeout()),
+        }
+    }
+
     fn rate_limit(&self, auth: &Auth) -> Result<(), ApiError> {
         self.limiter
             .check(&auth.0.token_id)
@@ -177,7 +198,7 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn status(State(st): State<Arc<AppState>>, Auth(p): Auth) -> Api<Response> {
+async fn status(State(st): State<Arc<AppState>>, Auth(p, _slot): Auth) -> Api<Response> {
     let ws = p.workspace;
     if st.baseline {
         return Ok(Json(st.call(move |t| t.status_recorded(&ws)).await?).into_response());
@@ -192,7 +213,7 @@ struct ProvisionBody {}
 
 async fn provision(
     State(st): State<Arc<AppState>>,
-    Auth(p): Auth,
+    Auth(p, _slot): Auth,
     JsonBody(ProvisionBody {}): JsonBody<ProvisionBody>,
 ) -> Api<Response> {
     let ws = p.workspace;
@@ -207,18 +228,18 @@ async fn provision(
     }
 }
 
-async fn metadata(State(st): State<Arc<AppState>>, Auth(p): Auth) -> Api<Response> {
+async fn metadata(State(st): State<Arc<AppState>>, Auth(p, _slot): Auth) -> Api<Response> {
     let ws = p.workspace;
     Ok(Json(st.call(move |t| t.metadata(&ws)).await?).into_response())
 }
 
-async fn sql_schema(State(st): State<Arc<AppState>>, Auth(p): Auth) -> Api<Response> {
+async fn sql_schema(State(st): State<Arc<AppState>>, Auth(p, _slot): Auth) -> Api<Response> {
     let ws = p.workspace;
     Ok(Json(st.call(move |t| t.sql_schema(&ws)).await?).into_response())
 }
 
 /// The token's own workspace only: nothing in the request can name another.
-async fn usage(State(st): State<Arc<AppState>>, Auth(p): Auth) -> Api<Response> {
+async fn usage(State(st): State<Arc<AppState>>, Auth(p, _slot): Auth) -> Api<Response> {
     let ws = p.workspace;
     Ok(Json(st.call(move |t| t.usage(&ws)).await?).into_response())
 }
@@ -347,6 +368,10 @@ pub async fn serve(
         let _ = tx.send(true);
     });
     let mut graceful = rx.clone();
+    let app = app
+        .layer(axum::middleware::from_fn(conn::track))
+        .into_make_service_with_connect_info::<conn::ConnHandle>();
+    let listener = conn::FencedListener::new(listener);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|v| *v).await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -459,6 +484,7 @@ fn spawn_sweeper(
 /// serve until SIGTERM/SIGINT. Blocking.
 pub fn run(config: &Config, opts: &ServeOptions) -> dl_tenancy_ctl::Result<()> {
     init_logging();
+    raise_file_limit();
     // A call the API gives up on must not leave its backend running behind it: its
     // statements end a moment after the call's `timeout` answer.
     dl_tenancy_ctl::connection::limit_platform_statements(
@@ -503,6 +529,24 @@ pub fn run(config: &Config, opts: &ServeOptions) -> dl_tenancy_ctl::Result<()> {
     // Library calls still running past their timeout are not waited for.
     rt.shutdown_timeout(Duration::from_secs(1));
     res
+}
+
+/// Each API connection is a file descriptor: the soft limit (often 1,024) goes up to the
+/// hard one, so that [`conn::MAX_CONNECTIONS`] and the database sessions fit.
+fn raise_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("cannot raise the open-file limit");
+            }
+        }
+    }
 }
 
 async fn bind(at: SocketAddr) -> dl_tenancy_ctl::Result<tokio::net::TcpListener> {

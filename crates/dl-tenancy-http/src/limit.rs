@@ -1,9 +1,90 @@
-//! Per-token rate limit (in memory): a token bucket of `per_minute` requests, refilled
-//! continuously, shared by reveal and rotate.
+//! The API's fences per caller, in memory: token buckets of `per_minute` requests, refilled
+//! continuously (every call of a workspace; reveal and rotate of a token, tighter), and the
+//! calls a workspace may have in flight at once, so that one token cannot take the call
+//! slots every workspace shares.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Calls of all endpoints per workspace per minute unless `serve --calls-per-minute` says
+/// otherwise (a client polling status every 0.1 s stays under it).
+pub const CALLS_PER_MINUTE: u32 = 600;
+
+/// Calls one workspace may have running at once, of the `max_concurrent_calls` (32) all
+/// share; more wait their turn, in the workspace's own queue.
+pub const CALLS_IN_FLIGHT: usize = 4;
+
+/// Calls of one workspace that may wait for one of its [`CALLS_IN_FLIGHT`]; past it, 429 at
+/// once. Bounded, because a waiting call holds its connection open.
+pub const CALLS_WAITING: usize = 32;
+
+/// The calls each workspace has running and waiting.
+#[derive(Default)]
+pub struct InFlight {
+    queues: Mutex<HashMap<String, Queue>>,
+}
+
+struct Queue {
+    running: Arc<tokio::sync::Semaphore>,
+    waiting: usize,
+}
+
+/// One call running for a workspace, until dropped.
+#[derive(Debug)]
+pub struct CallSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Queues are dropped (idle ones) when there are more than this many.
+const PRUNE_QUEUES_ABOVE: usize = 10_000;
+
+impl InFlight {
+    /// A slot for `workspace` once one of its [`CALLS_IN_FLIGHT`] is free, or none at once
+    /// when [`CALLS_WAITING`] of its calls already wait.
+    pub async fn enter(&self, workspace: &str) -> Option<CallSlot> {
+        let running = {
+            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            if queues.len() > PRUNE_QUEUES_ABOVE {
+                queues.retain(|_, q| {
+                    q.waiting > 0 || q.running.available_permits() < CALLS_IN_FLIGHT
+                });
+            }
+            let q = queues
+                .entry(workspace.to_string())
+                .or_insert_with(|| Queue {
+                    running: Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT)),
+                    waiting: 0,
+                });
+            if q.waiting >= CALLS_WAITING {
+                return None;
+            }
+            q.waiting += 1;
+            q.running.clone()
+        };
+        // Counted as waiting until it runs (also when the request is dropped meanwhile).
+        let _waiting = Waiting(self, workspace);
+        let permit = running.acquire_owned().await.ok()?;
+        Some(CallSlot { _permit: permit })
+    }
+}
+
+struct Waiting<'a>(&'a InFlight, &'a str);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.0.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = queues.get_mut(self.1) {
+            q.waiting -= 1;
+        }
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
+    }
+}
 
 pub struct RateLimiter {
     per_minute: u32,
@@ -64,6 +145,35 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_workspace_runs_a_few_calls_and_queues_a_bounded_number() {
+        let f = Arc::new(InFlight::default());
+        let mut running = Vec::new();
+        for _ in 0..CALLS_IN_FLIGHT {
+            running.push(f.enter("a").await.unwrap());
+        }
+        let waiters: Vec<_> = (0..CALLS_WAITING)
+            .map(|_| {
+                let f = f.clone();
+                tokio::spawn(async move { f.enter("a").await.is_some() })
+            })
+            .collect();
+        // Observed: every waiter is queued before the next one is refused.
+        while f.queues.lock().unwrap()["a"].waiting < CALLS_WAITING {
+            tokio::task::yield_now().await;
+        }
+        assert!(f.enter("a").await.is_none(), "past the queue: refused");
+        assert!(
+            f.enter("b").await.is_some(),
+            "another workspace is not held up"
+        );
+        drop(running);
+        for w in waiters {
+            assert!(w.await.unwrap(), "a queued call runs once a slot frees");
+        }
+        assert_eq!(f.queues.lock().unwrap()["a"].waiting, 0);
+    }
 
     #[test]
     fn bucket() {

@@ -267,6 +267,9 @@ struct ServeArgs {
     /// Reveal + rotate requests per token per minute (0 = no limit).
     #[arg(long, default_value_t = 20)]
     rate_limit_per_minute: u32,
+    /// Requests per workspace per minute, every endpoint (0 = no limit).
+    #[arg(long, default_value_t = dl_tenancy_http::limit::CALLS_PER_MINUTE)]
+    calls_per_minute: u32,
     /// Time limit of each database operation, in seconds.
     #[arg(long, default_value_t = 30)]
     timeout_seconds: u64,
@@ -406,6 +409,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     listen: s.listen,
                     call_timeout: timeout,
                     rate_per_minute: s.rate_limit_per_minute,
+                    calls_per_minute: s.calls_per_minute,
                     drain_timeout: timeout + std::time::Duration::from_secs(5),
                     purge_sweep_interval: std::time::Duration::from_secs(
                         s.purge_sweep_seconds.max(1),

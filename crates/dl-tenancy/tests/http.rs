@@ -709,7 +709,7 @@ fn graceful_shutdown_finishes_in_flight_requests() {
 #[test]
 fn load_1000_requests_20_clients() {
     let c = cluster();
-    let server = Server::start(&["--rate-limit-per-minute", "0"]);
+    let server = Server::start(&["--rate-limit-per-minute", "0", "--calls-per-minute", "0"]);
     let (token, _) = c.token("load");
     let api = Api::new(&server.base, Some(&token));
     provisioned(&api);

@@ -267,6 +267,8 @@ impl Serve {
                 "127.0.0.1:0",
                 "--rate-limit-per-minute",
                 "0",
+                "--calls-per-minute",
+                "0",
             ])
             .args(extra)
             .stdout(Stdio::piped())

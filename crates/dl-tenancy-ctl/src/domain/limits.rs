@@ -244,8 +244,15 @@ pub fn direct_slots(max_connections: u32) -> u32 {
     (max_connections / 5).max(10)
 }
 
+/// Memory one workspace session may allocate beyond what it starts with
+/// (`dl_tenancy.session_memory_mb`, RLIMIT_DATA): past it the query fails with 53200 in that
+/// session, instead of the OOM killer restarting the server. Several `work_mem` (16 MB) sort
+/// and hash nodes and JIT fit; a workspace's 20 sessions together stay under 6 GB.
+pub const SESSION_MEMORY_MB: u32 = 256;
+
 /// The extension's admission settings (src/admission.rs) for a server with
-/// `max_connections` slots: the pooled workspaces' cap is the pooler's budget.
+/// `max_connections` slots: the pooled workspaces' cap is the pooler's budget, and each
+/// workspace session's memory share.
 pub fn admission_settings(max_connections: u32) -> Vec<(String, String)> {
     debug_assert!(max_connections >= MIN_MAX_CONNECTIONS);
     vec![
@@ -256,6 +263,10 @@ pub fn admission_settings(max_connections: u32) -> Vec<(String, String)> {
         (
             "dl_tenancy.direct_slots".into(),
             direct_slots(max_connections).to_string(),
+        ),
+        (
+            "dl_tenancy.session_memory_mb".into(),
+            SESSION_MEMORY_MB.to_string(),
         ),
     ]
 }
