@@ -192,7 +192,21 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     // Protocol-level prepared statements in transaction mode (PgBouncer 1.21+): drivers that
     // prepare by default work through the pooled URI.
     ("max_prepared_statements", "200"),
+    // What one workspace may hold of the pooler every workspace shares (issue 21): its
+    // clients (1,006 idle clients of one workspace locked the others out), the memory of
+    // each client's prepared statements and of each server connection's cache
+    // (scripts/pgbouncer/statement-memory-bound.patch: a client keeping hundreds of 1 MB
+    // statements grew PgBouncer to 1.2 GB; pgjdbc's own cache is 5 MiB), and one message.
+    // No idle-client timeout: app pools keep idle connections and most do not check them
+    // before use (the client cap bounds what idle ones cost).
+    ("max_db_client_connections", "100"),
+    ("max_prepared_statement_bytes", "8388608"),
+    ("max_packet_size", "16777216"),
 ];
+
+/// Settings only our PgBouncer build knows (`local up` refuses a binary without them).
+pub const PATCHED_POOLER_SETTINGS: [&str; 2] =
+    [POOLER_BUDGET_SETTING, "max_prepared_statement_bytes"];
 
 /// How long a session of the platform's own (the tool, `serve`) waits for a lock before it
 /// gives up with `busy`: a tenant can hold locks on its own tables (and row locks on the

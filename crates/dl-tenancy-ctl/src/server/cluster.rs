@@ -356,12 +356,14 @@ pub(crate) fn check_pooler_version() -> Result<()> {
             ),
         ));
     }
-    // The budget of server connections all workspaces share comes from a patch of ours
-    // (scripts/pgbouncer/): without it PgBouncer would refuse the setting and not start.
+    // The budget of server connections all workspaces share and the bound on prepared
+    // statements come from patches of ours (scripts/pgbouncer/): without them PgBouncer would
+    // refuse the settings and not start.
     let patched = std::fs::read(&bin)
         .map(|b| {
-            let setting = crate::domain::limits::POOLER_BUDGET_SETTING.as_bytes();
-            b.windows(setting.len()).any(|w| w == setting)
+            crate::domain::limits::PATCHED_POOLER_SETTINGS
+                .iter()
+                .all(|s| b.windows(s.len()).any(|w| w == s.as_bytes()))
         })
         .unwrap_or(false);
     if !patched {
@@ -369,7 +371,8 @@ pub(crate) fn check_pooler_version() -> Result<()> {
             ErrorCode::LocalServer,
             format!(
                 "{} is PgBouncer without dl_tenancy's patches (scripts/pgbouncer/: one budget of \
-                 server connections for all workspaces): run scripts/setup, or point PGBOUNCER at one",
+                 server connections for all workspaces, bounded prepared statements): run scripts/setup, \
+                 or point PGBOUNCER at one",
                 bin.display()
             ),
         ));
