@@ -30,6 +30,8 @@ static POOLED_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static DIRECT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static FIGURES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static SESSION_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// This process's memory is capped already.
+static FENCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 // SAFETY (the three): names no other library uses.
 static POOLED: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"dl_tenancy.admission.pooled") };
@@ -48,6 +50,8 @@ struct Refusals {
     database: [u8; 64],
     pooled: u64,
     direct: u64,
+    /// Direct workspace sessions on it now.
+    direct_sessions: u32,
 }
 
 // SAFETY: plain bytes and integers, no pointers.
@@ -57,6 +61,7 @@ const FREE: Refusals = Refusals {
     database: [0; 64],
     pooled: 0,
     direct: 0,
+    direct_sessions: 0,
 };
 
 type ClientAuthenticationHook = Option<unsafe extern "C-unwind" fn(*mut pg_sys::Port, c_int)>;
@@ -176,7 +181,7 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
     if start.user_name.is_null() || !is_workspace_login(CStr::from_ptr(start.user_name)) {
         return;
     }
-    fence_memory();
+    fence_memory_once();
     let way = if start.raddr.addr.ss_family == AF_UNIX {
         Way::Pooled
     } else {
@@ -189,18 +194,58 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
     if cap == 0 {
         return;
     }
+    // Only a database that exists gets an entry: a login may name any database before
+    // PostgreSQL looks it up, and made-up names would fill the table.
+    let database = (!start.database_name.is_null()
+        && pg_sys::get_database_oid(start.database_name, true) != pg_sys::InvalidOid)
+        .then(|| CStr::from_ptr(start.database_name).to_bytes());
     if take_slot(sessions, cap) {
+        // A direct login also within its database's share of what is free.
+        let entry = match (way, database) {
+            (Way::Direct, Some(name)) => match enter_direct(name, cap, sessions) {
+                Ok(entry) => entry,
+                Err(()) => {
+                    sessions.fetch_sub(1, Ordering::AcqRel);
+                    count_refusal(name, way);
+                    refuse(way);
+                }
+            },
+            _ => NO_ENTRY,
+        };
         // Given back when the session ends, however it ends (a crash resets shared memory).
-        pg_sys::before_shmem_exit(Some(give_back), pg_sys::Datum::from(way as usize));
+        let arg = entry * 4 + way as usize;
+        pg_sys::before_shmem_exit(Some(give_back), pg_sys::Datum::from(arg));
         return;
     }
-    // Only for a database that exists: a login may name any database before PostgreSQL
-    // looks it up, and made-up names would fill the table.
-    if !start.database_name.is_null()
-        && pg_sys::get_database_oid(start.database_name, true) != pg_sys::InvalidOid
-    {
-        count_refusal(CStr::from_ptr(start.database_name).to_bytes(), way);
+    if let Some(name) = database {
+        count_refusal(name, way);
     }
+    refuse(way);
+}
+
+/// No entry of the table: the session counts against the cap alone.
+const NO_ENTRY: usize = REFUSAL_ENTRIES;
+
+/// A direct session of `name`'s database, within its share: while a database holds 2 or
+/// more, it may hold no more than the cap has free, so idle sessions of a few workspaces
+/// cannot take every direct slot from the others. The entry's index, or none past the share.
+fn enter_direct(name: &[u8], cap: i32, sessions: &AtomicI32) -> Result<usize, ()> {
+    let mut table = REFUSED.exclusive();
+    let Some(i) = entry_of(&mut table, name) else {
+        return Ok(NO_ENTRY);
+    };
+    let held = table[i].direct_sessions as i32;
+    // `sessions` already counts this one.
+    let free = cap - sessions.load(Ordering::Acquire) + 1;
+    if held >= 2 && held >= free {
+        return Err(());
+    }
+    table[i].direct_sessions += 1;
+    Ok(i)
+}
+
+/// The FATAL of a refused login.
+unsafe fn refuse(way: Way) -> ! {
     match way {
         Way::Pooled => {
             // Not in the server log: PgBouncer retries every server_login_retry for each pool
@@ -221,6 +266,7 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
             "Retry later, or use the pooled URI: its clients wait for a free slot."
         ),
     }
+    unreachable!("a FATAL does not return")
 }
 
 /// Caps the session's private memory (heap and anonymous mappings, not shared memory) at what
@@ -228,7 +274,10 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
 /// answers the query with 53200 `out of memory` and the session goes on. One tenant query
 /// within `work_mem` (an `array_agg` of large values) otherwise grew to gigabytes and the
 /// OOM killer restarted the whole server.
-fn fence_memory() {
+pub fn fence_memory_once() {
+    if FENCED.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let share = i64::from(SESSION_MEMORY_MB.get()) * 1024 * 1024;
     if share <= 0 {
         return;
@@ -266,13 +315,17 @@ fn take_slot(sessions: &AtomicI32, cap: i32) -> bool {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn give_back(_code: c_int, way: pg_sys::Datum) {
-    let sessions = if way.value() == Way::Pooled as usize {
-        POOLED.get()
-    } else {
-        DIRECT.get()
-    };
-    sessions.fetch_sub(1, Ordering::AcqRel);
+unsafe extern "C-unwind" fn give_back(_code: c_int, arg: pg_sys::Datum) {
+    let (entry, way) = (arg.value() / 4, arg.value() % 4);
+    if way == Way::Pooled as usize {
+        POOLED.get().fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    if entry < REFUSAL_ENTRIES {
+        let mut table = REFUSED.exclusive();
+        table[entry].direct_sessions = table[entry].direct_sessions.saturating_sub(1);
+    }
+    DIRECT.get().fetch_sub(1, Ordering::AcqRel);
 }
 
 /// FNV-1a: where a database's entry starts its search.
@@ -283,25 +336,33 @@ fn slot_of(name: &[u8]) -> usize {
     (hash % REFUSAL_ENTRIES as u64) as usize
 }
 
-fn count_refusal(name: &[u8], way: Way) {
+/// The index of `name`'s entry, made if need be; none when the table is full.
+fn entry_of(table: &mut [Refusals; REFUSAL_ENTRIES], name: &[u8]) -> Option<usize> {
     let name = &name[..name.len().min(63)];
     if name.is_empty() {
-        return;
+        return None;
     }
-    let mut table = REFUSED.exclusive();
     let first = slot_of(name);
     for i in 0..REFUSAL_ENTRIES {
-        let entry = &mut table[(first + i) % REFUSAL_ENTRIES];
+        let at = (first + i) % REFUSAL_ENTRIES;
+        let entry = &mut table[at];
         let free = entry.database[0] == 0;
         if free {
             entry.database[..name.len()].copy_from_slice(name);
         }
         if free || stored_name(&entry.database) == name {
-            match way {
-                Way::Pooled => entry.pooled += 1,
-                Way::Direct => entry.direct += 1,
-            }
-            return;
+            return Some(at);
+        }
+    }
+    None
+}
+
+fn count_refusal(name: &[u8], way: Way) {
+    let mut table = REFUSED.exclusive();
+    if let Some(i) = entry_of(&mut table, name) {
+        match way {
+            Way::Pooled => table[i].pooled += 1,
+            Way::Direct => table[i].direct += 1,
         }
     }
 }

@@ -37,10 +37,23 @@ pub(crate) unsafe fn text_array(texts: &[pg_sys::Datum]) -> pg_sys::Datum {
     ))
 }
 
+/// Items of a parse-tree List of pointers.
+pub(crate) unsafe fn list_items<T>(list: *mut pg_sys::List) -> Vec<*mut T> {
+    if list.is_null() {
+        return vec![];
+    }
+    (0..(*list).length as usize)
+        .map(|i| (*(*list).elements.add(i)).ptr_value.cast())
+        .collect()
+}
+
 mod admission;
+mod alloc;
 mod helpers;
+mod logins;
 mod merge_patch;
 mod overridden_fields;
+mod quota;
 mod resolved_store;
 mod spi;
 mod tenant_guard;
@@ -49,6 +62,9 @@ mod version;
 mod watchdog;
 
 ::pgrx::pg_module_magic!(name, version);
+
+#[global_allocator]
+static ALLOCATOR: alloc::WithReserve = alloc::WithReserve;
 
 /// Runs once per process, when the library is first loaded (for workspace databases: at
 /// session start, through `session_preload_libraries`; in the postmaster, through
@@ -59,10 +75,13 @@ pub extern "C-unwind" fn _PG_init() {
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     watchdog::define_settings(preloading);
     admission::define_settings();
+    quota::define_settings();
     tenant_guard::install();
+    quota::install_session_hook();
     if preloading {
         watchdog::register();
         admission::install();
+        quota::install();
     }
 }
 

@@ -29,6 +29,10 @@
 //! A workspace login is one whose session user is a member of `dl_tenant_read` or
 //! `dl_tenant_override`; superusers and the platform's logins are never refused.
 
+use crate::list_items;
+use crate::logins::{
+    database_name, is_load_login, is_tenant_session, is_workspace_login, role_oid,
+};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -107,16 +111,6 @@ enum Handover {
     Owner,
 }
 
-/// Items of a parse-tree List of pointers.
-unsafe fn list_items<T>(list: *mut pg_sys::List) -> Vec<*mut T> {
-    if list.is_null() {
-        return vec![];
-    }
-    (0..(*list).length as usize)
-        .map(|i| (*(*list).elements.add(i)).ptr_value.cast())
-        .collect()
-}
-
 /// The roles a statement grants to, gives a policy to, or makes owner; None when it does none
 /// of that (a REVOKE takes away, so it is never checked).
 unsafe fn recipients(
@@ -164,17 +158,6 @@ unsafe fn recipients(
     }
 }
 
-unsafe fn role_oid(name: &CStr) -> pg_sys::Oid {
-    pg_sys::get_role_oid(name.as_ptr(), true)
-}
-
-/// The database's name, which is also the name of the workspace's NOLOGIN role.
-unsafe fn database_name() -> String {
-    CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId))
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// PUBLIC, the two tenant groups, the workspace role or one of its members. A role that does
 /// not exist passes: PostgreSQL reports it as it would anyway.
 unsafe fn is_own_role(role: *mut pg_sys::RoleSpec) -> bool {
@@ -193,14 +176,6 @@ unsafe fn is_own_role(role: *mut pg_sys::RoleSpec) -> bool {
     // The nosuper check: a superuser is a member of every role, and is not the workspace's.
     workspace != pg_sys::InvalidOid
         && (oid == workspace || pg_sys::is_member_of_role_nosuper(oid, workspace))
-}
-
-/// The platform restores a workspace's objects logged in as `<database>_load` (tenants
-/// cannot create roles, so the name is the platform's).
-unsafe fn is_load_login() -> bool {
-    let name = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true);
-    !name.is_null()
-        && CStr::from_ptr(name).to_bytes() == format!("{}_load", database_name()).as_bytes()
 }
 
 /// Whether `relation` is one PostgreSQL reports missing, or lies in tenant_custom (and, with
@@ -371,19 +346,6 @@ unsafe fn relations_locked_before_checks(
     }
 }
 
-unsafe fn is_workspace_login() -> bool {
-    let session_user = pg_sys::GetSessionUserId();
-    if pg_sys::superuser_arg(session_user) {
-        return false;
-    }
-    [c"dl_tenant_read", c"dl_tenant_override"]
-        .iter()
-        .any(|group| {
-            let role = role_oid(group);
-            role != pg_sys::InvalidOid && pg_sys::is_member_of_role(session_user, role)
-        })
-}
-
 fn report(level: PgLogLevel, code: PgSqlErrorCode, (message, detail, hint): Text) {
     ErrorReport::new(code, message, "dl_tenancy::tenant_guard")
         .set_detail(detail)
@@ -419,6 +381,7 @@ unsafe fn existing_schema(statement: *mut pg_sys::Node) -> Option<String> {
 /// that exists).
 #[pg_guard]
 unsafe extern "C-unwind" fn should_run(pstmt: *mut pg_sys::PlannedStmt) -> bool {
+    crate::alloc::end_session_if_reserve_used();
     let statement = (*pstmt).utilityStmt;
     if let Some(schema) = existing_schema(statement) {
         if is_workspace_login() {
@@ -463,6 +426,9 @@ unsafe extern "C-unwind" fn should_run(pstmt: *mut pg_sys::PlannedStmt) -> bool 
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             FOREIGN_LOCK,
         );
+    }
+    if is_tenant_session() {
+        crate::quota::check_utility(statement);
     }
     let named = relations_locked_before_checks(statement);
     if !named.is_empty()

@@ -15,6 +15,7 @@
 //! only shared catalogs, so it can sit in any database (`dl_tenancy.watchdog_database`); where
 //! the extension's roles do not exist it finds nothing.
 
+use crate::quota;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
@@ -149,6 +150,13 @@ pub extern "C-unwind" fn dl_tenancy_watchdog_main(_arg: pg_sys::Datum) {
         }
         for (pid, login, reason) in BackgroundWorker::transaction(end_sessions) {
             log!("dl_tenancy watchdog: ended session {pid} of {login}: {reason}");
+        }
+        for (database, from, to, bytes, limit) in BackgroundWorker::transaction(quota::measure) {
+            log!(
+                "dl_tenancy watchdog: database {database} went from {} to {} of its storage quota ({bytes} of {limit} bytes)",
+                from.name(),
+                to.name()
+            );
         }
         let interval = Duration::from_millis(INTERVAL_MS.get().max(10) as u64);
         if !BackgroundWorker::wait_latch(Some(interval)) {

@@ -42,6 +42,13 @@ struct RefusalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    workspace: String,
+    server: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
     server: String,
 }
@@ -121,7 +128,21 @@ pub fn render(snap: &LoadSnapshot) -> Result<String, std::fmt::Error> {
     let servers = Gauges::<WorkspaceLabels>::default();
     let longest = FloatGauges::<WorkspaceLabels>::default();
     let refused = Family::<RefusalLabels, Counter>::default();
+    let quota = Gauges::<WorkspaceLabels>::default();
+    let storage_state = Gauges::<StateLabels>::default();
     for w in &snap.workspaces {
+        let l = WorkspaceLabels {
+            workspace: w.workspace.clone(),
+            server: w.server.clone(),
+        };
+        quota.get_or_create(&l).set(w.storage.limit_bytes);
+        storage_state
+            .get_or_create(&StateLabels {
+                workspace: w.workspace.clone(),
+                server: w.server.clone(),
+                state: w.storage.state.clone(),
+            })
+            .set(1);
         for (way, n) in [("pooled", w.refused_pooled), ("direct", w.refused_direct)] {
             refused
                 .get_or_create(&RefusalLabels {
@@ -204,6 +225,17 @@ pub fn render(snap: &LoadSnapshot) -> Result<String, std::fmt::Error> {
         longest,
     );
     reg.register(
+        "workspace_storage_limit_bytes",
+        "The workspace database's storage quota (0: none)",
+        quota,
+    );
+    reg.register(
+        "workspace_storage_state",
+        "1 for the quota's state: under, warned (from 80%), refused (writes that grow it fail \
+         until it is below 90%), unmeasured, none",
+        storage_state,
+    );
+    reg.register(
         "workspace_refusals",
         "The workspace's logins admission refused since the server started: pooled (57P03, \
          its clients waited in the pooler) and direct (53300)",
@@ -254,6 +286,10 @@ mod tests {
                 },
                 refused_pooled: 7,
                 refused_direct: 0,
+                storage: dl_tenancy_ctl::Storage {
+                    limit_bytes: 20 << 20,
+                    state: "warned".into(),
+                },
             }],
             unreachable: vec!["far".into()],
         };
@@ -265,6 +301,8 @@ mod tests {
             "dl_server_workspace_sessions{server=\"local\",way=\"pooled\"} 5",
             "dl_server_workspace_slots{server=\"local\",way=\"direct\"} 40",
             "dl_workspace_refusals_total{workspace=\"acme\",server=\"local\",way=\"pooled\"} 7",
+            "dl_workspace_storage_state{workspace=\"acme\",server=\"local\",state=\"warned\"} 1",
+            "dl_workspace_storage_limit_bytes{workspace=\"acme\",server=\"local\"} 20971520",
             "dl_workspace_sessions{workspace=\"acme\",server=\"local\"} 3",
             "dl_workspace_database_bytes{workspace=\"acme\",server=\"local\"} 8000000",
             "dl_workspace_pooler_clients_waiting{workspace=\"acme\",server=\"local\"} 2",

@@ -74,35 +74,7 @@ enum Command {
     MigrateNames(Selection),
     /// A workspace's limits (connection caps, session defaults of its logins): shown, or
     /// changed (given ones only) and applied at once.
-    Limits(LimitsArgs),
-}
-
-#[derive(Args, Debug)]
-struct LimitsArgs {
-    /// Workspace id, ^[a-z][a-z0-9_-]{0,47}$
-    #[arg(long, allow_hyphen_values = true)]
-    workspace: WorkspaceId,
-    /// Connections to the workspace database, direct and pooled together.
-    #[arg(long)]
-    database_connections: Option<i32>,
-    /// Connections of one login.
-    #[arg(long)]
-    login_connections: Option<i32>,
-    /// Default statement_timeout of its logins (90s, 10m, ...).
-    #[arg(long)]
-    statement_timeout: Option<String>,
-    /// Default idle_in_transaction_session_timeout of its logins.
-    #[arg(long)]
-    idle_in_transaction_timeout: Option<String>,
-    /// Default lock_timeout of its logins.
-    #[arg(long)]
-    lock_timeout: Option<String>,
-    /// Default work_mem of its logins, in MB.
-    #[arg(long)]
-    work_mem_mb: Option<i32>,
-    /// temp_file_limit of its logins, in MB (0: no temporary files).
-    #[arg(long)]
-    temp_file_limit_mb: Option<i32>,
+    Limits(cli::limits::LimitsArgs),
 }
 
 /// One workspace, or every one.
@@ -433,26 +405,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Upgrade(args) => upgrade(&open()?, args)?,
         Command::MigrateNames(s) => print(&open()?.migrate_names(s.workspace.as_deref())?),
         Command::Limits(l) => {
-            let seconds = |d: &Option<String>| -> Result<Option<i32>, Error> {
-                d.as_deref()
-                    .map(|d| {
-                        let s = names::parse_duration(d)?;
-                        i32::try_from(s).map_err(|_| {
-                            Error::new(ErrorCode::InvalidArgument, format!("{d} is too long"))
-                        })
-                    })
-                    .transpose()
-            };
-            let change = LimitsChange {
-                database_connections: l.database_connections,
-                login_connections: l.login_connections,
-                statement_timeout_seconds: seconds(&l.statement_timeout)?,
-                idle_in_transaction_timeout_seconds: seconds(&l.idle_in_transaction_timeout)?,
-                lock_timeout_seconds: seconds(&l.lock_timeout)?,
-                work_mem_mb: l.work_mem_mb,
-                temp_file_limit_mb: l.temp_file_limit_mb,
-            };
-            let t = open()?;
+            let (t, change) = (open()?, l.change()?);
             if change == LimitsChange::default() {
                 print(&t.limits(&l.workspace)?)
             } else {

@@ -51,7 +51,7 @@ fn a_query_past_its_memory_share_fails_alone() {
         .expect("50 MB is within the share");
 }
 
-/// The pooler every workspace shares: one workspace holds at most 100 of its clients (53300
+/// The pooler every workspace shares: one workspace holds at most 200 of its clients (53300
 /// past that, from PgBouncer), and one client's prepared statements at most 8 MB (53400, the
 /// client is closed): 0.5.0's pooler let one workspace take every client slot, and grew to
 /// 1.2 GB for one client's statements. The neighbour's pooled queries run throughout.
@@ -66,12 +66,12 @@ fn one_workspace_cannot_take_the_pooler() {
             Err(e) => break e,
         }
         assert!(
-            held.len() <= 100,
+            held.len() <= 200,
             "the pooler never capped the workspace's clients"
         );
     };
     assert_eq!(sqlstate(&refused), "53300", "{refused:?}");
-    assert_eq!(held.len(), 100);
+    assert_eq!(held.len(), 200);
     let mut neighbour = connect(&env.uri(NEIGHBOUR, Kind::Read, true)).unwrap();
     neighbour.batch_execute(READ_QUERY).unwrap();
 
@@ -102,11 +102,127 @@ fn one_workspace_cannot_take_the_pooler() {
         "the pooler did not say why it closed the client"
     );
     assert_eq!(prepared, 7, "statements kept before the bound");
-    assert!(client.is_closed(), "the client is closed past the bound");
+    assert!(
+        client.batch_execute("SELECT 1").is_err(),
+        "the client is closed past the bound"
+    );
     neighbour.batch_execute(READ_QUERY).unwrap();
     // The workspace's other clients and a new one work on.
     drop(held.pop());
     let mut again = connect(&uri).expect("a slot freed for the workspace");
     again.batch_execute("SELECT 1").unwrap();
     held[0].batch_execute("SELECT 1").unwrap();
+}
+
+/// The storage quota's three states and the way back, on a small quota: the attacker's
+/// override login fills `tenant_custom` until its writes are refused (53100, direct and
+/// pooled), while SELECT, DELETE, TRUNCATE and DROP still run; once it is below 90% it writes
+/// again. The neighbour writes throughout. Order comes from the watchdog's recorded state.
+#[test]
+fn a_workspace_at_its_storage_quota_is_refused_writes_and_gets_back() {
+    let env = Env::with_attacker_and_neighbour();
+    let mut admin = env.admin("postgres");
+    admin
+        .batch_execute("ALTER SYSTEM SET dl_tenancy.storage_interval = '100ms'")
+        .unwrap();
+    admin
+        .batch_execute("SELECT pg_catalog.pg_reload_conf()")
+        .unwrap();
+    let base = usage(&env, ATTACKER)["database_size_bytes"]
+        .as_i64()
+        .unwrap();
+    let quota_mb = base / (1024 * 1024) + 20;
+    let out = env.cli(&[
+        "limits",
+        "--workspace",
+        ATTACKER,
+        "--storage-mb",
+        &quota_mb.to_string(),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    wait_for_state(&env, ATTACKER, "under");
+
+    let mut attacker = connect(&env.uri(ATTACKER, Kind::Override, false)).unwrap();
+    attacker
+        .batch_execute("CREATE TABLE tenant_custom.fill (id serial PRIMARY KEY, pad text)")
+        .unwrap();
+    let mut neighbour = connect(&env.uri(NEIGHBOUR, Kind::Override, false)).unwrap();
+    neighbour
+        .batch_execute("CREATE TABLE tenant_custom.mine (id serial PRIMARY KEY, pad text)")
+        .unwrap();
+    // 1 MB a statement (incompressible), until the quota refuses one.
+    const FILL: &str = "INSERT INTO tenant_custom.fill (pad)
+        SELECT pg_catalog.string_agg(pg_catalog.md5(pg_catalog.random()::text), '')
+          FROM pg_catalog.generate_series(1, 32768)";
+    let mut written = 0;
+    let refused = loop {
+        match attacker.batch_execute(FILL) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        neighbour
+            .batch_execute("INSERT INTO tenant_custom.mine (pad) VALUES ('still writing')")
+            .unwrap();
+        assert!(written < 1000, "the quota never refused a write");
+    };
+    // A statement running when the quota was reached is cancelled (57014); the next ones
+    // are refused (53100).
+    let code = sqlstate(&refused);
+    assert!(code == "53100" || code == "57014", "{refused:?}");
+    wait_for_state(&env, ATTACKER, "refused");
+    let u = usage(&env, ATTACKER);
+    eprintln!("refused after {written} MB: {u}");
+    let over = u["database_size_bytes"].as_i64().unwrap() - quota_mb * 1024 * 1024;
+    eprintln!("overshoot: {over} bytes");
+
+    for pooled in [false, true] {
+        let mut c = connect(&env.uri(ATTACKER, Kind::Override, pooled)).unwrap();
+        for write in [
+            FILL,
+            "UPDATE tenant_custom.fill SET pad = pad WHERE id = 1",
+            "CREATE TABLE tenant_custom.more (id int)",
+            "CREATE INDEX ON tenant_custom.fill (pad)",
+        ] {
+            let err = c.batch_execute(write).expect_err(write);
+            assert_eq!(sqlstate(&err), "53100", "pooled {pooled}: {write}: {err:?}");
+        }
+        c.batch_execute("SELECT count(*) FROM tenant_custom.fill")
+            .expect("reads still run");
+        c.batch_execute("DELETE FROM tenant_custom.fill WHERE id = 1")
+            .expect("deletes still run");
+    }
+    neighbour
+        .batch_execute("INSERT INTO tenant_custom.mine (pad) VALUES ('not affected')")
+        .unwrap();
+
+    // The way back: TRUNCATE frees the space, and below 90% the writes run again.
+    attacker
+        .batch_execute("TRUNCATE tenant_custom.fill")
+        .expect("TRUNCATE runs over the quota");
+    wait_for_state(&env, ATTACKER, "under");
+    attacker.batch_execute(FILL).expect("writes run again");
+    attacker
+        .batch_execute("DROP TABLE tenant_custom.fill")
+        .expect("DROP runs");
+}
+
+fn usage(env: &Env, ws: &str) -> serde_json::Value {
+    let out = env.cli(&["usage", "--workspace", ws]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// Waits (observed, bounded by the safety net) until `usage` shows the quota's `state`.
+fn wait_for_state(env: &Env, ws: &str, state: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let u = usage(env, ws);
+        if u["storage"]["state"] == state {
+            return;
+        }
+        assert!(
+            started.elapsed() < SAFETY_NET,
+            "the quota never got to {state}: {u}"
+        );
+    }
 }

@@ -27,6 +27,9 @@ pub struct Limits {
     pub work_mem_mb: i32,
     /// Temporary file space per session (0: none).
     pub temp_file_limit_mb: i32,
+    /// Storage quota of the workspace database (the extension's watchdog measures it: warned
+    /// from 80%, writes refused at 100% until it is back below 90%).
+    pub storage_mb: i32,
 }
 
 /// The defaults. Connections: of the local cluster's `max_connections` (200, 3 of them kept for
@@ -40,10 +43,11 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     lock_timeout_seconds: 30,
     work_mem_mb: 16,
     temp_file_limit_mb: 1024,
+    storage_mb: 10_240,
 };
 
 /// What an operator may choose, per field: (name, lowest, highest).
-const BOUNDS: [(&str, i32, i32); 7] = [
+const BOUNDS: [(&str, i32, i32); 8] = [
     ("database_connections", 1, 100),
     ("login_connections", 1, 100),
     ("statement_timeout_seconds", 1, 86_400),
@@ -51,6 +55,7 @@ const BOUNDS: [(&str, i32, i32); 7] = [
     ("lock_timeout_seconds", 1, 86_400),
     ("work_mem_mb", 1, 2_048),
     ("temp_file_limit_mb", 0, 1_048_576),
+    ("storage_mb", 1, 16_777_216),
 ];
 
 impl Default for Limits {
@@ -60,7 +65,7 @@ impl Default for Limits {
 }
 
 impl Limits {
-    fn values(&self) -> [i32; 7] {
+    fn values(&self) -> [i32; 8] {
         [
             self.database_connections,
             self.login_connections,
@@ -69,6 +74,7 @@ impl Limits {
             self.lock_timeout_seconds,
             self.work_mem_mb,
             self.temp_file_limit_mb,
+            self.storage_mb,
         ]
     }
 
@@ -117,6 +123,7 @@ pub struct LimitsChange {
     pub lock_timeout_seconds: Option<i32>,
     pub work_mem_mb: Option<i32>,
     pub temp_file_limit_mb: Option<i32>,
+    pub storage_mb: Option<i32>,
 }
 
 impl LimitsChange {
@@ -133,6 +140,7 @@ impl LimitsChange {
             lock_timeout_seconds: self.lock_timeout_seconds.unwrap_or(to.lock_timeout_seconds),
             work_mem_mb: self.work_mem_mb.unwrap_or(to.work_mem_mb),
             temp_file_limit_mb: self.temp_file_limit_mb.unwrap_or(to.temp_file_limit_mb),
+            storage_mb: self.storage_mb.unwrap_or(to.storage_mb),
         }
     }
 }
@@ -145,6 +153,9 @@ pub struct WorkspaceLimits {
     /// The values differ from [`DEFAULT_LIMITS`].
     pub customized: bool,
 }
+
+/// The database setting the extension reads a workspace's storage quota from (src/quota.rs).
+pub const STORAGE_LIMIT_SETTING: &str = "dl_tenancy.storage_limit_mb";
 
 /// Loaded into every session of a workspace database, so that the extension's guard
 /// (src/tenant_guard.rs: no LISTEN/NOTIFY, no ALTER ROLE for workspace logins) is in force
@@ -171,7 +182,7 @@ pub const SESSION_PRELOAD: (&str, &str) = ("session_preload_libraries", "dl_tena
 /// next client of that connection. `RESET ALL` rather than `DISCARD ALL`: it keeps the prepared
 /// statements PgBouncer tracks per server connection.
 pub const POOLER_SETTINGS: &[(&str, &str)] = &[
-    ("max_client_conn", "2000"),
+    ("max_client_conn", "4000"),
     ("default_pool_size", "10"),
     ("max_db_connections", "10"),
     ("max_user_connections", "10"),
@@ -193,13 +204,14 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     // prepare by default work through the pooled URI.
     ("max_prepared_statements", "200"),
     // What one workspace may hold of the pooler every workspace shares (issue 21): its
-    // clients (1,006 idle clients of one workspace locked the others out), the memory of
+    // logged-in clients (1,006 idle clients of one workspace locked the others out; 200 is
+    // 10 app instances with SQLAlchemy's default pool and overflow, of 4,000), the memory of
     // each client's prepared statements and of each server connection's cache
     // (scripts/pgbouncer/statement-memory-bound.patch: a client keeping hundreds of 1 MB
     // statements grew PgBouncer to 1.2 GB; pgjdbc's own cache is 5 MiB), and one message.
     // No idle-client timeout: app pools keep idle connections and most do not check them
     // before use (the client cap bounds what idle ones cost).
-    ("max_db_client_connections", "100"),
+    ("max_db_client_connections", "200"),
     ("max_prepared_statement_bytes", "8388608"),
     ("max_packet_size", "16777216"),
 ];

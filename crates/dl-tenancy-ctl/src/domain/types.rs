@@ -247,6 +247,18 @@ pub struct ServerSlots {
     pub admission: Admission,
 }
 
+/// A workspace database's storage quota and where it stands (src/quota.rs in the extension).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Storage {
+    /// The quota (`dl-tenancy limits --storage-mb`); 0: none set on the database.
+    pub limit_bytes: i64,
+    /// `under`; `warned` (from 80% of the quota); `refused` (at the quota: writes that grow
+    /// the database fail with 53100 until it is back below 90%); `unmeasured` (the server's
+    /// watchdog has not measured it: the library is not in shared_preload_libraries, or it
+    /// was just set); `none`.
+    pub state: String,
+}
+
 /// What `SHOW dl_tenancy.admission` tells (src/admission.rs).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Admission {
@@ -284,6 +296,7 @@ pub struct WorkspaceLoad {
     /// its clients waited) and direct (53300).
     pub refused_pooled: u64,
     pub refused_direct: u64,
+    pub storage: Storage,
 }
 
 /// What every server and workspace holds now: one query per server, one `SHOW POOLS`.

@@ -89,6 +89,7 @@ fn server_load(
                 server: server.to_string(),
                 sessions: f.sessions,
                 database_bytes: f.bytes,
+                storage: f.storage.clone(),
                 pooler: pools.get(&w.database).cloned().unwrap_or_default(),
             })
         })

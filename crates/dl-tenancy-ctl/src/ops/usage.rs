@@ -10,6 +10,7 @@ use crate::control::records::{workspaces_by_server, Recorded};
 use crate::domain::error::{Error, ErrorCode, Result};
 use crate::domain::names::EXTENSION;
 use crate::domain::names::{validate_workspace_id, WorkspaceNames};
+use crate::domain::types::Storage;
 use crate::ops::Tenancy;
 use crate::server::catalog::database_figures;
 use postgres::Client;
@@ -31,6 +32,8 @@ pub struct WorkspaceSummary {
     pub connections: i64,
     /// The database's connection cap (`dl-tenancy limits`).
     pub connection_limit: i32,
+    /// Its storage quota and state.
+    pub storage: Storage,
 }
 
 /// One workspace's usage: its summary, and what needs entering its database.
@@ -176,6 +179,11 @@ impl Tenancy {
             }
         })?;
         let f = measure(&mut db)?;
+        let database = names.database();
+        let storage = database_figures(&mut db, &[database.as_str()])?
+            .remove(&database)
+            .map(|d| d.storage)
+            .unwrap_or_default();
         Ok(WorkspaceUsage {
             summary: WorkspaceSummary {
                 workspace: names.workspace.clone(),
@@ -185,6 +193,7 @@ impl Tenancy {
                 database_size_bytes: f.size,
                 connections: f.connections,
                 connection_limit: f.limit,
+                storage,
             },
             rows: f.rows,
             last_activity: f.last,
@@ -226,7 +235,7 @@ fn server_usage(admin_conn: &str, server_id: &str, workspaces: Vec<Recorded>) ->
     } in workspaces
     {
         let found = match &figures {
-            Ok(f) => f.get(&database).copied().ok_or_else(|| missing(&workspace)),
+            Ok(f) => f.get(&database).cloned().ok_or_else(|| missing(&workspace)),
             Err(e) => Err(e.to_string()),
         };
         match found {
@@ -238,6 +247,7 @@ fn server_usage(admin_conn: &str, server_id: &str, workspaces: Vec<Recorded>) ->
                 database_size_bytes: f.bytes,
                 connections: f.sessions,
                 connection_limit: f.connection_limit,
+                storage: f.storage,
             }),
             Err(error) => out.errors.push(UsageError { workspace, error }),
         }

@@ -3,7 +3,7 @@
 //! on a complete workspace, it only re-asserts the fences (what a tenant changed is put back).
 
 use crate::domain::error::{Error, ErrorCode, Result};
-use crate::domain::limits::{Limits, SESSION_PRELOAD};
+use crate::domain::limits::{Limits, SESSION_PRELOAD, STORAGE_LIMIT_SETTING};
 use crate::domain::names::{Kind, Slot, WorkspaceNames, EXTENSION, TEMPLATE_DB};
 use crate::plan::quote::{quote_ident, quote_literal};
 use crate::plan::{Seen, Step};
@@ -59,9 +59,11 @@ pub fn fences(names: &WorkspaceNames, limits: &Limits, seen: &Seen) -> Result<Ve
     let (preload, library) = SESSION_PRELOAD;
     let mut steps = vec![Step::server(format!(
         "ALTER DATABASE {db} CONNECTION LIMIT {};
-         ALTER DATABASE {db} SET {preload} = {}",
+         ALTER DATABASE {db} SET {preload} = {};
+         ALTER DATABASE {db} SET {STORAGE_LIMIT_SETTING} = {}",
         limits.database_connections,
         quote_literal(library),
+        limits.storage_mb,
         db = quote_ident(&names.database()),
     ))];
     for kind in Kind::ALL {

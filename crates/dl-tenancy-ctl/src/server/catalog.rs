@@ -5,9 +5,11 @@ use crate::base::connection::connect;
 use crate::domain::error::{Error, ErrorCode, Result};
 use crate::domain::names::{WorkspaceNames, EXTENSION};
 use crate::domain::types::Server;
+use crate::domain::types::Storage;
 use crate::plan::{RoleSeen, Seen};
 use postgres::types::Type;
 use postgres::{Client, GenericClient};
+use serde::Deserialize;
 
 /// Whether a role of that name exists on the server `admin` is connected to.
 pub(crate) fn role_exists(admin: &mut Client, role: &str) -> Result<bool> {
@@ -149,13 +151,27 @@ pub(crate) fn end_sessions(
 }
 
 /// What the server's shared catalog says of one database, without entering it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DatabaseFigures {
     pub bytes: i64,
     pub connection_limit: i32,
     /// Client sessions on it now (direct ones and a pooler's server connections).
     pub sessions: i64,
+    pub storage: Storage,
 }
+
+/// The storage quota of each named database ([`STORAGE_LIMIT_SETTING`]) and its state as
+/// the extension's watchdog last measured it (`SHOW dl_tenancy.storage`).
+const FIGURES: &str = "SELECT d.datname::text, pg_catalog.pg_database_size(d.oid), d.datconnlimit,
+        (SELECT count(*) FROM pg_catalog.pg_stat_activity AS a
+          WHERE a.datid = d.oid AND a.backend_type = 'client backend'),
+        d.oid::bigint,
+        (SELECT pg_catalog.substr(c, 29)::bigint
+           FROM pg_catalog.pg_db_role_setting AS s, pg_catalog.unnest(s.setconfig) AS c
+          WHERE s.setdatabase = d.oid AND s.setrole = 0
+            AND c ~ '^dl_tenancy\\.storage_limit_mb=[0-9]{1,9}$'),
+        pg_catalog.current_setting('dl_tenancy.storage', true)
+   FROM pg_catalog.pg_database AS d WHERE d.datname = ANY($1)";
 
 /// [`DatabaseFigures`] of the named databases, in one query whatever their number; a name
 /// with no database (dropped meanwhile) is left out.
@@ -163,23 +179,46 @@ pub(crate) fn database_figures(
     admin: &mut Client,
     names: &[&str],
 ) -> Result<std::collections::BTreeMap<String, DatabaseFigures>> {
-    let rows = admin.query(
-        "SELECT d.datname::text, pg_catalog.pg_database_size(d.oid), d.datconnlimit,
-                (SELECT count(*) FROM pg_catalog.pg_stat_activity AS a
-                  WHERE a.datid = d.oid AND a.backend_type = 'client backend')
-           FROM pg_catalog.pg_database AS d WHERE d.datname = ANY($1)",
-        &[&names],
-    )?;
+    let rows = admin.query(FIGURES, &[&names])?;
+    // The watchdog's states, the same text on every row: parsed once.
+    let measured: Vec<Measured> = match rows.first().and_then(|r| r.get::<_, Option<String>>(6)) {
+        Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+        None => vec![],
+    };
     Ok(rows
         .iter()
         .map(|r| {
             let bytes: Option<i64> = r.get(1);
+            let oid: i64 = r.get(4);
+            let limit_mb: Option<i64> = r.get(5);
             let figures = DatabaseFigures {
                 bytes: bytes.unwrap_or(0),
                 connection_limit: r.get(2),
                 sessions: r.get(3),
+                storage: storage(oid, limit_mb, &measured),
             };
             (r.get(0), figures)
         })
         .collect())
+}
+
+/// One database of `SHOW dl_tenancy.storage`.
+#[derive(Debug, Deserialize)]
+struct Measured {
+    database_oid: i64,
+    state: String,
+}
+
+fn storage(oid: i64, limit_mb: Option<i64>, measured: &[Measured]) -> Storage {
+    let limit_bytes = limit_mb.unwrap_or(0) * 1024 * 1024;
+    let state = match measured.iter().find(|m| m.database_oid == oid) {
+        _ if limit_bytes == 0 => "none",
+        Some(m) => m.state.as_str(),
+        // No watchdog on the server (the library not preloaded), or not measured yet.
+        None => "unmeasured",
+    };
+    Storage {
+        limit_bytes,
+        state: state.into(),
+    }
 }

@@ -1,0 +1,45 @@
+//! Who a session is: what the guard, the quota and the watchdog's SQL agree on. A workspace
+//! login is a member of `dl_tenant_read` or `dl_tenant_override` and not a superuser; the
+//! platform's load login of a workspace (`<database>_load`) is one too, with the tenant's
+//! powers, but it is the platform acting.
+
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+pub(crate) unsafe fn role_oid(name: &CStr) -> pg_sys::Oid {
+    pg_sys::get_role_oid(name.as_ptr(), true)
+}
+
+/// The database's name, which is also the name of the workspace's NOLOGIN role.
+pub(crate) unsafe fn database_name() -> String {
+    CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The platform restores a workspace's objects logged in as `<database>_load` (tenants
+/// cannot create roles, so the name is the platform's).
+pub(crate) unsafe fn is_load_login() -> bool {
+    let name = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true);
+    !name.is_null()
+        && CStr::from_ptr(name).to_bytes() == format!("{}_load", database_name()).as_bytes()
+}
+
+/// The session user is a workspace login (the platform's load login included).
+pub(crate) unsafe fn is_workspace_login() -> bool {
+    let session_user = pg_sys::GetSessionUserId();
+    if pg_sys::superuser_arg(session_user) {
+        return false;
+    }
+    [c"dl_tenant_read", c"dl_tenant_override"]
+        .iter()
+        .any(|group| {
+            let role = role_oid(group);
+            role != pg_sys::InvalidOid && pg_sys::is_member_of_role(session_user, role)
+        })
+}
+
+/// A tenant's session: a workspace login, not the platform's load login.
+pub(crate) unsafe fn is_tenant_session() -> bool {
+    is_workspace_login() && !is_load_login()
+}
