@@ -1,8 +1,13 @@
 \echo Use "ALTER EXTENSION dl_tenancy UPDATE TO '0.7.0'" to load this file. \quit
--- dl_tenancy 0.6.0 -> 0.7.0. What 0.7.0 changes so far is in the shared library, which serves
+-- dl_tenancy 0.6.0 -> 0.7.0. Most of what 0.7.0 changes is in the shared library, which serves
 -- 0.6.0 databases as well: admission of workspace logins to the server's connection slots
--- (src/admission.rs, with shared_preload_libraries). In SQL: the version recorded.
+-- (src/admission.rs), the memory share and the storage quota (src/quota.rs), all with
+-- shared_preload_libraries. In SQL: pg_logical_emit_message closed to PUBLIC (it writes WAL of
+-- any size, which no storage quota counts), as part 8 of the install does; the version recorded.
 SET LOCAL search_path TO pg_catalog, pg_temp;
+
+REVOKE EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, text),
+                           pg_catalog.pg_logical_emit_message(boolean, text, bytea) FROM PUBLIC;
 
 -- dl_meta.schema_migrations: recorded only when this runs as an update (see 0.2.0--0.3.0).
 INSERT INTO dl_meta.schema_migrations (version, action)

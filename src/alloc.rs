@@ -7,7 +7,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Enough for the Rust code that ran out to finish what it was doing.
 const RESERVE: usize = 16 << 20;
@@ -20,7 +20,9 @@ unsafe impl Sync for Reserve {}
 
 static MEMORY: Reserve = Reserve(UnsafeCell::new([0; RESERVE]));
 static USED: AtomicUsize = AtomicUsize::new(0);
-static TOUCHED: AtomicBool = AtomicBool::new(false);
+/// The process that needed the reserve (0: none): a child forked after would not be out of
+/// memory itself.
+static TOUCHED_BY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 pub struct WithReserve;
 
@@ -35,7 +37,7 @@ fn in_reserve(ptr: *mut u8) -> bool {
 
 /// A piece of the reserve, or null when it is spent too.
 fn from_reserve(layout: Layout) -> *mut u8 {
-    TOUCHED.store(true, Ordering::Release);
+    TOUCHED_BY.store(std::process::id(), Ordering::Release);
     let mut used = USED.load(Ordering::Acquire);
     loop {
         let start = (base() as usize + used).next_multiple_of(layout.align()) - base() as usize;
@@ -89,7 +91,7 @@ unsafe impl GlobalAlloc for WithReserve {
 /// Ends the session (FATAL: an orderly exit) once the reserve was needed: the session is out
 /// of its memory share, and the reserve is not given back.
 pub fn end_session_if_reserve_used() {
-    if TOUCHED.load(Ordering::Acquire) {
+    if TOUCHED_BY.load(Ordering::Acquire) == std::process::id() {
         ereport_fatal();
     }
 }

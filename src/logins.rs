@@ -39,7 +39,18 @@ pub(crate) unsafe fn is_workspace_login() -> bool {
         })
 }
 
+thread_local! {
+    /// [`is_tenant_session`], once known: the session user does not change in a session (only a
+    /// superuser may SET SESSION AUTHORIZATION).
+    static TENANT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
 /// A tenant's session: a workspace login, not the platform's load login.
 pub(crate) unsafe fn is_tenant_session() -> bool {
-    is_workspace_login() && !is_load_login()
+    if let Some(known) = TENANT.get() {
+        return known;
+    }
+    let tenant = is_workspace_login() && !is_load_login();
+    TENANT.set(Some(tenant));
+    tenant
 }

@@ -212,7 +212,7 @@ WITH RECURSIVE workspace_login(oid) AS (
        AND r.oid IN (SELECT oid FROM workspace_login)
        AND NOT r.rolsuper AND r.rolname NOT LIKE '%\_load'
 )
-SELECT count(*) FROM running WHERE pg_catalog.pg_cancel_backend(pid)
+SELECT pg_catalog.count(*) FROM running WHERE pg_catalog.pg_cancel_backend(pid)
 "#;
 
 thread_local! {
@@ -241,6 +241,10 @@ pub fn measure() -> Vec<(u32, State, State, i64, i64)> {
         return vec![];
     }
     LAST.set(Some(Instant::now()));
+    // As the watchdog's other pass: never waiting long on a lock, nothing of a tenant's on
+    // the path.
+    Spi::run("SET LOCAL lock_timeout = '5s'; SET LOCAL search_path = pg_catalog, pg_temp")
+        .unwrap_or_else(|e| error!("dl_tenancy watchdog: {e}"));
     let full = PASSES.get().is_multiple_of(FULL_PASS_EVERY);
     PASSES.set(PASSES.get().wrapping_add(1));
     let candidates: Vec<Candidate> = Spi::connect(|client| {
@@ -318,7 +322,13 @@ fn record(
             Some(2) => State::Warned,
             _ => State::Under,
         };
-        let to = from.next(bytes, c.limit);
+        // A changed quota is judged afresh: raised above what the database holds, it lets
+        // writes in at once, whatever the 90% mark of the old one said.
+        let basis = match before {
+            Some(e) if e.limit != c.limit => State::Under,
+            _ => from,
+        };
+        let to = basis.next(bytes, c.limit);
         if to != from {
             changes.push((c.database, from, to, bytes, c.limit));
         }
@@ -373,8 +383,20 @@ unsafe extern "C-unwind" fn show_figures() -> *const c_char {
 const OVER: (&str, &str, &str) = (
     "the workspace is over its storage quota",
     "Writes that grow the database are refused until it is back below 90% of its quota.",
-    "Delete rows, TRUNCATE or DROP tables in tenant_custom, or ask the operator for a larger quota (dl-tenancy limits --storage-mb).",
+    "TRUNCATE or DROP tables in tenant_custom (a DELETE frees space only for new rows), or ask the operator for a larger quota (dl-tenancy limits --storage-mb).",
 );
+
+/// Whether a relation named in a statement exists (looked up without a lock).
+unsafe fn relation_exists(relation: *mut pg_sys::RangeVar) -> bool {
+    !relation.is_null()
+        && pg_sys::RangeVarGetRelidExtended(
+            relation,
+            pg_sys::NoLock as _,
+            pg_sys::RVROption::RVR_MISSING_OK as _,
+            None,
+            std::ptr::null_mut(),
+        ) != pg_sys::InvalidOid
+}
 
 fn refuse() -> ! {
     let (message, detail, hint) = OVER;
@@ -403,11 +425,26 @@ pub unsafe fn check_utility(statement: *mut pg_sys::Node) {
     }
     use pg_sys::NodeTag::*;
     let allowed = match (*statement).type_ {
-        T_DropStmt | T_TruncateStmt | T_TransactionStmt | T_VariableSetStmt
-        | T_VariableShowStmt | T_DiscardStmt | T_DeallocateStmt | T_PrepareStmt | T_ExecuteStmt
-        | T_DeclareCursorStmt | T_FetchStmt | T_ClosePortalStmt | T_ExplainStmt | T_LockStmt
-        | T_DoStmt | T_CallStmt | T_CheckPointStmt => true,
+        // UNLISTEN and SET CONSTRAINTS: drivers' and frameworks' resets (asyncpg's pool,
+        // Django's loaddata) run them, and they store nothing.
+        T_DropStmt | T_TruncateStmt | T_TransactionStmt | T_VariableSetStmt | T_UnlistenStmt
+        | T_ConstraintsSetStmt | T_VariableShowStmt | T_DiscardStmt | T_DeallocateStmt
+        | T_PrepareStmt | T_ExecuteStmt | T_DeclareCursorStmt | T_FetchStmt | T_ClosePortalStmt
+        | T_ExplainStmt | T_LockStmt | T_DoStmt | T_CallStmt | T_CheckPointStmt => true,
         T_CopyStmt => !(*(statement as *mut pg_sys::CopyStmt)).is_from,
+        // An app or migration tool that makes its tables "if not exists" at start: the
+        // relation exists, nothing is made.
+        T_CreateStmt => {
+            let c = statement as *mut pg_sys::CreateStmt;
+            (*c).if_not_exists && relation_exists((*c).relation)
+        }
+        T_IndexStmt => {
+            let i = statement as *mut pg_sys::IndexStmt;
+            (*i).if_not_exists && !(*i).idxname.is_null() && {
+                let namespace = pg_sys::RangeVarGetCreationNamespace((*i).relation);
+                pg_sys::get_relname_relid((*i).idxname, namespace) != pg_sys::InvalidOid
+            }
+        }
         T_VacuumStmt => {
             // VACUUM FULL and CLUSTER rewrite a table beside the old one.
             let v = statement as *mut pg_sys::VacuumStmt;
@@ -450,15 +487,70 @@ unsafe extern "C-unwind" fn check_executor(query: *mut pg_sys::QueryDesc, eflags
     if pg_sys::ParallelWorkerNumber >= 0 && crate::logins::is_tenant_session() {
         crate::admission::fence_memory_once();
     }
-    let writes = !query.is_null()
-        && matches!(
-            (*query).operation,
-            pg_sys::CmdType::CMD_INSERT | pg_sys::CmdType::CMD_UPDATE | pg_sys::CmdType::CMD_MERGE
-        );
     let explain_only = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0;
-    if writes && !explain_only && refusing() && crate::logins::is_tenant_session() {
+    if !query.is_null()
+        && !explain_only
+        && writes(query)
+        && crate::logins::is_tenant_session()
+        && refusing()
+        && !only_extension_tables(query)
+    {
         refuse();
     }
+}
+
+/// Whether a plan can grow the database: INSERT, UPDATE, MERGE, a SELECT with a writing WITH
+/// clause, or one that fills a new table (CREATE TABLE AS, SELECT INTO, a materialized view,
+/// also under EXPLAIN ANALYZE, which runs them without a utility statement of their own).
+unsafe fn writes(query: *mut pg_sys::QueryDesc) -> bool {
+    use pg_sys::CmdType::*;
+    if matches!((*query).operation, CMD_INSERT | CMD_UPDATE | CMD_MERGE) {
+        return true;
+    }
+    let plan = (*query).plannedstmt;
+    if !plan.is_null() && (*plan).hasModifyingCTE {
+        return true;
+    }
+    let dest = (*query).dest;
+    !dest.is_null()
+        && matches!(
+            (*dest).mydest,
+            pg_sys::CommandDest::DestIntoRel | pg_sys::CommandDest::DestTransientRel
+        )
+}
+
+/// Whether every table the plan writes (its own and its WITH clauses') is one of the
+/// extension's own that only its triggers write (the override history, the resolved tables):
+/// their rows follow from a statement of the tenant's that was allowed (a DELETE of overrides
+/// records its history), so the way back under the quota stays open.
+unsafe fn only_extension_tables(query: *mut pg_sys::QueryDesc) -> bool {
+    let plan = (*query).plannedstmt;
+    if plan.is_null() {
+        return false;
+    }
+    let indexes = (*plan).resultRelations;
+    if indexes.is_null() || (*indexes).length == 0 {
+        return false;
+    }
+    (0..(*indexes).length as usize).all(|i| {
+        let index = (*(*indexes).elements.add(i)).int_value;
+        let rte = pg_sys::list_nth((*plan).rtable, index - 1) as *mut pg_sys::RangeTblEntry;
+        if rte.is_null() {
+            return false;
+        }
+        let relid = (*rte).relid;
+        let namespace = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        let name = pg_sys::get_rel_name(relid);
+        if namespace.is_null() || name.is_null() {
+            return false;
+        }
+        let (namespace, name) = (
+            std::ffi::CStr::from_ptr(namespace).to_bytes(),
+            std::ffi::CStr::from_ptr(name).to_bytes(),
+        );
+        namespace == b"dl_internal"
+            || (namespace == b"dl_override" && name.ends_with(b"_override_history"))
+    })
 }
 
 /// The hook. Not guarded, as tenant_guard's: the statement's own errors go straight to

@@ -3,8 +3,8 @@
 --
 -- Built-in functions that let any login write such state, or hold it: advisory locks (the
 -- shared lock table; session locks outlive a pooled client), large objects (stored data
--- outside the contract, even for the read role) and pg_notify (the server-wide notification
--- queue). Function ACLs in pg_catalog belong to each database, so this closes them here only.
+-- outside the contract, even for the read role), pg_notify (the server-wide notification
+-- queue) and pg_logical_emit_message (WAL of any size, outside any storage quota; 0.7.0). Function ACLs in pg_catalog belong to each database, so this closes them here only.
 -- Superusers keep them; nobody else in this database needs them (the extension's own locks
 -- do not go through SQL). pg_dump carries the changed ACLs to a restored database. The
 -- library refuses LISTEN/NOTIFY and ALTER ROLE to workspace logins (src/tenant_guard.rs).
@@ -18,7 +18,7 @@ BEGIN
          WHERE p.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
            AND (p.proname OPERATOR(pg_catalog.~) '^pg_(try_)?advisory_'
                 OR p.proname OPERATOR(pg_catalog.~) '^lo_'
-                OR p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['loread', 'lowrite', 'pg_notify']::pg_catalog.name[]))
+                OR p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['loread', 'lowrite', 'pg_notify', 'pg_logical_emit_message']::pg_catalog.name[]))
          ORDER BY 1
     LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);

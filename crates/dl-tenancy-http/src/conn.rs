@@ -54,7 +54,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Conn {
     running: AtomicUsize,
     closing: AtomicBool,
-    /// It carried a request (eviction takes the others first).
+    /// It carried a workspace's call (eviction takes the others first).
     served: AtomicBool,
     idle_since: Mutex<Instant>,
     /// When bytes last arrived while no request ran.
@@ -117,9 +117,18 @@ pub async fn track(
     next: Next,
 ) -> Response {
     conn.running.fetch_add(1, Ordering::AcqRel);
-    conn.served.store(true, Ordering::Release);
-    let _done = Done(conn);
+    let authenticated = req
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION);
+    let done = Done(conn);
     let mut res = next.run(req).await;
+    // Only a workspace's own calls make a connection one that carried a request: answers
+    // anyone gets without a token (/healthz, 401, 404) or past a limit (429) keep it first
+    // in line for eviction, so a flood of them holds no connection for long.
+    let status = res.status().as_u16();
+    if authenticated && status != 401 && status != 429 {
+        done.0.served.store(true, Ordering::Release);
+    }
     res.headers_mut().insert(
         axum::http::header::HeaderName::from_static("keep-alive"),
         axum::http::HeaderValue::from_static(KEEP_ALIVE),

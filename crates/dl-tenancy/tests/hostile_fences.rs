@@ -144,7 +144,10 @@ fn a_workspace_at_its_storage_quota_is_refused_writes_and_gets_back() {
 
     let mut attacker = connect(&env.uri(ATTACKER, Kind::Override, false)).unwrap();
     attacker
-        .batch_execute("CREATE TABLE tenant_custom.fill (id serial PRIMARY KEY, pad text)")
+        .batch_execute(
+            "CREATE TABLE tenant_custom.fill (id serial PRIMARY KEY, pad text);
+             SELECT dl_apply_person_override('p-1', 'customer', '{\"title\": \"CTO\"}', NULL)",
+        )
         .unwrap();
     let mut neighbour = connect(&env.uri(NEIGHBOUR, Kind::Override, false)).unwrap();
     neighbour
@@ -182,6 +185,10 @@ fn a_workspace_at_its_storage_quota_is_refused_writes_and_gets_back() {
             "UPDATE tenant_custom.fill SET pad = pad WHERE id = 1",
             "CREATE TABLE tenant_custom.more (id int)",
             "CREATE INDEX ON tenant_custom.fill (pad)",
+            // Writes that reach the executor as something else.
+            "WITH w AS (INSERT INTO tenant_custom.fill (pad) VALUES ('x') RETURNING 1) SELECT count(*) FROM w",
+            "EXPLAIN ANALYZE CREATE TABLE tenant_custom.copy AS SELECT * FROM tenant_custom.fill",
+            "SELECT dl_apply_person_override('p-2', 'customer', '{}', NULL)",
         ] {
             let err = c.batch_execute(write).expect_err(write);
             assert_eq!(sqlstate(&err), "53100", "pooled {pooled}: {write}: {err:?}");
@@ -190,10 +197,52 @@ fn a_workspace_at_its_storage_quota_is_refused_writes_and_gets_back() {
             .expect("reads still run");
         c.batch_execute("DELETE FROM tenant_custom.fill WHERE id = 1")
             .expect("deletes still run");
+        // What drivers and frameworks run at start or on reset stores nothing and runs.
+        c.batch_execute(
+            "CREATE TABLE IF NOT EXISTS tenant_custom.fill (id int); UNLISTEN *;
+             BEGIN; SET CONSTRAINTS ALL DEFERRED; COMMIT",
+        )
+        .unwrap_or_else(|e| panic!("pooled {pooled}: {e:?}"));
     }
+    // Deleting an override records its history (the extension's own write): it runs.
+    attacker
+        .batch_execute("DELETE FROM dl_override.person_overrides WHERE identity_key = 'p-1'")
+        .expect("deleting an override runs over the quota");
+    // WAL of any size, which the quota does not count: closed (0.7.0).
+    let err = attacker
+        .batch_execute("SELECT pg_catalog.pg_logical_emit_message(false, 'x', 'y')")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{err:?}");
     neighbour
         .batch_execute("INSERT INTO tenant_custom.mine (pad) VALUES ('not affected')")
         .unwrap();
+
+    // A larger quota lets writes in at once, though the database is above 90% of it.
+    let size_mb = usage(&env, ATTACKER)["database_size_bytes"]
+        .as_i64()
+        .unwrap()
+        / (1024 * 1024);
+    let raised = env.cli(&[
+        "limits",
+        "--workspace",
+        ATTACKER,
+        "--storage-mb",
+        &(size_mb + 2).to_string(),
+    ]);
+    assert_eq!(raised.code, 0, "{}", raised.stderr);
+    wait_for_state(&env, ATTACKER, "warned");
+    attacker
+        .batch_execute("INSERT INTO tenant_custom.fill (pad) VALUES ('raised')")
+        .expect("writes run under the raised quota");
+    let lowered = env.cli(&[
+        "limits",
+        "--workspace",
+        ATTACKER,
+        "--storage-mb",
+        &quota_mb.to_string(),
+    ]);
+    assert_eq!(lowered.code, 0, "{}", lowered.stderr);
+    wait_for_state(&env, ATTACKER, "refused");
 
     // The way back: TRUNCATE frees the space, and below 90% the writes run again.
     attacker
