@@ -142,20 +142,12 @@ pub fn install() {
     pg_shmem_init!(POOLED);
     pg_shmem_init!(DIRECT);
     pg_shmem_init!(REFUSED = [FREE; REFUSAL_ENTRIES]);
-    // SAFETY: the show hook is guarded; the setting cannot be set (internal).
-    unsafe {
-        GucRegistry::define_string_guc_with_hooks(
-            c"dl_tenancy.admission",
-            c"Workspace sessions and refusals by the way they arrive (JSON; superusers only).",
-            c"",
-            &FIGURES,
-            GucContext::Internal,
-            GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
-            None,
-            None,
-            Some(show_figures),
-        );
-    }
+    crate::define_figures(
+        c"dl_tenancy.admission",
+        c"Workspace sessions and refusals by the way they arrive (JSON; superusers only).",
+        &FIGURES,
+        show_figures,
+    );
     if cfg!(not(feature = "pg15")) {
         pgrx::warning!(
             "dl_tenancy: connection admission needs PostgreSQL 15's Port layout; not installed"

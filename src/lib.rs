@@ -47,6 +47,31 @@ pub(crate) unsafe fn list_items<T>(list: *mut pg_sys::List) -> Vec<*mut T> {
         .collect()
 }
 
+/// A read-only setting whose value `show` renders when read (`SHOW`, `current_setting`): the
+/// server-wide figures the platform reads as JSON, hidden from everyone but superusers.
+pub(crate) fn define_figures(
+    name: &'static std::ffi::CStr,
+    description: &'static std::ffi::CStr,
+    setting: &'static pgrx::guc::GucSetting<Option<std::ffi::CString>>,
+    show: unsafe extern "C-unwind" fn() -> *const std::ffi::c_char,
+) {
+    use pgrx::guc::{GucContext, GucFlags, GucRegistry};
+    // SAFETY: `show` is guarded by its definer; the setting cannot be set (internal).
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            name,
+            description,
+            c"",
+            setting,
+            GucContext::Internal,
+            GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
+            None,
+            None,
+            Some(show),
+        );
+    }
+}
+
 mod admission;
 mod alloc;
 mod helpers;

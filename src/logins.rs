@@ -6,6 +6,22 @@
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
+/// SQL for the watchdog's queries: `WITH RECURSIVE workspace_login(oid)`, every member
+/// (recursively) of the two tenant groups, for `concat!` with the rest of a query.
+macro_rules! workspace_logins_cte {
+    () => {
+        "WITH RECURSIVE workspace_login(oid) AS (
+    SELECT m.member FROM pg_catalog.pg_auth_members AS m
+      JOIN pg_catalog.pg_authid AS g ON g.oid = m.roleid
+     WHERE g.rolname IN ('dl_tenant_read', 'dl_tenant_override')
+    UNION
+    SELECT m.member FROM pg_catalog.pg_auth_members AS m
+      JOIN workspace_login AS w ON m.roleid = w.oid
+)"
+    };
+}
+pub(crate) use workspace_logins_cte;
+
 pub(crate) unsafe fn role_oid(name: &CStr) -> pg_sys::Oid {
     pg_sys::get_role_oid(name.as_ptr(), true)
 }

@@ -50,6 +50,15 @@ pub enum State {
 }
 
 impl State {
+    /// The state an entry of the shared table holds (a free entry's 0 reads as `under`).
+    fn stored(state: u8) -> State {
+        match state {
+            3 => State::Refused,
+            2 => State::Warned,
+            _ => State::Under,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             State::Under => "under",
@@ -121,20 +130,12 @@ pub fn define_settings() {
 pub fn install() {
     pg_shmem_init!(STATES = [FREE; ENTRIES]);
     SHARED.store(true, Ordering::Release);
-    // SAFETY: the show hook is guarded; the setting cannot be set (internal).
-    unsafe {
-        GucRegistry::define_string_guc_with_hooks(
-            c"dl_tenancy.storage",
-            c"Measured workspace databases: size, quota and state (JSON; superusers only).",
-            c"",
-            &FIGURES,
-            GucContext::Internal,
-            GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
-            None,
-            None,
-            Some(show_figures),
-        );
-    }
+    crate::define_figures(
+        c"dl_tenancy.storage",
+        c"Measured workspace databases: size, quota and state (JSON; superusers only).",
+        &FIGURES,
+        show_figures,
+    );
 }
 
 fn slot_of(database: u32) -> usize {
@@ -152,11 +153,7 @@ pub fn state_of(database: pg_sys::Oid) -> State {
     for i in 0..ENTRIES {
         let e = &table[(first + i) % ENTRIES];
         if e.database == database {
-            return match e.state {
-                3 => State::Refused,
-                2 => State::Warned,
-                _ => State::Under,
-            };
+            return State::stored(e.state);
         }
         if e.database == 0 {
             break;
@@ -196,15 +193,9 @@ const FULL_PASS_EVERY: u32 = 30;
 
 /// Cancels the workspace logins' running statements in a database that just got to its
 /// limit: they may be the burst that got it there.
-const CANCEL: &str = r#"
-WITH RECURSIVE workspace_login(oid) AS (
-    SELECT m.member FROM pg_catalog.pg_auth_members AS m
-      JOIN pg_catalog.pg_authid AS g ON g.oid = m.roleid
-     WHERE g.rolname IN ('dl_tenant_read', 'dl_tenant_override')
-    UNION
-    SELECT m.member FROM pg_catalog.pg_auth_members AS m
-      JOIN workspace_login AS w ON m.roleid = w.oid
-), running AS MATERIALIZED (
+const CANCEL: &str = concat!(
+    crate::logins::workspace_logins_cte!(),
+    r#", running AS MATERIALIZED (
     SELECT a.pid FROM pg_catalog.pg_stat_activity AS a
       JOIN pg_catalog.pg_authid AS r ON r.oid = a.usesysid
      WHERE a.backend_type = 'client backend' AND a.state = 'active'
@@ -213,7 +204,8 @@ WITH RECURSIVE workspace_login(oid) AS (
        AND NOT r.rolsuper AND r.rolname NOT LIKE '%\_load'
 )
 SELECT pg_catalog.count(*) FROM running WHERE pg_catalog.pg_cancel_backend(pid)
-"#;
+"#
+);
 
 thread_local! {
     /// When the watchdog last measured, and how many passes since a full one (its own
@@ -317,11 +309,7 @@ fn record(
         else {
             continue;
         };
-        let from = match before.map(|e| e.state) {
-            Some(3) => State::Refused,
-            Some(2) => State::Warned,
-            _ => State::Under,
-        };
+        let from = State::stored(before.map_or(0, |e| e.state));
         // A changed quota is judged afresh: raised above what the database holds, it lets
         // writes in at once, whatever the 90% mark of the old one said.
         let basis = match before {
@@ -358,11 +346,7 @@ unsafe extern "C-unwind" fn show_figures() -> *const c_char {
         let table = STATES.share();
         let mut first = true;
         for e in table.iter().filter(|e| e.database != 0) {
-            let state = match e.state {
-                3 => State::Refused,
-                2 => State::Warned,
-                _ => State::Under,
-            };
+            let state = State::stored(e.state);
             let _ = write!(
                 out,
                 r#"{}{{"database_oid":{},"bytes":{},"limit_bytes":{},"state":"{}"}}"#,

@@ -36,15 +36,9 @@ const RESTART: Duration = Duration::from_secs(5);
 /// MATERIALIZED: inlined, its conditions and `pg_terminate_backend` would become quals of one
 /// scan of pg_stat_activity, which the planner may evaluate in any order: it then ended the
 /// server's own processes, the platform's sessions and the worker itself.
-const END_SESSIONS: &str = r#"
-WITH RECURSIVE workspace_login(oid) AS (
-    SELECT m.member FROM pg_catalog.pg_auth_members AS m
-      JOIN pg_catalog.pg_authid AS g ON g.oid = m.roleid
-     WHERE g.rolname IN ('dl_tenant_read', 'dl_tenant_override')
-    UNION
-    SELECT m.member FROM pg_catalog.pg_auth_members AS m
-      JOIN workspace_login AS w ON m.roleid = w.oid
-), ending AS MATERIALIZED (
+const END_SESSIONS: &str = concat!(
+    crate::logins::workspace_logins_cte!(),
+    r#", ending AS MATERIALIZED (
     SELECT a.pid, r.rolname::text AS rolname,
            CASE WHEN NOT r.rolcanlogin THEN 'the login is NOLOGIN'
                 WHEN r.rolvaliduntil <= pg_catalog.now() THEN 'the login is past its VALID UNTIL'
@@ -62,7 +56,8 @@ WITH RECURSIVE workspace_login(oid) AS (
             OR ($1 > 0 AND a.xact_start < pg_catalog.now() - $1::float8 * interval '1 millisecond'))
 )
 SELECT pid, rolname, reason FROM ending WHERE pg_catalog.pg_terminate_backend(pid)
-"#;
+"#
+);
 
 /// The SIGHUP settings are defined whenever the library loads, so that `SHOW` works in every
 /// session; the database only with shared_preload_libraries (PostgreSQL refuses a

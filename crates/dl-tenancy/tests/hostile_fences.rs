@@ -132,14 +132,7 @@ fn a_workspace_at_its_storage_quota_is_refused_writes_and_gets_back() {
         .as_i64()
         .unwrap();
     let quota_mb = base / (1024 * 1024) + 20;
-    let out = env.cli(&[
-        "limits",
-        "--workspace",
-        ATTACKER,
-        "--storage-mb",
-        &quota_mb.to_string(),
-    ]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    set_quota(&env, ATTACKER, quota_mb.to_string());
     wait_for_state(&env, ATTACKER, "under");
 
     let mut attacker = connect(&env.uri(ATTACKER, Kind::Override, false)).unwrap();
@@ -222,26 +215,12 @@ fn a_workspace_at_its_storage_quota_is_refused_writes_and_gets_back() {
         .as_i64()
         .unwrap()
         / (1024 * 1024);
-    let raised = env.cli(&[
-        "limits",
-        "--workspace",
-        ATTACKER,
-        "--storage-mb",
-        &(size_mb + 2).to_string(),
-    ]);
-    assert_eq!(raised.code, 0, "{}", raised.stderr);
+    set_quota(&env, ATTACKER, (size_mb + 2).to_string());
     wait_for_state(&env, ATTACKER, "warned");
     attacker
         .batch_execute("INSERT INTO tenant_custom.fill (pad) VALUES ('raised')")
         .expect("writes run under the raised quota");
-    let lowered = env.cli(&[
-        "limits",
-        "--workspace",
-        ATTACKER,
-        "--storage-mb",
-        &quota_mb.to_string(),
-    ]);
-    assert_eq!(lowered.code, 0, "{}", lowered.stderr);
+    set_quota(&env, ATTACKER, quota_mb.to_string());
     wait_for_state(&env, ATTACKER, "refused");
 
     // The way back: TRUNCATE frees the space, and below 90% the writes run again.
@@ -253,6 +232,12 @@ fn a_workspace_at_its_storage_quota_is_refused_writes_and_gets_back() {
     attacker
         .batch_execute("DROP TABLE tenant_custom.fill")
         .expect("DROP runs");
+}
+
+/// `dl-tenancy limits --storage-mb`, which must succeed.
+fn set_quota(env: &Env, ws: &str, mb: String) {
+    let out = env.cli(&["limits", "--workspace", ws, "--storage-mb", &mb]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 fn usage(env: &Env, ws: &str) -> serde_json::Value {
