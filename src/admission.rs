@@ -417,17 +417,6 @@ unsafe extern "C-unwind" fn show_figures() -> *const c_char {
 /// A workspace login: a member of one of the extension's tenant groups, not a superuser, not
 /// a platform load login. Reads only shared catalogs (authentication already did).
 unsafe fn is_workspace_login(name: &CStr) -> bool {
-    if name.to_bytes().ends_with(b"_load") {
-        return false;
-    }
-    let role = pg_sys::get_role_oid(name.as_ptr(), true);
-    if role == pg_sys::InvalidOid || pg_sys::superuser_arg(role) {
-        return false;
-    }
-    [c"dl_tenant_read", c"dl_tenant_override"]
-        .iter()
-        .any(|group| {
-            let group = pg_sys::get_role_oid(group.as_ptr(), true);
-            group != pg_sys::InvalidOid && pg_sys::is_member_of_role(role, group)
-        })
+    !name.to_bytes().ends_with(b"_load")
+        && crate::logins::in_tenant_groups(pg_sys::get_role_oid(name.as_ptr(), true))
 }

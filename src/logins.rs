@@ -43,15 +43,20 @@ pub(crate) unsafe fn is_load_login() -> bool {
 
 /// The session user is a workspace login (the platform's load login included).
 pub(crate) unsafe fn is_workspace_login() -> bool {
-    let session_user = pg_sys::GetSessionUserId();
-    if pg_sys::superuser_arg(session_user) {
+    in_tenant_groups(pg_sys::GetSessionUserId())
+}
+
+/// `role` is a member of a tenant group and not a superuser (reads shared catalogs only, so
+/// admission can ask before a database is chosen).
+pub(crate) unsafe fn in_tenant_groups(role: pg_sys::Oid) -> bool {
+    if role == pg_sys::InvalidOid || pg_sys::superuser_arg(role) {
         return false;
     }
     [c"dl_tenant_read", c"dl_tenant_override"]
         .iter()
         .any(|group| {
-            let role = role_oid(group);
-            role != pg_sys::InvalidOid && pg_sys::is_member_of_role(session_user, role)
+            let group = role_oid(group);
+            group != pg_sys::InvalidOid && pg_sys::is_member_of_role(role, group)
         })
 }
 
