@@ -174,6 +174,7 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
         return;
     }
     fence_memory_once();
+    crate::locks::fence();
     let way = if start.raddr.addr.ss_family == AF_UNIX {
         Way::Pooled
     } else {

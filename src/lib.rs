@@ -75,6 +75,7 @@ pub(crate) fn define_figures(
 mod admission;
 mod alloc;
 mod helpers;
+mod locks;
 mod logins;
 mod merge_patch;
 mod overridden_fields;

@@ -466,6 +466,7 @@ extern "C-unwind" {
 #[pg_guard]
 unsafe extern "C-unwind" fn check_executor(query: *mut pg_sys::QueryDesc, eflags: i32) {
     crate::alloc::end_session_if_reserve_used();
+    crate::locks::fence_once();
     // A parallel worker of a workspace session gets the session's memory share too: it never
     // passes the login hook that sets it.
     if pg_sys::ParallelWorkerNumber >= 0 && crate::logins::is_tenant_session() {

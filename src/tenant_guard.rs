@@ -382,6 +382,7 @@ unsafe fn existing_schema(statement: *mut pg_sys::Node) -> Option<String> {
 #[pg_guard]
 unsafe extern "C-unwind" fn should_run(pstmt: *mut pg_sys::PlannedStmt) -> bool {
     crate::alloc::end_session_if_reserve_used();
+    crate::locks::fence_once();
     let statement = (*pstmt).utilityStmt;
     if let Some(schema) = existing_schema(statement) {
         if is_workspace_login() {

@@ -4,6 +4,8 @@
 //! keeps working.
 
 mod common;
+#[path = "fences/locks.rs"]
+mod locks;
 
 use common::*;
 use dl_tenancy_ctl::Kind;

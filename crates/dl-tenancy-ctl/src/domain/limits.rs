@@ -235,15 +235,26 @@ pub const PLATFORM_STATEMENT_TIMEOUT_MS: u64 = 15 * 60 * 1_000;
 /// move server-wide for longer. `local up` writes it as `dl_tenancy.transaction_limit`.
 pub const TENANT_TRANSACTION_LIMIT_MS: u64 = 5 * 60 * 1_000;
 
+/// Temporary files all sessions of one workspace may hold together
+/// (`dl_tenancy.temp_limit_mb`; `temp_file_limit` bounds only one process): two sessions at
+/// their `temp_file_limit`. Past it the watchdog cancels the statements holding the most
+/// (53100). An operator can set another for one database (`ALTER DATABASE ... SET`).
+pub const WORKSPACE_TEMP_MB: u32 = 2048;
+
 /// The extension's watchdog (a background worker; `shared_preload_libraries`) ends the
 /// sessions of retired logins (NOLOGIN, or past their VALID UNTIL: a rotation's grace) and
-/// tenant transactions past [`TENANT_TRANSACTION_LIMIT_MS`], whether or not `serve` runs.
+/// tenant transactions past [`TENANT_TRANSACTION_LIMIT_MS`], and bounds each workspace's
+/// temporary files ([`WORKSPACE_TEMP_MB`]), whether or not `serve` runs.
 pub fn watchdog_settings() -> Vec<(String, String)> {
     vec![
         ("shared_preload_libraries".into(), "dl_tenancy".into()),
         (
             "dl_tenancy.transaction_limit".into(),
             TENANT_TRANSACTION_LIMIT_MS.to_string(),
+        ),
+        (
+            "dl_tenancy.temp_limit_mb".into(),
+            WORKSPACE_TEMP_MB.to_string(),
         ),
     ]
 }
@@ -276,9 +287,18 @@ pub fn direct_slots(max_connections: u32) -> u32 {
 /// and hash nodes and JIT fit; a workspace's 20 sessions together stay under 6 GB.
 pub const SESSION_MEMORY_MB: u32 = 256;
 
+/// Locks one session may hold at once (`max_locks_per_transaction`): the server's shared lock
+/// table has this many entries per connection slot, and the extension refuses a workspace
+/// session's lock past it (53400, src/locks.rs), so no workspace can fill the table for the
+/// others. A table created with a serial key and one index takes 19, so PostgreSQL's default
+/// of 64 would refuse a migration of 4 tables in one transaction (Alembic runs all its
+/// migrations in one); 1,024 lets one create about 50, for 80 MB more shared memory at 200
+/// slots (measured: 147 MB at 64, 227 MB at 1,024).
+pub const SESSION_LOCKS: u32 = 1024;
+
 /// The extension's admission settings (src/admission.rs) for a server with
 /// `max_connections` slots: the pooled workspaces' cap is the pooler's budget, and each
-/// workspace session's memory share.
+/// workspace session's memory share and lock budget.
 pub fn admission_settings(max_connections: u32) -> Vec<(String, String)> {
     debug_assert!(max_connections >= MIN_MAX_CONNECTIONS);
     vec![
@@ -293,6 +313,10 @@ pub fn admission_settings(max_connections: u32) -> Vec<(String, String)> {
         (
             "dl_tenancy.session_memory_mb".into(),
             SESSION_MEMORY_MB.to_string(),
+        ),
+        (
+            "max_locks_per_transaction".into(),
+            SESSION_LOCKS.to_string(),
         ),
     ]
 }
