@@ -6,6 +6,8 @@
 mod common;
 #[path = "fences/locks.rs"]
 mod locks;
+#[path = "fences/sockets.rs"]
+mod sockets;
 
 use common::*;
 use dl_tenancy_ctl::Kind;

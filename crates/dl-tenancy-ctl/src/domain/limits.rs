@@ -214,11 +214,19 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("max_db_client_connections", "200"),
     ("max_prepared_statement_bytes", "8388608"),
     ("max_packet_size", "16777216"),
+    // Sockets still logging in have a cap of their own, and past it the oldest is dropped
+    // (scripts/pgbouncer/unauthenticated-socket-flood.patch): thousands of bare TCP sockets
+    // counted against max_client_conn and refused every workspace's logins. 1,000 is far
+    // more than a login storm holds at once (each login takes milliseconds).
+    ("max_login_clients", "1000"),
 ];
 
 /// Settings only our PgBouncer build knows (`local up` refuses a binary without them).
-pub const PATCHED_POOLER_SETTINGS: [&str; 2] =
-    [POOLER_BUDGET_SETTING, "max_prepared_statement_bytes"];
+pub const PATCHED_POOLER_SETTINGS: [&str; 3] = [
+    POOLER_BUDGET_SETTING,
+    "max_prepared_statement_bytes",
+    "max_login_clients",
+];
 
 /// How long a session of the platform's own (the tool, `serve`) waits for a lock before it
 /// gives up with `busy`: a tenant can hold locks on its own tables (and row locks on the

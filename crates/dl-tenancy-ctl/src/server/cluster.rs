@@ -371,7 +371,8 @@ pub(crate) fn check_pooler_version() -> Result<()> {
             ErrorCode::LocalServer,
             format!(
                 "{} is PgBouncer without dl_tenancy's patches (scripts/pgbouncer/: one budget of \
-                 server connections for all workspaces, bounded prepared statements): run scripts/setup, \
+                 server connections for all workspaces, bounded prepared statements, a cap on sockets logging \
+                 in): run scripts/setup, \
                  or point PGBOUNCER at one",
                 bin.display()
             ),
