@@ -74,8 +74,10 @@ pub(crate) fn define_figures(
 
 mod admission;
 mod alloc;
+mod disk;
 mod helpers;
 mod locks;
+mod logbound;
 mod logins;
 mod merge_patch;
 mod overridden_fields;
@@ -102,12 +104,16 @@ pub extern "C-unwind" fn _PG_init() {
     watchdog::define_settings(preloading);
     admission::define_settings();
     quota::define_settings();
+    disk::define_settings();
+    logbound::define_settings();
     tenant_guard::install();
     quota::install_session_hook();
     if preloading {
         watchdog::register();
         admission::install();
         quota::install();
+        disk::install();
+        logbound::install();
     }
 }
 

@@ -66,6 +66,18 @@ thread_local! {
     static TENANT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
+/// [`is_tenant_session`] if it is known already, without looking anything up (for hooks that
+/// must not touch the catalogs, such as the log's).
+pub(crate) fn known_tenant_session() -> Option<bool> {
+    TENANT.get()
+}
+
+/// The login hook found a tenant's login (admission): known from the start, so that even the
+/// session's first message (a syntax error of its first statement) is the log fence's.
+pub(crate) fn tenant_session_from_login() {
+    TENANT.set(Some(true));
+}
+
 /// A tenant's session: a workspace login, not the platform's load login.
 pub(crate) unsafe fn is_tenant_session() -> bool {
     if let Some(known) = TENANT.get() {

@@ -383,7 +383,9 @@ unsafe fn relation_exists(relation: *mut pg_sys::RangeVar) -> bool {
 }
 
 fn refuse() -> ! {
-    let (message, detail, hint) = OVER;
+    // SAFETY: reads of the backend's own globals.
+    let over = state_of(unsafe { pg_sys::MyDatabaseId }) == State::Refused;
+    let (message, detail, hint) = if over { OVER } else { crate::disk::LOW_TEXT };
     ErrorReport::new(
         PgSqlErrorCode::ERRCODE_DISK_FULL,
         message,
@@ -398,7 +400,7 @@ fn refuse() -> ! {
 /// Whether the current database refuses a workspace login's writes now.
 fn refusing() -> bool {
     // SAFETY: reads of the backend's own globals.
-    state_of(unsafe { pg_sys::MyDatabaseId }) == State::Refused
+    crate::disk::low() || state_of(unsafe { pg_sys::MyDatabaseId }) == State::Refused
 }
 
 /// A utility statement of a workspace login while the database refuses writes: only those

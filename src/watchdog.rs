@@ -153,6 +153,17 @@ pub extern "C-unwind" fn dl_tenancy_watchdog_main(_arg: pg_sys::Datum) {
                 to.name()
             );
         }
+        if let Some((low, free, floor)) = crate::disk::check() {
+            let mb = |b: u64| b / (1024 * 1024);
+            if low {
+                warning!(
+                    "dl_tenancy watchdog: the server's disk has {} MB free, below dl_tenancy.disk_floor_mb ({} MB): every workspace's writes are refused until it has {} MB free",
+                    mb(free), mb(floor), mb(floor + floor / 5)
+                );
+            } else {
+                log!("dl_tenancy watchdog: the server's disk has {} MB free again: workspaces' writes run", mb(free));
+            }
+        }
         let interval = Duration::from_millis(INTERVAL_MS.get().max(10) as u64);
         if !BackgroundWorker::wait_latch(Some(interval)) {
             break;

@@ -4,6 +4,8 @@
 //! keeps working.
 
 mod common;
+#[path = "fences/disk.rs"]
+mod disk;
 #[path = "fences/locks.rs"]
 mod locks;
 #[path = "fences/sockets.rs"]

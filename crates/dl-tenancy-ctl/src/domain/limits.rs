@@ -249,10 +249,22 @@ pub const TENANT_TRANSACTION_LIMIT_MS: u64 = 5 * 60 * 1_000;
 /// (53100). An operator can set another for one database (`ALTER DATABASE ... SET`).
 pub const WORKSPACE_TEMP_MB: u32 = 2048;
 
+/// Free disk below which every workspace's writes are refused (`dl_tenancy.disk_floor_mb`,
+/// src/disk.rs in the extension; they run again at a fifth more): the quotas together may
+/// promise more than the disk holds, and a full disk stops the server with a PANIC, its log
+/// on the same disk. 1 GB leaves room for the platform's own writes, WAL and the log.
+pub const DISK_FLOOR_MB: u32 = 1024;
+
+/// WAL a replication slot may hold back (`max_slot_wal_keep_size`): a move's slot whose
+/// target stopped reading would otherwise keep every WAL segment until the disk is full; past
+/// it the slot is invalidated and the move fails (and can be started again).
+pub const SLOT_WAL_KEEP_MB: u32 = 8192;
+
 /// The extension's watchdog (a background worker; `shared_preload_libraries`) ends the
 /// sessions of retired logins (NOLOGIN, or past their VALID UNTIL: a rotation's grace) and
 /// tenant transactions past [`TENANT_TRANSACTION_LIMIT_MS`], and bounds each workspace's
-/// temporary files ([`WORKSPACE_TEMP_MB`]), whether or not `serve` runs.
+/// temporary files ([`WORKSPACE_TEMP_MB`]), and refuses workspaces' writes below
+/// [`DISK_FLOOR_MB`] free, whether or not `serve` runs.
 pub fn watchdog_settings() -> Vec<(String, String)> {
     vec![
         ("shared_preload_libraries".into(), "dl_tenancy".into()),
@@ -263,6 +275,11 @@ pub fn watchdog_settings() -> Vec<(String, String)> {
         (
             "dl_tenancy.temp_limit_mb".into(),
             WORKSPACE_TEMP_MB.to_string(),
+        ),
+        ("dl_tenancy.disk_floor_mb".into(), DISK_FLOOR_MB.to_string()),
+        (
+            "max_slot_wal_keep_size".into(),
+            format!("{SLOT_WAL_KEEP_MB}MB"),
         ),
     ]
 }
