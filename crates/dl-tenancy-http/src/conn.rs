@@ -60,11 +60,14 @@ pub struct Conn {
     /// When bytes last arrived while no request ran.
     arrived: Mutex<Option<Instant>>,
     reader: Mutex<Option<Waker>>,
+    /// Where it comes from (the failed-token budget is per address).
+    peer: std::net::IpAddr,
 }
 
 impl Conn {
-    fn new() -> Conn {
+    fn new(peer: std::net::IpAddr) -> Conn {
         Conn {
+            peer,
             running: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             served: AtomicBool::new(false),
@@ -103,6 +106,13 @@ impl Conn {
 /// A handle on a request's connection (axum's `ConnectInfo`).
 #[derive(Clone, Debug)]
 pub struct ConnHandle(Arc<Conn>);
+
+impl ConnHandle {
+    /// The client's address.
+    pub fn peer(&self) -> std::net::IpAddr {
+        self.0.peer
+    }
+}
 
 impl axum::extract::connect_info::Connected<IncomingStream<'_, FencedListener>> for ConnHandle {
     fn connect_info(stream: IncomingStream<'_, FencedListener>) -> Self {
@@ -221,7 +231,7 @@ impl Listener for FencedListener {
                 drop(stream);
                 continue;
             }
-            let conn = Arc::new(Conn::new());
+            let conn = Arc::new(Conn::new(addr.ip()));
             self.open.push(Arc::downgrade(&conn));
             let idle = Box::pin(tokio::time::sleep(IDLE_TIMEOUT));
             return (FencedStream { stream, conn, idle }, addr);

@@ -86,6 +86,17 @@ impl ApiError {
         }
     }
 
+    /// The client's address looked up too many tokens that matched none.
+    pub fn too_many_failed_lookups(retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after.max(1)),
+            ..ApiError::new(
+                ErrorCode::RateLimited,
+                "too many requests with unknown tokens from this address; retry later",
+            )
+        }
+    }
+
     pub fn rate_limited(retry_after: u64) -> Self {
         ApiError {
             retry_after: Some(retry_after.max(1)),

@@ -76,12 +76,11 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         if !tokens::well_formed(token) {
             return Err(ApiError::invalid_token());
         }
-        let token = token.to_string();
-        let st = state.clone();
-        let principal = state
-            .blocking(move || st.tokens.verify(&token))
-            .await?
-            .ok_or_else(ApiError::invalid_token)?;
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<crate::conn::ConnHandle>>()
+            .map(|c| c.0.peer());
+        let principal = state.principal(token.to_string(), peer).await?;
         let span = tracing::Span::current();
         span.record("workspace", principal.workspace.as_str());
         span.record("token_id", principal.token_id.as_str());

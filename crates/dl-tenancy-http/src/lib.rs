@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use dl_tenancy_ctl::fences::GraceSeconds;
-use dl_tenancy_ctl::tokens::TokenStore;
+use dl_tenancy_ctl::tokens::{Principal, TokenStore};
 use dl_tenancy_ctl::Kind;
 use dl_tenancy_ctl::{Config, ErrorCode, Tenancy};
 use error::ApiError;
@@ -102,6 +102,9 @@ pub struct AppState {
     in_flight: Arc<limit::InFlight>,
     call_timeout: Duration,
     calls: Semaphore,
+    /// Token lookups: their own slots, and a budget of failed ones per client address.
+    lookups: Semaphore,
+    failed_lookups: RateLimiter,
     baseline: bool,
 }
 
@@ -117,6 +120,8 @@ impl AppState {
             in_flight: Arc::default(),
             call_timeout: opts.call_timeout,
             calls: Semaphore::new(opts.max_concurrent_calls.max(1)),
+            lookups: Semaphore::new(limit::LOOKUPS_IN_FLIGHT),
+            failed_lookups: RateLimiter::new(limit::FAILED_LOOKUPS_PER_MINUTE),
             baseline: opts.baseline,
         }))
     }
@@ -127,9 +132,42 @@ impl AppState {
         F: FnOnce() -> dl_tenancy_ctl::Result<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.blocking_on(&self.calls, f).await
+    }
+
+    /// Who a bearer token is, on the lookups' own slots; a client address past its budget of
+    /// failed lookups gets 429 without one (none, with no address: the in-process tests).
+    pub(crate) async fn principal(
+        self: &Arc<Self>,
+        token: String,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Principal, ApiError> {
+        let peer = peer.map(|p| p.to_string());
+        if let Some(peer) = &peer {
+            self.failed_lookups.peek(peer).map_err(|wait| {
+                ApiError::too_many_failed_lookups(wait.as_secs_f64().ceil() as u64)
+            })?;
+        }
+        let st = self.clone();
+        let found = self
+            .blocking_on(&self.lookups, move || st.tokens.verify(&token))
+            .await?;
+        found.ok_or_else(|| {
+            if let Some(peer) = &peer {
+                // The budget only counts: this answer is the 401 either way.
+                let _ = self.failed_lookups.check(peer);
+            }
+            ApiError::invalid_token()
+        })
+    }
+
+    async fn blocking_on<T, F>(&self, slots: &Semaphore, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce() -> dl_tenancy_ctl::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
         let work = async {
-            let _permit = self
-                .calls
+            let _permit = slots
                 .acquire()
                 .await
                 .map_err(|_| ApiError::internal("call semaphore closed"))?;

@@ -19,6 +19,16 @@ pub const CALLS_IN_FLIGHT: usize = 4;
 /// once. Bounded, because a waiting call holds its connection open.
 pub const CALLS_WAITING: usize = 32;
 
+/// Lookups of tokens that matched none, per client address per minute; past it, 429 before
+/// any lookup. A token is checked against the control database (a revoked one fails from the
+/// next request on), so a flood of made-up tokens would otherwise take the lookups every
+/// workspace's calls need; a real client fails a lookup only when its token was revoked.
+pub const FAILED_LOOKUPS_PER_MINUTE: u32 = 60;
+
+/// Token lookups running at once, outside the calls all workspaces share: a lookup is one
+/// indexed query on a kept session.
+pub const LOOKUPS_IN_FLIGHT: usize = 4;
+
 /// The calls each workspace has running and waiting.
 #[derive(Default)]
 pub struct InFlight {
@@ -118,6 +128,15 @@ impl RateLimiter {
 
     /// Take one request for `key`, or the time until one is available.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
+        self.take(key, 1.0)
+    }
+
+    /// Whether `key` has a request left, without taking it.
+    pub fn peek(&self, key: &str) -> Result<(), Duration> {
+        self.take(key, 0.0)
+    }
+
+    fn take(&self, key: &str, amount: f64) -> Result<(), Duration> {
         if self.per_minute == 0 {
             return Ok(());
         }
@@ -133,7 +152,7 @@ impl RateLimiter {
         });
         self.refill(b, now);
         if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+            b.tokens -= amount;
             Ok(())
         } else {
             let missing = 1.0 - b.tokens;

@@ -125,6 +125,62 @@ fn one_token_s_flood_and_idle_sockets_leave_the_neighbour_s_calls_working() {
     assert!(rest.is_empty() || rest.starts_with("HTTP/1.1 4"), "{rest}");
 }
 
+/// Made-up tokens (well formed, matching none) from many clients at one address: each costs
+/// a lookup in the control database, so past the address's budget of failed lookups the API
+/// answers 429 without one, and the neighbour (another address) is never held behind them.
+#[test]
+fn made_up_tokens_from_one_address_leave_the_neighbour_s_calls_working() {
+    let c = cluster();
+    c.cli(&["provision", "--workspace", "api-neighbour"]);
+    let server = Server::start(&[]);
+    let neighbour = server.api_for("api-neighbour");
+    let stop = Arc::new(AtomicBool::new(false));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..FLOODERS)
+        .map(|i| {
+            let token = format!("dlt_{}", format!("{i:02}").repeat(22).get(..43).unwrap());
+            let api =
+                Api::new(&server.base, Some(&token)).from_address("127.0.0.2".parse().unwrap());
+            let (stop, limited) = (stop.clone(), limited.clone());
+            std::thread::spawn(move || {
+                let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+                while !stop.load(Ordering::Acquire) {
+                    let r = api.get("/api/v2/tenants/status");
+                    if r.status == 429 {
+                        assert_eq!(r.code(), "rate_limited", "{}", r.text);
+                        assert!(r.header("retry-after").is_some());
+                        limited.fetch_add(1, Ordering::AcqRel);
+                    } else {
+                        assert_eq!(r.status, 401, "{}", r.text);
+                    }
+                    *answers.entry(r.status).or_default() += 1;
+                }
+                answers
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while limited.load(Ordering::Acquire) == 0 {
+        assert!(
+            started.elapsed() < SAFETY_NET,
+            "the made-up tokens were never limited"
+        );
+    }
+    for _ in 0..10 {
+        let r = neighbour.get("/api/v2/tenants/status");
+        assert_eq!(r.status, 200, "neighbour during the flood: {}", r.text);
+    }
+    stop.store(true, Ordering::Release);
+    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+    for t in flood {
+        for (status, n) in t.join().unwrap() {
+            *answers.entry(status).or_default() += n;
+        }
+    }
+    eprintln!("answers to the made-up tokens: {answers:?}");
+    assert!(answers.contains_key(&429), "{answers:?}");
+}
+
 /// The attacker's sockets are this process's descriptors.
 fn raise_file_limit() {
     let mut lim = libc::rlimit {

@@ -308,6 +308,19 @@ impl Api {
         }
     }
 
+    /// This client connecting from another loopback address (`127.0.0.2`, say): the API
+    /// budgets some things per client address.
+    pub fn from_address(&self, local: std::net::IpAddr) -> Api {
+        Api {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .local_address(local)
+                .build()
+                .unwrap(),
+            ..self.clone()
+        }
+    }
+
     /// This client sending `headers` as well with every request.
     pub fn with_headers(&self, headers: &[(&str, &str)]) -> Api {
         let mut api = self.clone();
