@@ -20,6 +20,7 @@
 //! workspace session also gets its memory share (`dl_tenancy.session_memory_mb`).
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
 use std::ffi::{c_char, c_int, CStr, CString};
@@ -288,6 +289,46 @@ pub fn fence_memory_once() {
     // SAFETY: a system call on a local struct, for this process only.
     if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) } != 0 {
         pgrx::warning!("dl_tenancy: cannot limit this session's memory");
+    }
+}
+
+/// A workspace session's settings must not let one query's shared memory pass its share: a
+/// parallel hash join builds its hash table in dynamic shared memory, which RLIMIT_DATA does
+/// not count, up to `work_mem` × `hash_mem_multiplier` for each process of the query (all
+/// three settable by any session). Checked as each statement starts, in tenant sessions.
+pub fn check_shared_work_memory() {
+    let share_kb = f64::from(SESSION_MEMORY_MB.get()) * 1024.0;
+    // SAFETY: reads of this backend's settings.
+    let (work_mem_kb, multiplier, workers, parallel_hash) = unsafe {
+        (
+            f64::from(pg_sys::work_mem),
+            pg_sys::hash_mem_multiplier,
+            pg_sys::max_parallel_workers_per_gather.min(pg_sys::max_parallel_workers),
+            pg_sys::enable_parallel_hash,
+        )
+    };
+    if share_kb <= 0.0 || workers <= 0 || !parallel_hash {
+        return;
+    }
+    let shared_kb = work_mem_kb * multiplier * f64::from(workers + 1);
+    if shared_kb > share_kb {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            "work_mem is too large for a parallel query of a workspace session",
+            "dl_tenancy::admission",
+        )
+        .set_detail(format!(
+            "work_mem × hash_mem_multiplier × {} processes is {:.0} MB of shared memory, past the \
+             session's memory share of {:.0} MB (dl_tenancy.session_memory_mb).",
+            workers + 1,
+            shared_kb / 1024.0,
+            share_kb / 1024.0
+        ))
+        .set_hint(
+            "Lower work_mem or hash_mem_multiplier, or SET max_parallel_workers_per_gather = 0 \
+             for a query that needs more memory.",
+        )
+        .report(PgLogLevel::ERROR);
     }
 }
 

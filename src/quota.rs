@@ -473,6 +473,8 @@ unsafe extern "C-unwind" fn check_executor(query: *mut pg_sys::QueryDesc, eflags
     // passes the login hook that sets it.
     if pg_sys::ParallelWorkerNumber >= 0 && crate::logins::is_tenant_session() {
         crate::admission::fence_memory_once();
+    } else if crate::logins::is_tenant_session() {
+        crate::admission::check_shared_work_memory();
     }
     let explain_only = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0;
     if !query.is_null()

@@ -8,6 +8,8 @@ mod common;
 mod disk;
 #[path = "fences/locks.rs"]
 mod locks;
+#[path = "fences/memory.rs"]
+mod memory;
 #[path = "fences/sockets.rs"]
 mod sockets;
 
