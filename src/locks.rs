@@ -97,6 +97,29 @@ pub(crate) fn fence() {
     }
 }
 
+/// SERIALIZABLE is refused in a tenant's session (0A000): its predicate locks take entries of
+/// another table every database shares, sized `max_pred_locks_per_transaction` (64) per
+/// connection slot and fixed at start; one transaction reading 31 pages of each of 105 tables
+/// (210 ordinary locks, well within the budget) filled it, and every SERIALIZABLE transaction
+/// on the server failed with 53200, the platform's included. Sized for the lock budget it
+/// would cost well over 100 MB of shared memory.
+pub(crate) fn check_isolation() {
+    // SAFETY: a read of the backend's own transaction state.
+    if unsafe { pg_sys::XactIsoLevel } == pg_sys::XACT_SERIALIZABLE as i32 {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "SERIALIZABLE transactions are not available to workspace sessions",
+            "dl_tenancy::locks",
+        )
+        .set_detail(
+            "Their predicate locks take entries of a table that every database of the server \
+             shares.",
+        )
+        .set_hint("Use REPEATABLE READ, with row locks (SELECT ... FOR UPDATE) where needed.")
+        .report(PgLogLevel::ERROR);
+    }
+}
+
 /// The memory context of the LOCALLOCK hash: dynahash names a private table's context
 /// "dynahash" with the table's name as its identifier, under TopMemoryContext.
 unsafe fn locallock_context() -> Option<pg_sys::MemoryContext> {

@@ -85,6 +85,8 @@ unsafe extern "C-unwind" fn bound(edata: *mut pg_sys::ErrorData) {
         || !(*edata).output_to_server
         || (*edata).elevel >= pg_sys::PANIC as i32
         || pg_sys::CritSectionCount > 0
+        // Exiting: its process slot is gone, and taking the budgets' lock then could PANIC.
+        || pg_sys::MyProc.is_null()
         || crate::logins::known_tenant_session() != Some(true)
     {
         return;

@@ -370,16 +370,27 @@ const OVER: (&str, &str, &str) = (
     "TRUNCATE or DROP tables in tenant_custom (a DELETE frees space only for new rows), or ask the operator for a larger quota (dl-tenancy limits --storage-mb).",
 );
 
-/// Whether a relation named in a statement exists (looked up without a lock).
-unsafe fn relation_exists(relation: *mut pg_sys::RangeVar) -> bool {
-    !relation.is_null()
-        && pg_sys::RangeVarGetRelidExtended(
-            relation,
-            pg_sys::NoLock as _,
-            pg_sys::RVROption::RVR_MISSING_OK as _,
-            None,
-            std::ptr::null_mut(),
-        ) != pg_sys::InvalidOid
+/// A relation named in a statement, looked up without a lock (InvalidOid: none).
+unsafe fn relation_of(relation: *mut pg_sys::RangeVar) -> pg_sys::Oid {
+    if relation.is_null() {
+        return pg_sys::InvalidOid;
+    }
+    pg_sys::RangeVarGetRelidExtended(
+        relation,
+        pg_sys::NoLock as _,
+        pg_sys::RVROption::RVR_MISSING_OK as _,
+        None,
+        std::ptr::null_mut(),
+    )
+}
+
+/// Whether `name` exists in `namespace`: where `CREATE ... IF NOT EXISTS` would make it, as
+/// PostgreSQL's own check looks (found anywhere on the search path, `CREATE TABLE IF NOT
+/// EXISTS pg_class` passed and made tenant_custom.pg_class).
+unsafe fn exists_in(name: *const c_char, namespace: pg_sys::Oid) -> bool {
+    !name.is_null()
+        && namespace != pg_sys::InvalidOid
+        && pg_sys::get_relname_relid(name, namespace) != pg_sys::InvalidOid
 }
 
 fn refuse() -> ! {
@@ -422,14 +433,20 @@ pub unsafe fn check_utility(statement: *mut pg_sys::Node) {
         // relation exists, nothing is made.
         T_CreateStmt => {
             let c = statement as *mut pg_sys::CreateStmt;
-            (*c).if_not_exists && relation_exists((*c).relation)
+            (*c).if_not_exists
+                && !(*c).relation.is_null()
+                && exists_in(
+                    (*(*c).relation).relname,
+                    pg_sys::RangeVarGetCreationNamespace((*c).relation),
+                )
         }
         T_IndexStmt => {
             let i = statement as *mut pg_sys::IndexStmt;
-            (*i).if_not_exists && !(*i).idxname.is_null() && {
-                let namespace = pg_sys::RangeVarGetCreationNamespace((*i).relation);
-                pg_sys::get_relname_relid((*i).idxname, namespace) != pg_sys::InvalidOid
-            }
+            // An index is made in its table's schema (a temporary table's: pg_temp).
+            let table = relation_of((*i).relation);
+            (*i).if_not_exists
+                && table != pg_sys::InvalidOid
+                && exists_in((*i).idxname, pg_sys::get_rel_namespace(table))
         }
         T_VacuumStmt => {
             // VACUUM FULL and CLUSTER rewrite a table beside the old one.
@@ -475,6 +492,7 @@ unsafe extern "C-unwind" fn check_executor(query: *mut pg_sys::QueryDesc, eflags
         crate::admission::fence_memory_once();
     } else if crate::logins::is_tenant_session() {
         crate::admission::check_shared_work_memory();
+        crate::locks::check_isolation();
     }
     let explain_only = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0;
     if !query.is_null()

@@ -142,23 +142,22 @@ impl AppState {
         token: String,
         peer: Option<std::net::IpAddr>,
     ) -> Result<Principal, ApiError> {
-        let peer = peer.map(|p| p.to_string());
+        // Each lookup takes one from its address's budget before it runs (so that many at once
+        // cannot all pass), and a token that matched gives it back.
+        let peer = peer.map(limit::address_key);
         if let Some(peer) = &peer {
-            self.failed_lookups.peek(peer).map_err(|wait| {
+            self.failed_lookups.check(peer).map_err(|wait| {
                 ApiError::too_many_failed_lookups(wait.as_secs_f64().ceil() as u64)
             })?;
         }
         let st = self.clone();
         let found = self
             .blocking_on(&self.lookups, move || st.tokens.verify(&token))
-            .await?;
-        found.ok_or_else(|| {
-            if let Some(peer) = &peer {
-                // The budget only counts: this answer is the 401 either way.
-                let _ = self.failed_lookups.check(peer);
-            }
-            ApiError::invalid_token()
-        })
+            .await;
+        if let (Ok(Some(_)), Some(peer)) = (&found, &peer) {
+            self.failed_lookups.refund(peer);
+        }
+        found?.ok_or_else(ApiError::invalid_token)
     }
 
     async fn blocking_on<T, F>(&self, slots: &Semaphore, f: F) -> Result<T, ApiError>

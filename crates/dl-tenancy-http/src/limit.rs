@@ -25,6 +25,21 @@ pub const CALLS_WAITING: usize = 32;
 /// workspace's calls need; a real client fails a lookup only when its token was revoked.
 pub const FAILED_LOOKUPS_PER_MINUTE: u32 = 60;
 
+/// The budget's key for a client address: an IPv6 client holds a whole /64 (one host's
+/// share), so it is counted by its /64, not by each of its addresses.
+pub fn address_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 /// Token lookups running at once, outside the calls all workspaces share: a lookup is one
 /// indexed query on a kept session.
 pub const LOOKUPS_IN_FLIGHT: usize = 4;
@@ -128,15 +143,6 @@ impl RateLimiter {
 
     /// Take one request for `key`, or the time until one is available.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
-        self.take(key, 1.0)
-    }
-
-    /// Whether `key` has a request left, without taking it.
-    pub fn peek(&self, key: &str) -> Result<(), Duration> {
-        self.take(key, 0.0)
-    }
-
-    fn take(&self, key: &str, amount: f64) -> Result<(), Duration> {
         if self.per_minute == 0 {
             return Ok(());
         }
@@ -152,11 +158,20 @@ impl RateLimiter {
         });
         self.refill(b, now);
         if b.tokens >= 1.0 {
-            b.tokens -= amount;
+            b.tokens -= 1.0;
             Ok(())
         } else {
             let missing = 1.0 - b.tokens;
             Err(Duration::from_secs_f64(missing * 60.0 / cap))
+        }
+    }
+
+    /// Gives back one request taken for `key` (up to the bucket's size).
+    pub fn refund(&self, key: &str) {
+        let cap = f64::from(self.per_minute);
+        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = map.get_mut(key) {
+            b.tokens = (b.tokens + 1.0).min(cap);
         }
     }
 }
@@ -164,6 +179,18 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_eq!(address_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
+        assert_ne!(
+            address_key(a),
+            address_key("2001:db8:1:3::1".parse().unwrap())
+        );
+    }
 
     #[tokio::test]
     async fn a_workspace_runs_a_few_calls_and_queues_a_bounded_number() {

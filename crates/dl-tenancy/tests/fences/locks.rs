@@ -92,6 +92,12 @@ fn one_workspace_cannot_fill_the_lock_table() {
             .unwrap_err();
         assert_eq!(sqlstate(&err), "53400", "pooled {pooled}: {err:?}");
         attacker.batch_execute("ROLLBACK").unwrap();
+        // SERIALIZABLE's predicate locks fill a table of their own (64 a slot).
+        let err = attacker
+            .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT 1")
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "0A000", "pooled {pooled}: {err:?}");
+        attacker.batch_execute("ROLLBACK").unwrap();
         let err = attacker
             .batch_execute(&advisory_storm(if pooled { 1_000_000 } else { 1 }))
             .unwrap_err();
