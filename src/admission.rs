@@ -176,7 +176,7 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
     }
     fence_memory_once();
     crate::locks::fence();
-    crate::logins::tenant_session_from_login();
+    crate::logins::mark_tenant_session();
     let way = if start.raddr.addr.ss_family == AF_UNIX {
         Way::Pooled
     } else {

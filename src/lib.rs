@@ -75,6 +75,7 @@ pub(crate) fn define_figures(
 mod admission;
 mod alloc;
 mod disk;
+mod elsewhere;
 mod helpers;
 mod locks;
 mod logbound;
@@ -114,6 +115,7 @@ pub extern "C-unwind" fn _PG_init() {
         quota::install();
         disk::install();
         logbound::install();
+        elsewhere::install();
     }
 }
 

@@ -72,9 +72,10 @@ pub(crate) fn known_tenant_session() -> Option<bool> {
     TENANT.get()
 }
 
-/// The login hook found a tenant's login (admission): known from the start, so that even the
-/// session's first message (a syntax error of its first statement) is the log fence's.
-pub(crate) fn tenant_session_from_login() {
+/// The process is a tenant's from now on: the login hook found a tenant's login (admission;
+/// known from the start, so that even the session's first message, a syntax error of its
+/// first statement, is the log fence's), or a tenant's function runs in it (elsewhere.rs).
+pub(crate) fn mark_tenant_session() {
     TENANT.set(Some(true));
 }
 

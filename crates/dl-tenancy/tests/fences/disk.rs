@@ -167,3 +167,79 @@ fn a_workspace_cannot_fill_the_server_log() {
         );
     }
 }
+
+/// A tenant's function where no session of its own runs it: the parallel workers of an index
+/// build (the leader only coordinates here). Each warning it raises (30 kB) passes through the
+/// workers' own log and their leader's, and reaches the client: the log grows by at most the
+/// workspace's budget, and the workers (seen by their pids in the warnings) ran it.
+#[test]
+fn a_tenant_function_in_parallel_workers_is_fenced_too() {
+    let env = Env::with_attacker_and_neighbour();
+    let mut admin = env.admin("postgres");
+    reload(
+        &mut admin,
+        &[
+            "ALTER SYSTEM SET dl_tenancy.log_rate_kb = 0",
+            "ALTER SYSTEM SET dl_tenancy.log_burst_kb = 256",
+        ],
+    );
+    let started_at = std::time::Instant::now();
+    while count(
+        &mut env.admin("postgres"),
+        "SELECT pg_catalog.current_setting('dl_tenancy.log_rate_kb')::bigint",
+    ) != 0
+    {
+        assert!(started_at.elapsed() < SAFETY_NET, "the reload never took");
+    }
+    let (cfg, tls) =
+        dl_tenancy_ctl::connection::client_config(&env.uri(ATTACKER, Kind::Override, false))
+            .unwrap();
+    let pids = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let seen = pids.clone();
+    let mut attacker = cfg
+        .clone()
+        .notice_callback(move |n| {
+            if let Some(pid) = n.message().strip_prefix("noisy ") {
+                seen.lock()
+                    .unwrap()
+                    .insert(pid.split(' ').next().unwrap_or("").to_string());
+            }
+        })
+        .connect(tls)
+        .unwrap();
+    attacker
+        .batch_execute(
+            "CREATE TABLE tenant_custom.big AS
+                 SELECT g, pg_catalog.repeat('x', 100) AS pad FROM pg_catalog.generate_series(1, 300000) AS g;
+             CREATE FUNCTION tenant_custom.noisy(i int) RETURNS int
+                 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+             BEGIN
+                 IF i % 1000 = 0 THEN
+                     RAISE WARNING 'noisy % %', pg_catalog.pg_backend_pid(), pg_catalog.repeat('w', 30000);
+                 END IF;
+                 RETURN i;
+             END $$",
+        )
+        .unwrap();
+    let log_bytes = || std::fs::metadata(&env.status.postgres.log).unwrap().len();
+    let before = log_bytes();
+    let leader: i32 = attacker
+        .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    attacker
+        .batch_execute(
+            "SET max_parallel_maintenance_workers = 2; SET maintenance_work_mem = '128MB';
+             SET parallel_leader_participation = off;
+             CREATE INDEX ON tenant_custom.big (tenant_custom.noisy(g))",
+        )
+        .unwrap();
+    let grown = log_bytes() - before;
+    let pids = pids.lock().unwrap().clone();
+    eprintln!("warnings from pids {pids:?} (leader {leader}); the log grew by {grown} bytes");
+    assert!(
+        pids.iter().any(|p| p != &leader.to_string()),
+        "no parallel worker ran the function: {pids:?}"
+    );
+    assert!(grown < 1024 * 1024, "the log grew by {grown} bytes");
+}
