@@ -85,6 +85,7 @@ mod overridden_fields;
 mod quota;
 mod resolved_store;
 mod spi;
+mod tempfiles;
 mod tenant_guard;
 mod validation;
 mod version;
@@ -107,6 +108,7 @@ pub extern "C-unwind" fn _PG_init() {
     quota::define_settings();
     disk::define_settings();
     logbound::define_settings();
+    tempfiles::init(preloading);
     tenant_guard::install();
     quota::install_session_hook();
     if preloading {

@@ -153,6 +153,7 @@ pub extern "C-unwind" fn dl_tenancy_watchdog_main(_arg: pg_sys::Datum) {
                 to.name()
             );
         }
+        crate::tempfiles::enforce();
         if let Some((low, free, floor)) = crate::disk::check() {
             let mb = |b: u64| b / (1024 * 1024);
             if low {

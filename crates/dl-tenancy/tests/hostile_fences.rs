@@ -12,6 +12,8 @@ mod locks;
 mod memory;
 #[path = "fences/sockets.rs"]
 mod sockets;
+#[path = "fences/temp.rs"]
+mod temp;
 
 use common::*;
 use dl_tenancy_ctl::Kind;
