@@ -292,12 +292,32 @@ pub fn fence_memory_once() {
     }
 }
 
-/// A workspace session's settings must not let one query's shared memory pass its share: a
-/// parallel hash join builds its hash table in dynamic shared memory, which RLIMIT_DATA does
-/// not count, up to `work_mem` × `hash_mem_multiplier` for each process of the query (all
-/// three settable by any session). Checked as each statement starts, in tenant sessions.
-pub fn check_shared_work_memory() {
+/// A workspace session's settings must not let one statement's memory outside its share pass
+/// it: a parallel hash join builds its hash table in dynamic shared memory, which RLIMIT_DATA
+/// does not count, up to `work_mem` × `hash_mem_multiplier` for each process of the query;
+/// an index build's parallel workers sort in `maintenance_work_mem` (shared out among its
+/// processes), outside the session. All are settable by any session. Checked as each
+/// statement starts, in tenant sessions.
+pub fn check_memory_settings() {
     let share_kb = f64::from(SESSION_MEMORY_MB.get()) * 1024.0;
+    // SAFETY: a read of this backend's setting.
+    let maintenance_kb = f64::from(unsafe { pg_sys::maintenance_work_mem });
+    if share_kb > 0.0 && maintenance_kb > share_kb {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            "maintenance_work_mem is larger than a workspace session's memory share",
+            "dl_tenancy::admission",
+        )
+        .set_detail(format!(
+            "maintenance_work_mem is {:.0} MB; the session's memory share is {:.0} MB \
+             (dl_tenancy.session_memory_mb), and an index build's parallel workers use it \
+             outside the share.",
+            maintenance_kb / 1024.0,
+            share_kb / 1024.0
+        ))
+        .set_hint("Lower maintenance_work_mem.")
+        .report(PgLogLevel::ERROR);
+    }
     // SAFETY: reads of this backend's settings.
     let (work_mem_kb, multiplier, workers, parallel_hash) = unsafe {
         (

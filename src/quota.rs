@@ -491,7 +491,7 @@ unsafe extern "C-unwind" fn check_executor(query: *mut pg_sys::QueryDesc, eflags
     if pg_sys::ParallelWorkerNumber >= 0 && crate::logins::is_tenant_session() {
         crate::admission::fence_memory_once();
     } else if crate::logins::is_tenant_session() {
-        crate::admission::check_shared_work_memory();
+        crate::admission::check_memory_settings();
         crate::locks::check_isolation();
     }
     let explain_only = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0;

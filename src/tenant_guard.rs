@@ -353,6 +353,17 @@ fn report(level: PgLogLevel, code: PgSqlErrorCode, (message, detail, hint): Text
         .report(level);
 }
 
+/// Statements that sort in `maintenance_work_mem`, with parallel workers (not SET, which must
+/// stay free to lower it).
+unsafe fn builds_or_sorts(statement: *mut pg_sys::Node) -> bool {
+    use pg_sys::NodeTag::*;
+    !statement.is_null()
+        && matches!(
+            (*statement).type_,
+            T_IndexStmt | T_ReindexStmt | T_ClusterStmt | T_VacuumStmt | T_AlterTableStmt
+        )
+}
+
 /// `CREATE SCHEMA IF NOT EXISTS` of a schema that exists, with nothing in it to create: the
 /// schema's name. PostgreSQL checks CREATE on the database before it looks for the schema, so
 /// a tool that runs it for a schema it may use (drizzle-kit, for `tenant_custom`) got 42501.
@@ -429,6 +440,9 @@ unsafe extern "C-unwind" fn should_run(pstmt: *mut pg_sys::PlannedStmt) -> bool 
         );
     }
     if is_tenant_session() {
+        if builds_or_sorts(statement) {
+            crate::admission::check_memory_settings();
+        }
         crate::quota::check_utility(statement);
     }
     let named = relations_locked_before_checks(statement);

@@ -60,8 +60,8 @@ pub fn cluster() -> &'static Cluster {
             data_dir: dir.clone(),
             pg_port: Some(pg_port),
             pooler_port: Some(pooler_port),
-
             max_connections: None,
+            retention_full: None,
         })
         .unwrap_or_else(|e| {
             panic!("local up failed (is the extension installed? scripts/install-extension): {e}")
@@ -310,7 +310,8 @@ impl Api {
 
     /// This client connecting from another loopback address (`127.0.0.2`, say): the API
     /// budgets some things per client address.
-    pub fn from_address(&self, local: std::net::IpAddr) -> Api {
+    #[allow(clippy::wrong_self_convention)]
+    pub fn bound_to(&self, local: std::net::IpAddr) -> Api {
         Api {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))

@@ -31,6 +31,15 @@ fn work_mem_cannot_take_shared_memory_past_the_share() {
                  SELECT 1; COMMIT",
             )
             .expect("without parallel workers the share itself bounds work_mem");
+        // An index build's parallel workers sort in maintenance_work_mem, outside the share.
+        let err = attacker
+            .batch_execute(
+                "BEGIN; SET LOCAL maintenance_work_mem = '2GB';
+                 CREATE TABLE tenant_custom.m (id int); CREATE INDEX ON tenant_custom.m (id); COMMIT",
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "53400", "pooled {pooled}: {err:?}");
+        attacker.batch_execute("ROLLBACK").unwrap();
         attacker
             .batch_execute(READ_QUERY)
             .expect("the login's own settings run");
