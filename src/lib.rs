@@ -77,6 +77,7 @@ mod alloc;
 mod disk;
 mod elsewhere;
 mod helpers;
+mod history;
 mod locks;
 mod logbound;
 mod logins;
@@ -106,6 +107,7 @@ pub extern "C-unwind" fn _PG_init() {
     watchdog::define_settings(preloading);
     admission::define_settings();
     quota::define_settings();
+    history::define_settings();
     disk::define_settings();
     logbound::define_settings();
     tempfiles::init(preloading);

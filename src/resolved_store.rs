@@ -1,6 +1,7 @@
 //! Keeps `dl_internal.resolved_people` / `resolved_companies` equal to "base record merged
 //! with the customer's override" for every identity_key, from statement-level triggers on
-//! both layers (declared in sql/install/04_resolved.sql), and records override history.
+//! both layers (declared in sql/install/04_resolved.sql), and records override history (its
+//! retention: src/history.rs).
 //!
 //! In Rust because every customer correction pays for it: a single-row write costs one
 //! saved-plan statement for the changed keys (and the history rows), two lock acquisitions
@@ -443,6 +444,7 @@ pub unsafe extern "C-unwind" fn dl_maintain_layers(fcinfo: pg_sys::FunctionCallI
                 refresh_all(kind);
             } else if layer == Layer::Override {
                 execute(kind, Statement::HistoryOfTruncate, None);
+                crate::history::retain(kind.word());
             }
             spi::finish();
             return Datum::from(0);
@@ -467,6 +469,11 @@ pub unsafe extern "C-unwind" fn dl_maintain_layers(fcinfo: pg_sys::FunctionCallI
     pg_sys::SPI_register_trigger_data(data);
     execute(kind, Statement::ChangedKeys(layer, event), None);
     refresh_keys(kind, result_keys());
+    // After the refresh: a compaction then never waits for a key lock while it holds the
+    // history table.
+    if layer == Layer::Override {
+        crate::history::retain(kind.word());
+    }
     spi::finish();
     Datum::from(0)
 }

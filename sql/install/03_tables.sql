@@ -111,6 +111,9 @@ CREATE TABLE dl_override.person_override_history (
         CHECK (operation OPERATOR(pg_catalog.=) ANY (ARRAY['insert', 'update', 'delete', 'import']::text[]))
 );
 CREATE INDEX person_override_history_identity_key_idx ON dl_override.person_override_history (identity_key, changed_at);
+-- The retention (src/history.rs: dl_tenancy.history_max_age and history_max_mb) deletes the
+-- oldest rows first and finds them here.
+CREATE INDEX person_override_history_changed_at_idx ON dl_override.person_override_history (changed_at, history_id);
 
 CREATE TABLE dl_override.company_override_history (
     history_id                 uuid        NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
@@ -131,6 +134,7 @@ CREATE TABLE dl_override.company_override_history (
         CHECK (operation OPERATOR(pg_catalog.=) ANY (ARRAY['insert', 'update', 'delete', 'import']::text[]))
 );
 CREATE INDEX company_override_history_identity_key_idx ON dl_override.company_override_history (identity_key, changed_at);
+CREATE INDEX company_override_history_changed_at_idx ON dl_override.company_override_history (changed_at, history_id);
 
 -- One row per version this database has been installed at or updated to.
 CREATE TABLE dl_meta.schema_migrations (

@@ -6,6 +6,8 @@
 mod common;
 #[path = "fences/disk.rs"]
 mod disk;
+#[path = "fences/history.rs"]
+mod history;
 #[path = "fences/locks.rs"]
 mod locks;
 #[path = "fences/memory.rs"]

@@ -30,6 +30,10 @@ pub struct Limits {
     /// Storage quota of the workspace database (the extension's watchdog measures it: warned
     /// from 80%, writes refused at 100% until it is back below 90%).
     pub storage_mb: i32,
+    /// Override history rows older than this are deleted (0: no age limit).
+    pub history_max_age_seconds: i32,
+    /// Disk space each override history table may take; -1: a twentieth of `storage_mb`.
+    pub history_max_mb: i32,
 }
 
 /// The defaults. Connections: of the local cluster's `max_connections` (200, 3 of them kept for
@@ -44,10 +48,12 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     work_mem_mb: 16,
     temp_file_limit_mb: 1024,
     storage_mb: 10_240,
+    history_max_age_seconds: 90 * 86_400,
+    history_max_mb: -1,
 };
 
 /// What an operator may choose, per field: (name, lowest, highest).
-const BOUNDS: [(&str, i32, i32); 8] = [
+const BOUNDS: [(&str, i32, i32); 10] = [
     ("database_connections", 1, 100),
     ("login_connections", 1, 100),
     ("statement_timeout_seconds", 1, 86_400),
@@ -56,6 +62,8 @@ const BOUNDS: [(&str, i32, i32); 8] = [
     ("work_mem_mb", 1, 2_048),
     ("temp_file_limit_mb", 0, 1_048_576),
     ("storage_mb", 1, 16_777_216),
+    ("history_max_age_seconds", 0, 3_650 * 86_400),
+    ("history_max_mb", -1, 16_777_216),
 ];
 
 impl Default for Limits {
@@ -65,7 +73,7 @@ impl Default for Limits {
 }
 
 impl Limits {
-    fn values(&self) -> [i32; 8] {
+    fn values(&self) -> [i32; 10] {
         [
             self.database_connections,
             self.login_connections,
@@ -75,6 +83,8 @@ impl Limits {
             self.work_mem_mb,
             self.temp_file_limit_mb,
             self.storage_mb,
+            self.history_max_age_seconds,
+            self.history_max_mb,
         ]
     }
 
@@ -86,6 +96,11 @@ impl Limits {
                     "{name} must be between {low} and {high}, not {value}"
                 )));
             }
+        }
+        if self.history_max_mb == 0 {
+            return Err(invalid(
+                "history_max_mb must be -1 (a twentieth of storage_mb) or at least 1",
+            ));
         }
         if self.login_connections > self.database_connections {
             return Err(invalid(
@@ -124,6 +139,8 @@ pub struct LimitsChange {
     pub work_mem_mb: Option<i32>,
     pub temp_file_limit_mb: Option<i32>,
     pub storage_mb: Option<i32>,
+    pub history_max_age_seconds: Option<i32>,
+    pub history_max_mb: Option<i32>,
 }
 
 impl LimitsChange {
@@ -141,6 +158,10 @@ impl LimitsChange {
             work_mem_mb: self.work_mem_mb.unwrap_or(to.work_mem_mb),
             temp_file_limit_mb: self.temp_file_limit_mb.unwrap_or(to.temp_file_limit_mb),
             storage_mb: self.storage_mb.unwrap_or(to.storage_mb),
+            history_max_age_seconds: self
+                .history_max_age_seconds
+                .unwrap_or(to.history_max_age_seconds),
+            history_max_mb: self.history_max_mb.unwrap_or(to.history_max_mb),
         }
     }
 }
@@ -156,6 +177,11 @@ pub struct WorkspaceLimits {
 
 /// The database setting the extension reads a workspace's storage quota from (src/quota.rs).
 pub const STORAGE_LIMIT_SETTING: &str = "dl_tenancy.storage_limit_mb";
+
+/// The database settings of the override history's retention (src/history.rs): its age in
+/// seconds and the MB each history table may take. Superuser settings, like the quota's.
+pub const HISTORY_MAX_AGE_SETTING: &str = "dl_tenancy.history_max_age";
+pub const HISTORY_MAX_MB_SETTING: &str = "dl_tenancy.history_max_mb";
 
 /// Loaded into every session of a workspace database, so that the extension's guard
 /// (src/tenant_guard.rs: no LISTEN/NOTIFY, no ALTER ROLE for workspace logins) is in force
@@ -462,6 +488,17 @@ mod tests {
     /// The pooler's budget is admission's pooled cap, so the server never refuses the pooler
     /// within it; the two caps, the pooler's lookups, the platform and the superusers add up
     /// to `max_connections`; the smallest server still gets a budget.
+    #[test]
+    fn the_history_bound_is_derived_or_at_least_one_mb() {
+        for (mb, ok) in [(-1, true), (0, false), (1, true), (-2, false)] {
+            let limits = Limits {
+                history_max_mb: mb,
+                ..DEFAULT_LIMITS
+            };
+            assert_eq!(limits.validate().is_ok(), ok, "{mb}");
+        }
+    }
+
     #[test]
     fn the_pooler_budget_fits_inside_admission() {
         for max in [

@@ -3,7 +3,9 @@
 //! on a complete workspace, it only re-asserts the fences (what a tenant changed is put back).
 
 use crate::domain::error::{Error, ErrorCode, Result};
-use crate::domain::limits::{Limits, SESSION_PRELOAD, STORAGE_LIMIT_SETTING};
+use crate::domain::limits::{
+    Limits, HISTORY_MAX_AGE_SETTING, HISTORY_MAX_MB_SETTING, SESSION_PRELOAD, STORAGE_LIMIT_SETTING,
+};
 use crate::domain::names::{Kind, Slot, WorkspaceNames, EXTENSION, TEMPLATE_DB};
 use crate::plan::quote::{quote_ident, quote_literal};
 use crate::plan::{Seen, Step};
@@ -60,10 +62,14 @@ pub fn fences(names: &WorkspaceNames, limits: &Limits, seen: &Seen) -> Result<Ve
     let mut steps = vec![Step::server(format!(
         "ALTER DATABASE {db} CONNECTION LIMIT {};
          ALTER DATABASE {db} SET {preload} = {};
-         ALTER DATABASE {db} SET {STORAGE_LIMIT_SETTING} = {}",
+         ALTER DATABASE {db} SET {STORAGE_LIMIT_SETTING} = {};
+         ALTER DATABASE {db} SET {HISTORY_MAX_AGE_SETTING} = {};
+         ALTER DATABASE {db} SET {HISTORY_MAX_MB_SETTING} = {}",
         limits.database_connections,
         quote_literal(library),
         limits.storage_mb,
+        limits.history_max_age_seconds,
+        limits.history_max_mb,
         db = quote_ident(&names.database()),
     ))];
     for kind in Kind::ALL {
@@ -274,10 +280,13 @@ mod tests {
         let limits = Limits {
             database_connections: 7,
             login_connections: 3,
+            history_max_mb: 64,
             ..DEFAULT_LIMITS
         };
         let sql = sql_of(&fences(&names(), &limits, &complete()).unwrap()).join("\n");
         assert!(sql.contains("CONNECTION LIMIT 7;"));
+        assert!(sql.contains("SET dl_tenancy.history_max_mb = 64"));
+        assert!(sql.contains("SET dl_tenancy.history_max_age = 7776000"));
         assert!(sql.contains("INHERIT CONNECTION LIMIT 3;"));
         assert!(sql.contains("SET session_preload_libraries = 'dl_tenancy'"));
     }

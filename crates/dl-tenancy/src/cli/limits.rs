@@ -35,6 +35,13 @@ pub struct LimitsArgs {
     /// refused at 100% until it is back below 90%.
     #[arg(long)]
     storage_mb: Option<i32>,
+    /// Override history rows older than this are deleted (90d, 0: no age limit).
+    #[arg(long)]
+    history_max_age: Option<String>,
+    /// Disk space each override history table may take, in MB; past it the oldest rows go
+    /// (-1: a twentieth of the storage quota).
+    #[arg(long, allow_hyphen_values = true)]
+    history_max_mb: Option<i32>,
 }
 
 impl LimitsArgs {
@@ -59,6 +66,8 @@ impl LimitsArgs {
             work_mem_mb: self.work_mem_mb,
             temp_file_limit_mb: self.temp_file_limit_mb,
             storage_mb: self.storage_mb,
+            history_max_age_seconds: seconds(&self.history_max_age)?,
+            history_max_mb: self.history_max_mb,
         })
     }
 }
