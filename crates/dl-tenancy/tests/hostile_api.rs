@@ -139,8 +139,7 @@ fn made_up_tokens_from_one_address_leave_the_neighbour_s_calls_working() {
     let flood: Vec<_> = (0..FLOODERS)
         .map(|i| {
             let token = format!("dlt_{}", format!("{i:02}").repeat(22).get(..43).unwrap());
-            let api =
-                Api::new(&server.base, Some(&token)).bound_to("127.0.0.2".parse().unwrap());
+            let api = Api::new(&server.base, Some(&token)).bound_to("127.0.0.2".parse().unwrap());
             let (stop, limited) = (stop.clone(), limited.clone());
             std::thread::spawn(move || {
                 let mut answers = std::collections::BTreeMap::<u16, usize>::new();
