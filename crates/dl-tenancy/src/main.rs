@@ -127,7 +127,13 @@ enum LocalCmd {
         /// (README "One server, many workspaces").
         #[arg(long)]
         max_connections: Option<u32>,
+        /// Full backups the pgBackRest repository keeps (default 2; remembered).
+        #[arg(long)]
+        backup_retention_full: Option<u32>,
     },
+    /// Rebuild a lost cluster from its pgBackRest repository (to the last archived WAL),
+    /// then bring everything up. Its data directory must be gone (moved away).
+    Recover,
     /// Stop PgBouncer and PostgreSQL (data stays).
     Down,
     /// Are they running?
@@ -302,11 +308,17 @@ fn run(cli: Cli) -> Result<(), Error> {
                     pg_port,
                     pooler_port,
                     max_connections,
+                    backup_retention_full,
                 } => print(&local::up(&local::LocalOptions {
                     data_dir: config.data_dir,
                     pg_port,
                     pooler_port,
                     max_connections,
+                    retention_full: backup_retention_full,
+                })?),
+                LocalCmd::Recover => print(&local::recover(&local::LocalOptions {
+                    data_dir: config.data_dir,
+                    ..Default::default()
                 })?),
                 LocalCmd::Down => print(&local::down(&config.data_dir)?),
                 LocalCmd::Status => print(&local::status(&config.data_dir)?),

@@ -26,6 +26,7 @@ fn small_server() -> Env {
         pg_port: Some(pg_harness::free_port()),
         pooler_port: Some(pg_harness::free_port()),
         max_connections: Some(MAX_CONNECTIONS),
+        retention_full: None,
     })
     .expect("local up with a small max_connections");
     let t = Tenancy::open(&Config {

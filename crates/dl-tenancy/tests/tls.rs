@@ -210,6 +210,7 @@ fn local_up_keeps_its_certificates_and_remakes_missing_ones() {
         pg_port: Some(env.status.postgres.port),
         pooler_port: Some(env.status.pooler.port),
         max_connections: None,
+        retention_full: None,
     };
     local::up(&opts).unwrap();
     let again: Vec<Vec<u8>> = ["ca.crt", "ca.key", "server.crt", "server.key"]

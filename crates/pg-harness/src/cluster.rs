@@ -129,6 +129,16 @@ pub fn cluster_running(data_dir: &Path) -> bool {
 /// Write the config and start the cluster (waits until it accepts connections). No-op when it
 /// already runs. A stale postmaster.pid left by a crash is handled by PostgreSQL itself.
 pub fn start_cluster(spec: &ClusterSpec) -> Result<bool> {
+    start_with(spec, true)
+}
+
+/// [`start_cluster`] without waiting for connections: for a cluster that starts by recovering
+/// from an archive for as long as that takes, which the caller watches itself.
+pub fn start_cluster_no_wait(spec: &ClusterSpec) -> Result<bool> {
+    start_with(spec, false)
+}
+
+fn start_with(spec: &ClusterSpec, wait: bool) -> Result<bool> {
     write_cluster_config(spec)?;
     if cluster_running(&spec.data_dir) {
         return Ok(false);
@@ -139,10 +149,13 @@ pub fn start_cluster(spec: &ClusterSpec) -> Result<bool> {
         }
     }
     let mut cmd = server_command(pg_bin_dir().join("pg_ctl"));
-    cmd.arg("start")
-        .arg("-w")
-        .args(["-t", "60"])
-        .arg("-D")
+    cmd.arg("start");
+    if wait {
+        cmd.arg("-w").args(["-t", "60"]);
+    } else {
+        cmd.arg("-W");
+    }
+    cmd.arg("-D")
         .arg(&spec.data_dir)
         .arg("-l")
         .arg(&spec.log_file)
@@ -172,12 +185,22 @@ pub fn reload_cluster(data_dir: &Path) -> Result<()> {
 
 /// Stop the cluster (fast mode). No-op when it does not run.
 pub fn stop_cluster(data_dir: &Path) -> Result<bool> {
+    stop_with(data_dir, "fast")
+}
+
+/// Stop the cluster at once (immediate mode: no checkpoint, the next start recovers), for a
+/// throwaway cluster whose data is deleted next. No-op when it does not run.
+pub fn stop_cluster_immediate(data_dir: &Path) -> Result<bool> {
+    stop_with(data_dir, "immediate")
+}
+
+fn stop_with(data_dir: &Path, mode: &str) -> Result<bool> {
     if !cluster_running(data_dir) {
         return Ok(false);
     }
     let mut cmd = server_command(pg_bin_dir().join("pg_ctl"));
     cmd.arg("stop")
-        .args(["-m", "fast", "-w", "-t", "60"])
+        .args(["-m", mode, "-w", "-t", "60"])
         .arg("-D")
         .arg(data_dir)
         .stdout(Stdio::null());

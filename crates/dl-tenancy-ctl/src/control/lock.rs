@@ -9,6 +9,7 @@ use postgres::Client;
 pub const LOCK_SCHEMA: i32 = 0x646c_0001;
 pub const LOCK_WORKSPACE: i32 = 0x646c_0002;
 pub const LOCK_TEMPLATE: i32 = 0x646c_0003;
+pub const LOCK_RESTORE: i32 = 0x646c_0004;
 
 /// How long a call waits for another operation on the same workspace.
 const WORKSPACE_LOCK_WAIT: &str = "60s";
@@ -72,4 +73,32 @@ pub fn with_template_lock<T>(
     f: impl FnOnce(&mut Client) -> Result<T>,
 ) -> Result<T> {
     with_lock(ctl, LOCK_TEMPLATE, server_id, None, f)
+}
+
+/// Run `f` holding the workspace's point-in-time restore lock: one such restore of a
+/// workspace at a time (each step of it still takes the workspace's own lock). A second one
+/// is refused at once rather than queued behind minutes of copying.
+pub fn with_restore_lock<T>(
+    ctl: &mut Client,
+    ws: &str,
+    f: impl FnOnce(&mut Client) -> Result<T>,
+) -> Result<T> {
+    let taken: bool = ctl
+        .query_one(
+            "SELECT pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext($2))",
+            &[&LOCK_RESTORE, &ws],
+        )?
+        .get(0);
+    if !taken {
+        return Err(Error::new(
+            ErrorCode::ProvisioningInProgress,
+            format!("a point-in-time restore of workspace {ws} is running; retry when it is done"),
+        ));
+    }
+    let res = f(ctl);
+    let _ = ctl.execute(
+        "SELECT pg_catalog.pg_advisory_unlock($1, pg_catalog.hashtext($2))",
+        &[&LOCK_RESTORE, &ws],
+    );
+    res
 }

@@ -51,6 +51,14 @@ pub enum ErrorCode {
     LocalServer,
     /// Anything else (I/O, ...).
     Internal,
+    /// The workspace's server has no pgBackRest repository (point-in-time restore, archive
+    /// commands): only servers whose archiving the tool set up (`local up`) have one.
+    ArchivingNotConfigured,
+    /// A point-in-time restore's target is outside what the repository can recover: before
+    /// its first backup ended, or after the last WAL it holds (the future).
+    OutsideRecoveryWindow,
+    /// Not enough free disk for the scratch copy a point-in-time restore makes.
+    InsufficientDisk,
     // Answers of the HTTP front only (about the request itself, not a library call).
     Unauthorized,
     NotFound,
@@ -88,6 +96,9 @@ impl ErrorCode {
             ErrorCode::DatabaseError => "database_error",
             ErrorCode::LocalServer => "local_server",
             ErrorCode::Internal => "internal",
+            ErrorCode::ArchivingNotConfigured => "archiving_not_configured",
+            ErrorCode::OutsideRecoveryWindow => "outside_recovery_window",
+            ErrorCode::InsufficientDisk => "insufficient_disk",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -121,7 +132,10 @@ impl ErrorCode {
             | ErrorCode::PoolerNotConfigured
             | ErrorCode::WorkspaceSuspended
             | ErrorCode::NotSuspended
+            | ErrorCode::ArchivingNotConfigured
             | ErrorCode::Conflict => 409,
+            ErrorCode::OutsideRecoveryWindow => 422,
+            ErrorCode::InsufficientDisk => 507,
             ErrorCode::NoServer
             | ErrorCode::ServerUnreachable
             | ErrorCode::LocalNotInitialized

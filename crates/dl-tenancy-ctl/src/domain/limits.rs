@@ -456,6 +456,31 @@ pub const MOVER_CONNECTION_LIMIT: i32 = 8;
 /// `pg_restore` turns `statement_timeout` off).
 pub const TENANT_LOAD_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
+/// Full backups pgBackRest keeps (`repo1-retention-full`) unless `local up
+/// --backup-retention-full` chose another number; the WAL archive goes back to the oldest.
+pub const DEFAULT_RETENTION_FULL: u32 = 2;
+
+/// The most full backups a server may keep.
+pub const MAX_RETENTION_FULL: u32 = 100;
+
+/// `archive_timeout`: a server with writes switches to a new WAL segment, and so archives
+/// what it wrote, at least this often. It bounds what a lost server loses (archive lag).
+pub const ARCHIVE_TIMEOUT_SECONDS: u32 = 60;
+
+/// How long an operation waits for the server to archive the WAL it needs (a restore's
+/// target time, a backup's end) before it says archiving is stuck.
+pub const ARCHIVE_WAIT: Duration = Duration::from_secs(120);
+
+/// How long one pgBackRest command (a backup, a restore's copy) may run.
+pub const BACKREST_LIMIT: Duration = Duration::from_secs(6 * 3600);
+
+/// How long a restored cluster may take to replay WAL up to its target and promote.
+pub const RECOVERY_LIMIT: Duration = Duration::from_secs(6 * 3600);
+
+/// Room kept free beside a point-in-time restore's own estimate (WAL it replays, the
+/// scratch server's log): the disk it needs is refused below estimate + this.
+pub const RESTORE_DISK_MARGIN_MB: u64 = 256;
+
 /// A rotation's grace period in seconds, checked against [`MAX_GRACE_SECONDS`] here only:
 /// the CLI and the library take it through `try_from`, the HTTP body through serde (a value
 /// out of range is a body of the wrong shape there).

@@ -83,7 +83,12 @@ impl Tenancy {
         })
     }
 
-    fn backup_locked(&self, ctl: &mut Client, workspace: &str, to: &Path) -> Result<BackupReport> {
+    pub(crate) fn backup_locked(
+        &self,
+        ctl: &mut Client,
+        workspace: &str,
+        to: &Path,
+    ) -> Result<BackupReport> {
         let row = ctl
             .query_opt(
                 "SELECT server_id, database_name FROM workspaces
@@ -93,10 +98,35 @@ impl Tenancy {
             .ok_or_else(|| crate::domain::error::not_provisioned(workspace))?;
         let server = self.load_server(ctl, row.get(0))?;
         let names = WorkspaceNames::recorded(workspace, row.get(1))?;
-        let db = names.database();
+        let (bytes, manifest) = self.write_backup(&server.admin_conn, &server.id, &names, to)?;
+        record_event(
+            ctl,
+            workspace,
+            "backup",
+            serde_json::json!({"file": to.display().to_string(), "bytes": bytes,
+                               "extension_version": manifest.extension_version}),
+        )?;
+        Ok(BackupReport {
+            workspace: workspace.into(),
+            file: to.display().to_string(),
+            bytes,
+            manifest,
+        })
+    }
 
+    /// The backup file of the workspace `names` on the server of `admin_conn` (its own, or a
+    /// scratch copy of it: `pitr.rs`), written to `to`: its size and manifest.
+    pub(crate) fn write_backup(
+        &self,
+        admin_conn: &str,
+        server_id: &str,
+        names: &WorkspaceNames,
+        to: &Path,
+    ) -> Result<(u64, Manifest)> {
+        let workspace = names.workspace.as_str();
+        let db = names.database();
         // One snapshot for the counts and the dump.
-        let mut source = connect(&server.admin_conn, Some(&db))?;
+        let mut source = connect(admin_conn, Some(&db))?;
         let mut tx = source
             .build_transaction()
             .isolation_level(postgres::IsolationLevel::RepeatableRead)
@@ -114,15 +144,15 @@ impl Tenancy {
         let mut rows = count_extension_rows(&mut tx)?;
         rows.extend(count_tenant_rows(
             &mut tx,
-            &server.admin_conn,
-            &names,
+            admin_conn,
+            names,
             Some(&snapshot),
         )?);
         let manifest = Manifest {
             format: 1,
             workspace: workspace.into(),
             database: db.clone(),
-            server_id: server.id.clone(),
+            server_id: server_id.to_string(),
             extension_version: facts.get::<_, Option<String>>(1).ok_or_else(|| {
                 Error::new(
                     ErrorCode::NotProvisioned,
@@ -155,7 +185,7 @@ impl Tenancy {
                 "{}",
                 serde_json::to_string(&manifest).expect("a manifest serializes")
             )?;
-            dump_archive(&server.admin_conn, &db, Some(&snapshot), &mut file)?;
+            dump_archive(admin_conn, &db, Some(&snapshot), &mut file)?;
             file.sync_all()?;
             Ok(file.metadata()?.len())
         })();
@@ -170,19 +200,7 @@ impl Tenancy {
         std::fs::rename(&partial, to)?;
         self.progress
             .step(|| format!("{workspace}: wrote {} ({bytes} bytes)", to.display()));
-        record_event(
-            ctl,
-            workspace,
-            "backup",
-            serde_json::json!({"file": to.display().to_string(), "bytes": bytes,
-                               "extension_version": manifest.extension_version}),
-        )?;
-        Ok(BackupReport {
-            workspace: workspace.into(),
-            file: to.display().to_string(),
-            bytes,
-            manifest,
-        })
+        Ok((bytes, manifest))
     }
 
     /// `restore --from FILE --workspace W2`: into a new workspace (provisioned here, with
@@ -201,7 +219,7 @@ impl Tenancy {
         })
     }
 
-    fn restore_locked(
+    pub(crate) fn restore_locked(
         &self,
         ctl: &mut Client,
         ws: &str,
@@ -288,7 +306,7 @@ impl Tenancy {
 }
 
 /// Split a backup file: the manifest, and the archive written to `tmp`.
-fn read_backup(from: &Path, tmp: &Path) -> Result<(Manifest, PathBuf)> {
+pub(crate) fn read_backup(from: &Path, tmp: &Path) -> Result<(Manifest, PathBuf)> {
     let bad = |why: &str| {
         invalid(format!(
             "{} is not a dl-tenancy backup: {why}",

@@ -1,9 +1,13 @@
-use crate::domain::limits::{DEFAULT_MAX_CONNECTIONS, MAX_MAX_CONNECTIONS, MIN_MAX_CONNECTIONS};
+use crate::domain::limits::{
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_RETENTION_FULL, MAX_MAX_CONNECTIONS, MAX_RETENTION_FULL,
+    MIN_MAX_CONNECTIONS, RECOVERY_LIMIT,
+};
+use crate::server::backrest::{check_backrest, BackupKind, RestoreRequest};
 
 use crate::base::connection::connect;
 use crate::base::secret::SecretKey;
 use crate::control;
-use crate::domain::error::Result;
+use crate::domain::error::{Error, ErrorCode, Result};
 use crate::domain::names::EXTENSION;
 use crate::domain::types::ServerSpec;
 use crate::ops::Tenancy;
@@ -34,6 +38,7 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
                 pg_port,
                 pooler_port,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
+                retention_full: DEFAULT_RETENTION_FULL,
             }
         }
     };
@@ -51,6 +56,14 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
         }
         state.max_connections = n;
     }
+    if let Some(n) = opts.retention_full {
+        if !(1..=MAX_RETENTION_FULL).contains(&n) {
+            return Err(crate::domain::error::invalid(format!(
+                "--backup-retention-full must be between 1 and {MAX_RETENTION_FULL}"
+            )));
+        }
+        state.retention_full = n;
+    }
     if state.pg_port == state.pooler_port {
         return Err(crate::domain::error::invalid(
             "the PostgreSQL and PgBouncer ports must differ",
@@ -63,17 +76,39 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     }
     // Kept when valid; a new certificate reaches running servers by the reloads below.
     crate::base::certs::ensure(&dir.join("tls"), CERT_NAMES)?;
+    // pgBackRest's configuration first: the server's archive_command names it.
+    let backrest = layout.backrest();
+    check_backrest()?;
+    backrest.write_config(&layout.pg_side(&state), state.retention_full)?;
     let spec = layout.cluster(&state);
+    let admin_conn = state.admin_conn_string(dir, "postgres");
+    if !spec.data_dir.join("PG_VERSION").exists() && !backrest.backups()?.is_empty() {
+        // A new cluster beside a repository of the old one would be a different server.
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            format!(
+                "{} holds no cluster but the repository has backups of it: run `dl-tenancy local recover` to rebuild it from them",
+                spec.data_dir.display()
+            ),
+        ));
+    }
     pg_harness::init_cluster(&spec)?;
     if pg_harness::cluster_running(&spec.data_dir) {
-        // Running already: refresh hba/ident (the tool owns them) and reload.
+        // Running already: refresh hba/ident and settings (the tool owns them) and reload;
+        // a cluster of a version before continuous archiving restarts once to turn it on.
         pg_harness::write_cluster_config(&spec)?;
         pg_harness::reload_cluster(&spec.data_dir)?;
+        let archiving: String = connect(&admin_conn, None)?
+            .query_one("SELECT pg_catalog.current_setting('archive_mode')", &[])?
+            .get(0);
+        if archiving != "on" {
+            pg_harness::stop_cluster(&spec.data_dir)?;
+            pg_harness::start_cluster(&spec)?;
+        }
     } else {
         pg_harness::start_cluster(&spec)?;
     }
 
-    let admin_conn = state.admin_conn_string(dir, "postgres");
     control::ensure_control_db(&admin_conn)?;
 
     let tenancy = Tenancy::from_parts(admin_conn.clone(), SecretKey::load(dir, false)?);
@@ -117,7 +152,60 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
         // Running already: the ini just written (TLS files included) takes effect.
         pg_harness::reload_pgbouncer(&bouncer)?;
     }
+    // The stanza, and a first full backup: from its end on, any time can be recovered.
+    backrest.stanza_create()?;
+    if backrest.backups()?.is_empty() {
+        backrest.backup(BackupKind::Full)?;
+    }
     status(&opts.data_dir)
+}
+
+/// `local recover`: rebuild a lost local server from its pgBackRest repository, to the last
+/// WAL it holds, then bring everything up as `local up` does. Refused while a cluster runs
+/// or its data directory still holds one (move it away first).
+pub fn recover(opts: &LocalOptions) -> Result<LocalStatus> {
+    let layout = Layout::new(&opts.data_dir)?;
+    let state = LocalState::read(&layout.dir)?;
+    let spec = layout.cluster(&state);
+    if pg_harness::cluster_running(&spec.data_dir) {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            format!(
+                "PostgreSQL runs on {}: `local recover` rebuilds a lost server; stop it (`local down`) and move its data directory away first",
+                spec.data_dir.display()
+            ),
+        ));
+    }
+    if spec.data_dir.join("PG_VERSION").exists() {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            format!(
+                "{} still holds a cluster; move it away before recovering from the repository",
+                spec.data_dir.display()
+            ),
+        ));
+    }
+    check_backrest()?;
+    let backrest = layout.backrest();
+    backrest.write_config(&layout.pg_side(&state), state.retention_full)?;
+    if backrest.backups()?.is_empty() {
+        return Err(Error::new(
+            ErrorCode::ArchivingNotConfigured,
+            "the repository holds no backup of this server to recover from",
+        ));
+    }
+    pg_harness::make_server_dir(&spec.data_dir, 0o700)?;
+    backrest.restore(&RestoreRequest {
+        data_dir: &spec.data_dir,
+        set: None,
+        selection: None,
+        target: None,
+        archive: true,
+    })?;
+    // Replays every archived segment, then promotes (a new timeline, archived too).
+    pg_harness::start_cluster_no_wait(&spec)?;
+    crate::server::scratch::wait_promoted(&spec, RECOVERY_LIMIT)?;
+    up(opts)
 }
 
 /// `local down`: stop PgBouncer and PostgreSQL (data stays).

@@ -11,6 +11,7 @@ pub mod local;
 pub mod migrate_names;
 pub mod move_copy;
 pub mod moves;
+pub mod pitr;
 pub mod pooling;
 pub mod servers;
 pub mod suspension;

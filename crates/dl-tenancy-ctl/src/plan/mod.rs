@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod moves;
+pub mod pitr;
 pub mod quote;
 pub mod workspace;
 

@@ -354,7 +354,10 @@ impl TenantLoader {
 }
 
 /// Run a program to its end, or kill it at `limit`.
-fn output_within(mut cmd: Command, limit: std::time::Duration) -> Result<std::process::Output> {
+pub(crate) fn output_within(
+    mut cmd: Command,
+    limit: std::time::Duration,
+) -> Result<std::process::Output> {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");

@@ -7,11 +7,14 @@
 //! - `tls/`: the cluster's CA (`ca.crt`, what clients trust) and the server certificate that
 //!   PostgreSQL and PgBouncer present ([`crate::certs`]);
 //! - `secret.key`: 32 random bytes (0600) encrypting stored passwords;
-//! - `local.json`: the ports.
+//! - `local.json`: the ports;
+//! - `pgbackrest/`: pgBackRest's configuration, repository and log (`backrest.rs`);
+//! - `pitr/`: the scratch clusters of point-in-time restores while they run.
 
 use crate::base::certs::CertFiles;
 use crate::base::secret::SecretKey;
 use crate::domain::error::{Error, ErrorCode, Result};
+use crate::server::backrest::{Backrest, PgSide};
 use pg_harness::{ClusterSpec, PgBouncerIni, PgBouncerSpec};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -56,6 +59,13 @@ pub struct LocalState {
     /// The server's `max_connections` (clusters made before it was recorded: the default).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Full backups the repository keeps (`repo1-retention-full`).
+    #[serde(default = "default_retention_full")]
+    pub retention_full: u32,
+}
+
+fn default_retention_full() -> u32 {
+    crate::domain::limits::DEFAULT_RETENTION_FULL
 }
 
 fn default_max_connections() -> u32 {
@@ -142,6 +152,9 @@ pub struct LocalOptions {
     /// The server's `max_connections` (remembered the same way; the default
     /// [`DEFAULT_MAX_CONNECTIONS`](crate::domain::limits::DEFAULT_MAX_CONNECTIONS)).
     pub max_connections: Option<u32>,
+    /// Full backups the pgBackRest repository keeps (remembered the same way; the default
+    /// [`DEFAULT_RETENTION_FULL`](crate::domain::limits::DEFAULT_RETENTION_FULL)).
+    pub retention_full: Option<u32>,
 }
 
 pub(crate) struct Layout {
@@ -154,6 +167,21 @@ impl Layout {
     }
     pub(crate) fn certs(&self) -> CertFiles {
         CertFiles::in_dir(&self.dir.join("tls"))
+    }
+    /// The local server's pgBackRest (its stanza is the server's id).
+    pub(crate) fn backrest(&self) -> Backrest {
+        Backrest::in_data_dir(&self.dir, LOCAL_SERVER_ID)
+    }
+    pub(crate) fn pg_side(&self, state: &LocalState) -> PgSide {
+        PgSide {
+            data_dir: self.dir.join("pg"),
+            socket_dir: self.dir.join("run"),
+            port: state.pg_port,
+        }
+    }
+    /// Where point-in-time restores make their scratch clusters, one per workspace database.
+    pub(crate) fn scratch(&self, database: &str) -> PathBuf {
+        self.dir.join("pitr").join(database)
     }
     pub(crate) fn cluster(&self, state: &LocalState) -> ClusterSpec {
         let certs = self.certs();
@@ -178,6 +206,8 @@ impl Layout {
             .chain(crate::domain::limits::admission_settings(
                 state.max_connections,
             ))
+            // Every WAL segment into the repository (`archive_mode` needs a restart).
+            .chain(self.backrest().archive_settings())
             .collect(),
             hba: Some(hba_conf()),
             ident: Some(ident_conf()),

@@ -236,14 +236,10 @@ pub(crate) fn drop_database_and_roles(
     admin: &mut Client,
     names: &WorkspaceNames,
 ) -> Result<Dropped> {
-    let mut dropped = Dropped::default();
-    if database_exists(admin, &names.database())? {
-        admin.batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(&names.database())
-        ))?;
-        dropped.database = true;
-    }
+    let mut dropped = Dropped {
+        database: drop_database(admin, names)?,
+        ..Default::default()
+    };
     remove_loader(admin_conn, admin, &names.loader())?;
     for role in names.all_roles() {
         if role_exists(admin, &role)? {
@@ -252,6 +248,19 @@ pub(crate) fn drop_database_and_roles(
         }
     }
     Ok(dropped)
+}
+
+/// The workspace's database dropped, its sessions ended (the roles stay); whether it was
+/// there.
+pub(crate) fn drop_database(admin: &mut Client, names: &WorkspaceNames) -> Result<bool> {
+    if !database_exists(admin, &names.database())? {
+        return Ok(false);
+    }
+    admin.batch_execute(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(&names.database())
+    ))?;
+    Ok(true)
 }
 
 /// What [`drop_database_and_roles`] found and dropped.

@@ -1,9 +1,10 @@
-//! The fleet commands of the CLI (soft delete, usage, backup and restore): thin fronts over
-//! the library, flattened into the top-level command list.
+//! The fleet commands of the CLI (soft delete, usage, backup and restore, point-in-time
+//! restore and the continuous archive): thin fronts over the library, flattened into the
+//! top-level command list.
 
 use clap::{Args, Subcommand};
 use dl_tenancy_ctl::names::{self, WorkspaceId};
-use dl_tenancy_ctl::{Error, ErrorCode, Tenancy};
+use dl_tenancy_ctl::{BackupKind, Error, ErrorCode, RestoreInto, Tenancy};
 
 #[derive(Subcommand, Debug)]
 pub enum FleetCmd {
@@ -21,9 +22,14 @@ pub enum FleetCmd {
     /// Write one file with a workspace's data, tenant_custom objects, overrides and history
     /// (pg_dump custom format and a manifest; no credentials).
     Backup(BackupArgs),
-    /// Restore a backup into a new workspace (fresh credentials) or an empty one, through
-    /// ALTER EXTENSION UPDATE when the backup is of an older version.
+    /// Restore a backup file into a new workspace (fresh credentials) or an empty one, through
+    /// ALTER EXTENSION UPDATE when the backup is of an older version (--from FILE --workspace
+    /// W2); or a workspace as it was at a time, from the server's continuous archive, into a
+    /// new workspace or in place (--workspace W --at TIME --into W2 | --in-place --yes).
     Restore(RestoreArgs),
+    /// The local server's continuous archive (pgBackRest): backups and status.
+    #[command(subcommand)]
+    Archive(ArchiveCmd),
     /// Move a workspace to another server (streamed while live, then a short pause); its
     /// pooled URI stays the same (the local pooler is repointed), its direct URI names the new
     /// server.
@@ -56,11 +62,44 @@ pub struct BackupArgs {
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     /// A file written by `backup`.
-    #[arg(long)]
-    from: std::path::PathBuf,
-    /// The workspace to restore into: new, or provisioned and empty.
+    #[arg(long, required_unless_present = "at", conflicts_with = "at")]
+    from: Option<std::path::PathBuf>,
+    /// With --from: the workspace to restore into (new, or provisioned and empty). With --at:
+    /// the workspace whose past is restored.
     #[arg(long, allow_hyphen_values = true)]
     workspace: WorkspaceId,
+    /// The time to restore the workspace at (a PostgreSQL timestamp; without a zone, the
+    /// server's), within the recoverable window (`archive status`).
+    #[arg(long, allow_hyphen_values = true)]
+    at: Option<String>,
+    /// With --at: a new (or empty) workspace to restore into, with fresh credentials.
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        requires = "at",
+        conflicts_with = "in_place"
+    )]
+    into: Option<WorkspaceId>,
+    /// With --at: replace the workspace's data (its current state is kept as a backup file
+    /// first; its sessions end). Needs --yes.
+    #[arg(long, requires = "at")]
+    in_place: bool,
+    /// Confirms --in-place.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ArchiveCmd {
+    /// Take a backup now (for an operator's cron): full, differential or incremental (an
+    /// incremental one without a full one before it is full); then expire what retention no
+    /// longer keeps.
+    Backup {
+        #[arg(long = "type", default_value = "incr")]
+        kind: String,
+    },
+    /// Backups, the recoverable window, the last archived WAL and the archive lag.
+    Status,
 }
 
 #[derive(Args, Debug)]
@@ -140,7 +179,33 @@ pub fn run(cmd: FleetCmd, open: impl Fn() -> Result<Tenancy, Error>) -> Result<(
             let method: dl_tenancy_ctl::MoveMethod = m.method.parse()?;
             print(&open()?.move_workspace_with(&m.workspace, &m.to, method)?)
         }
-        FleetCmd::Restore(r) => print(&open()?.restore(&r.from, &r.workspace)?),
+        FleetCmd::Restore(r) => match (r.from, r.at) {
+            (Some(from), _) => print(&open()?.restore(&from, &r.workspace)?),
+            (None, Some(at)) => {
+                let into = match (r.into, r.in_place, r.yes) {
+                    (Some(w2), _, _) => RestoreInto::Workspace(w2.to_string()),
+                    (None, true, true) => RestoreInto::InPlace,
+                    (None, true, false) => {
+                        return Err(Error::new(
+                            ErrorCode::ConfirmationRequired,
+                            format!("--in-place replaces the data of workspace {} (its sessions end); add --yes to confirm", r.workspace),
+                        ))
+                    }
+                    (None, false, _) => {
+                        return Err(Error::new(
+                            ErrorCode::InvalidArgument,
+                            "--at needs --into W2 (a new workspace) or --in-place --yes",
+                        ))
+                    }
+                };
+                print(&open()?.restore_at(&r.workspace, &at, &into)?)
+            }
+            (None, None) => unreachable!("clap requires --from or --at"),
+        },
+        FleetCmd::Archive(ArchiveCmd::Backup { kind }) => {
+            print(&open()?.archive_backup(kind.parse::<BackupKind>()?)?)
+        }
+        FleetCmd::Archive(ArchiveCmd::Status) => print(&open()?.archive_status()?),
     }
     Ok(())
 }

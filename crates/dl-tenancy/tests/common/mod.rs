@@ -58,8 +58,8 @@ impl Env {
                 data_dir: dir.clone(),
                 pg_port: Some(pg),
                 pooler_port: Some(pool),
-
                 max_connections: None,
+                retention_full: None,
             }) {
                 Ok(status) => {
                     let t = Tenancy::open(&Config {
