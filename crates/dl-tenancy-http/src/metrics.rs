@@ -121,6 +121,27 @@ pub fn render(snap: &LoadSnapshot) -> Result<String, std::fmt::Error> {
             })
             .set(1);
     }
+    let archive_lag = Gauges::<ServerLabels>::default();
+    let archive_failures = Gauges::<ServerLabels>::default();
+    let last_archived = Gauges::<ServerLabels>::default();
+    let last_backup = Gauges::<ServerLabels>::default();
+    for a in &snap.archives {
+        let l = ServerLabels {
+            server: a.server.clone(),
+        };
+        archive_failures.get_or_create(&l).set(a.failures);
+        if let Some(lag) = a.lag_bytes {
+            archive_lag
+                .get_or_create(&l)
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
+        if let Some(t) = a.last_archived_at {
+            last_archived.get_or_create(&l).set(t);
+        }
+        if let Some(t) = a.last_backup_at {
+            last_backup.get_or_create(&l).set(t);
+        }
+    }
     let sessions = Gauges::<WorkspaceLabels>::default();
     let bytes = Gauges::<WorkspaceLabels>::default();
     let active = Gauges::<WorkspaceLabels>::default();
@@ -193,6 +214,26 @@ pub fn render(snap: &LoadSnapshot) -> Result<String, std::fmt::Error> {
         "server_unreachable",
         "1: the server did not answer this scrape",
         unreachable,
+    );
+    reg.register(
+        "server_archive_lag_bytes",
+        "WAL the server wrote past its last archived segment: what losing the server would lose",
+        archive_lag,
+    );
+    reg.register(
+        "server_archive_failures",
+        "Failed attempts to archive a WAL segment since the server started",
+        archive_failures,
+    );
+    reg.register(
+        "server_last_archived_timestamp_seconds",
+        "When the server last archived a WAL segment",
+        last_archived,
+    );
+    reg.register(
+        "server_last_backup_timestamp_seconds",
+        "When the newest backup in the server's repository ended",
+        last_backup,
     );
     reg.register(
         "workspace_sessions",
@@ -292,6 +333,13 @@ mod tests {
                 },
             }],
             unreachable: vec!["far".into()],
+            archives: vec![dl_tenancy_ctl::ArchiveFigures {
+                server: "local".into(),
+                last_archived_at: Some(1_800_000_000),
+                last_backup_at: Some(1_799_990_000),
+                lag_bytes: Some(4096),
+                failures: 1,
+            }],
         };
         let text = render(&snap).unwrap();
         for line in [
@@ -307,6 +355,10 @@ mod tests {
             "dl_workspace_database_bytes{workspace=\"acme\",server=\"local\"} 8000000",
             "dl_workspace_pooler_clients_waiting{workspace=\"acme\",server=\"local\"} 2",
             "dl_workspace_pooler_longest_wait_seconds{workspace=\"acme\",server=\"local\"} 1.5",
+            "dl_server_archive_lag_bytes{server=\"local\"} 4096",
+            "dl_server_archive_failures{server=\"local\"} 1",
+            "dl_server_last_archived_timestamp_seconds{server=\"local\"} 1800000000",
+            "dl_server_last_backup_timestamp_seconds{server=\"local\"} 1799990000",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -72,6 +72,17 @@ fn metrics_follow_one_workspace_s_load_and_stay_off_the_tenant_port() {
         );
     }
     assert!(before["dl_server_max_connections{server=\"local\"}"] >= 30.0);
+    // The continuous archive: local up took a full backup, and the server has archived.
+    for key in [
+        "dl_server_last_backup_timestamp_seconds{server=\"local\"}",
+        "dl_server_last_archived_timestamp_seconds{server=\"local\"}",
+    ] {
+        assert!(
+            before.get(key).is_some_and(|t| *t > 1.6e9),
+            "no {key} in {before:?}"
+        );
+    }
+    assert!(before.contains_key("dl_server_archive_failures{server=\"local\"}"));
     let sessions = |m: &BTreeMap<String, f64>, ws: &str| series(m, "dl_workspace_sessions", ws);
     let bytes = |m: &BTreeMap<String, f64>, ws: &str| series(m, "dl_workspace_database_bytes", ws);
 

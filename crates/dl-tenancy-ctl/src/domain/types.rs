@@ -306,4 +306,20 @@ pub struct LoadSnapshot {
     pub workspaces: Vec<WorkspaceLoad>,
     /// Servers that did not answer (their workspaces are left out).
     pub unreachable: Vec<String>,
+    /// The continuous archive of each server the tool archives (the local one).
+    pub archives: Vec<ArchiveFigures>,
+}
+
+/// A server's continuous archive now (`serve`'s /metrics; `archive status` in full).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ArchiveFigures {
+    pub server: String,
+    /// When the last WAL segment was archived, and when the newest backup ended (seconds
+    /// since the epoch).
+    pub last_archived_at: Option<i64>,
+    pub last_backup_at: Option<i64>,
+    /// WAL written past the last archived segment: what a lost server would lose.
+    pub lag_bytes: Option<u64>,
+    /// Archiving attempts that failed since the server started.
+    pub failures: i64,
 }

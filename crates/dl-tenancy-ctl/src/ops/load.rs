@@ -52,6 +52,11 @@ impl Tenancy {
                 Err(_) => snap.unreachable.push(server.id.clone()),
             }
         }
+        // The archive's figures when the tool archives the server; a scrape never fails
+        // for them (a server that does not answer is listed above).
+        if let Ok(a) = self.archive_figures() {
+            snap.archives.push(a);
+        }
         Ok(snap)
     }
 }

@@ -16,6 +16,7 @@ use crate::control::records::record_event;
 use crate::domain::error::{invalid, Error, ErrorCode, Result};
 use crate::domain::limits::{RECOVERY_LIMIT, RESTORE_DISK_MARGIN_MB};
 use crate::domain::names::validate_workspace_id;
+use crate::domain::types::ArchiveFigures;
 use crate::ops::backup::{read_backup, RestoreReport};
 use crate::ops::Tenancy;
 use crate::plan::pitr::{
@@ -280,6 +281,27 @@ impl Tenancy {
             archive_lag_bytes: lag,
             archive_failures: a.failed_count,
             last_failed_wal: a.last_failed_wal,
+        })
+    }
+
+    /// The local server's archive in numbers (`serve`'s /metrics).
+    pub(crate) fn archive_figures(&self) -> Result<ArchiveFigures> {
+        let (_, backrest) = self.local_backrest(LOCAL_SERVER_ID)?;
+        let mut ctl = self.control_read()?;
+        let server = self.load_server(&mut ctl, LOCAL_SERVER_ID)?;
+        drop(ctl);
+        let mut admin = self.admin_read(&server.admin_conn)?;
+        let a = archived(&mut admin)?;
+        drop(admin);
+        Ok(ArchiveFigures {
+            server: LOCAL_SERVER_ID.into(),
+            last_archived_at: a.last_at.map(|us| us.div_euclid(1_000_000)),
+            last_backup_at: backrest.backups()?.last().map(|b| b.stopped),
+            lag_bytes: a
+                .last_wal
+                .as_deref()
+                .and_then(|w| archive_lag_bytes(a.current_lsn, w, a.segment_size)),
+            failures: a.failed_count,
         })
     }
 
