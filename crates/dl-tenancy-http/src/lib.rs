@@ -75,6 +75,11 @@ pub struct ServeOptions {
     /// The benchmark's baseline (`serve --baseline`, hidden): `GET /api/v2/tenants/status`
     /// answers from the control database alone, through the same stack.
     pub baseline: bool,
+    /// Take a backup of the local server's archive this often (the first one interval after
+    /// start); none: an operator's cron runs `dl-tenancy archive backup`.
+    pub backup_interval: Option<Duration>,
+    /// The kind of those backups.
+    pub backup_kind: dl_tenancy_ctl::BackupKind,
 }
 
 impl Default for ServeOptions {
@@ -89,6 +94,8 @@ impl Default for ServeOptions {
             purge_sweep_interval: dl_tenancy_ctl::PURGE_SWEEP_INTERVAL,
             metrics_listen: None,
             baseline: false,
+            backup_interval: None,
+            backup_kind: dl_tenancy_ctl::BackupKind::Incr,
         }
     }
 }
@@ -491,6 +498,19 @@ fn spawn_purge_sweeper(tenancy: Tenancy, interval: Duration) {
     });
 }
 
+/// Backs up the local server's archive every `interval` ([`Tenancy::archive_backup`]; the
+/// first one an interval after start). Runs until the process exits; a failed round is
+/// logged and retried at the next.
+fn spawn_backup_scheduler(tenancy: Tenancy, interval: Duration, kind: dl_tenancy_ctl::BackupKind) {
+    spawn_sweeper("backup", interval, false, move || {
+        let status = tenancy.archive_backup(kind)?;
+        if let Some(b) = status.last_backup {
+            tracing::info!(label = %b.label, kind = %b.kind, "archive backup taken");
+        }
+        Ok(())
+    });
+}
+
 /// A background loop that never dies silently: a round that fails, or panics (a client
 /// library can panic when the process runs out of file descriptors), is logged, and the
 /// next round runs after `interval` as usual.
@@ -531,6 +551,9 @@ pub fn run(config: &Config, opts: &ServeOptions) -> dl_tenancy_ctl::Result<()> {
     let tenancy = Tenancy::open(config)?.with_kept_sessions();
     spawn_grace_sweeper(tenancy.clone());
     spawn_purge_sweeper(tenancy.clone(), opts.purge_sweep_interval);
+    if let Some(every) = opts.backup_interval {
+        spawn_backup_scheduler(tenancy.clone(), every, opts.backup_kind);
+    }
     let state = AppState::new(tenancy, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -261,6 +261,13 @@ struct ServeArgs {
     /// The benchmark's baseline: status from the control database alone.
     #[arg(long, hide = true)]
     baseline: bool,
+    /// Back up the local server's continuous archive this often (e.g. 1h, 1d; the first one
+    /// an interval after start). Off unless given (`archive backup` from cron instead).
+    #[arg(long)]
+    backup_every: Option<String>,
+    /// The kind of those backups: full, diff or incr.
+    #[arg(long, default_value = "incr")]
+    backup_type: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -387,6 +394,13 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Server(ServerCmd::Remove { name }) => print(&open()?.server_remove(&name)?),
         Command::Serve(s) => {
             let timeout = std::time::Duration::from_secs(s.timeout_seconds.max(1));
+            let backup_interval = match s.backup_every.as_deref() {
+                Some(every) => Some(std::time::Duration::from_secs(
+                    names::parse_duration(every)?.max(1),
+                )),
+                None => None,
+            };
+            let backup_kind: dl_tenancy_ctl::BackupKind = s.backup_type.parse()?;
             dl_tenancy_http::run(
                 &config,
                 &dl_tenancy_http::ServeOptions {
@@ -400,6 +414,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                     ),
                     metrics_listen: s.metrics_listen,
                     baseline: s.baseline,
+                    backup_interval,
+                    backup_kind,
                     ..Default::default()
                 },
             )?

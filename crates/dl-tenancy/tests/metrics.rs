@@ -147,3 +147,41 @@ fn metrics_follow_one_workspace_s_load_and_stay_off_the_tenant_port() {
         .text;
     assert!(!text.contains("met_rows"));
 }
+
+/// `serve --backup-every` backs the local server's archive up on its own: a backup appears
+/// that was not there before (observed in `archive status`), and the metrics show it.
+#[test]
+fn serve_backs_up_the_archive_on_a_schedule() {
+    let c = cluster();
+    let labels = || -> Vec<String> {
+        c.cli(&["archive", "status"])["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["label"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = labels();
+    let server = Server::start(&[
+        "--backup-every",
+        "1s",
+        "--backup-type",
+        "incr",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let started = std::time::Instant::now();
+    let new = loop {
+        if let Some(l) = labels().into_iter().find(|l| !before.contains(l)) {
+            break l;
+        }
+        assert!(
+            started.elapsed() < common::SAFETY_NET,
+            "serve took no backup; its log: {}",
+            server.log_text()
+        );
+    };
+    assert!(new.ends_with('I'), "an incremental backup: {new}");
+    let m = scrape(&server);
+    assert!(m["dl_server_last_backup_timestamp_seconds{server=\"local\"}"] > 1.6e9);
+}
