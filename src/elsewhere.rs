@@ -29,8 +29,17 @@ pub(crate) fn install() {
 #[pg_guard]
 unsafe extern "C-unwind" fn needs_fmgr_hook(function: pg_sys::Oid) -> bool {
     let needed = PREVIOUS.is_some_and(|previous| previous(function));
-    let session = pg_sys::MyBackendType == pg_sys::BackendType::B_BACKEND;
-    if !session
+    // Autovacuum's workers and background workers (parallel workers among them) in a
+    // database, inside a transaction: where a tenant's function can run and its owner can be
+    // looked up. Not a walsender, not a process without a database (reading pg_proc there
+    // ends it with a FATAL).
+    let elsewhere = matches!(
+        pg_sys::MyBackendType,
+        pg_sys::BackendType::B_AUTOVAC_WORKER | pg_sys::BackendType::B_BG_WORKER
+    );
+    if elsewhere
+        && pg_sys::MyDatabaseId != pg_sys::InvalidOid
+        && pg_sys::IsTransactionState()
         && crate::logins::known_tenant_session() != Some(true)
         && owner_of(function).is_some_and(|owner| crate::logins::in_tenant_groups(owner))
     {
