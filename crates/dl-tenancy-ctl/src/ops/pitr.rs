@@ -24,7 +24,8 @@ use crate::plan::pitr::{
     BackupSet, SYSTEM_DATABASES,
 };
 use crate::server::archive::TempDir;
-use crate::server::backrest::{archive_now, archived, Backrest, BackupKind, RestoreRequest};
+use crate::server::archiver::{archive_now, archived};
+use crate::server::backrest::{Backrest, BackupKind, RestoreRequest};
 use crate::server::cluster::{Layout, LocalState, LOCAL_SERVER_ID};
 use crate::server::roles::drop_database;
 use crate::server::scratch::{free_bytes, Scratch};

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod archive;
+pub mod archiver;
 pub mod backrest;
 pub mod catalog;
 pub mod cluster;
