@@ -22,7 +22,7 @@ const IDLE_SOCKETS: usize = dl_tenancy_http::conn::MAX_CONNECTIONS + 400;
 
 #[test]
 fn one_token_s_flood_and_idle_sockets_leave_the_neighbour_s_calls_working() {
-    raise_file_limit();
+    common::raise_file_limit(IDLE_SOCKETS + 500);
     let c = cluster();
     for ws in ["api-attacker", "api-neighbour"] {
         c.cli(&["provision", "--workspace", ws]);
@@ -178,23 +178,4 @@ fn made_up_tokens_from_one_address_leave_the_neighbour_s_calls_working() {
     }
     eprintln!("answers to the made-up tokens: {answers:?}");
     assert!(answers.contains_key(&429), "{answers:?}");
-}
-
-/// The attacker's sockets are this process's descriptors.
-fn raise_file_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
-    assert!(
-        lim.rlim_cur as usize > IDLE_SOCKETS + 500,
-        "open-file limit {} too low for the test",
-        lim.rlim_cur
-    );
 }

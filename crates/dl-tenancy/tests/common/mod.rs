@@ -547,3 +547,23 @@ pub fn seed_named_people(env: &Env, ws: &str, n: usize) {
         ),
     );
 }
+
+/// Raises this process's open-file limit to its hard limit, which must exceed `need`: a
+/// test's attacker sockets are its descriptors.
+pub fn raise_file_limit(need: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    assert!(
+        lim.rlim_cur as usize > need,
+        "open-file limit {} too low for the test",
+        lim.rlim_cur
+    );
+}

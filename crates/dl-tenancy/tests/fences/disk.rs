@@ -23,6 +23,26 @@ fn reload(admin: &mut Client, settings: &[&str]) {
         .unwrap();
 }
 
+/// Every workspace's log budget 256 kB and no refill, so that the budget is all a test's
+/// attacker gets; waits until a new session sees it.
+fn log_budget_without_refill(env: &Env) {
+    reload(
+        &mut env.admin("postgres"),
+        &[
+            "ALTER SYSTEM SET dl_tenancy.log_rate_kb = 0",
+            "ALTER SYSTEM SET dl_tenancy.log_burst_kb = 256",
+        ],
+    );
+    let started_at = std::time::Instant::now();
+    while count(
+        &mut env.admin("postgres"),
+        "SELECT pg_catalog.current_setting('dl_tenancy.log_rate_kb')::bigint",
+    ) != 0
+    {
+        assert!(started_at.elapsed() < SAFETY_NET, "the reload never took");
+    }
+}
+
 /// Waits (observed, bounded by the safety net) until `write` fails with 53100 (`refused`) or
 /// runs.
 fn wait_for_writes(c: &mut Client, write: &str, refused: bool) {
@@ -101,23 +121,7 @@ fn a_server_low_on_disk_refuses_workspace_writes_and_says_so() {
 #[test]
 fn a_workspace_cannot_fill_the_server_log() {
     let env = Env::with_attacker_and_neighbour();
-    let mut admin = env.admin("postgres");
-    reload(
-        &mut admin,
-        &[
-            "ALTER SYSTEM SET dl_tenancy.log_rate_kb = 0",
-            "ALTER SYSTEM SET dl_tenancy.log_burst_kb = 256",
-        ],
-    );
-    // A new session reads the reloaded settings; wait until a backend sees them.
-    let started_at = std::time::Instant::now();
-    while count(
-        &mut env.admin("postgres"),
-        "SELECT pg_catalog.current_setting('dl_tenancy.log_rate_kb')::bigint",
-    ) != 0
-    {
-        assert!(started_at.elapsed() < SAFETY_NET, "the reload never took");
-    }
+    log_budget_without_refill(&env);
     let log_bytes = || std::fs::metadata(&env.status.postgres.log).unwrap().len();
     let before = log_bytes();
     for pooled in [false, true] {
@@ -175,22 +179,7 @@ fn a_workspace_cannot_fill_the_server_log() {
 #[test]
 fn a_tenant_function_in_parallel_workers_is_fenced_too() {
     let env = Env::with_attacker_and_neighbour();
-    let mut admin = env.admin("postgres");
-    reload(
-        &mut admin,
-        &[
-            "ALTER SYSTEM SET dl_tenancy.log_rate_kb = 0",
-            "ALTER SYSTEM SET dl_tenancy.log_burst_kb = 256",
-        ],
-    );
-    let started_at = std::time::Instant::now();
-    while count(
-        &mut env.admin("postgres"),
-        "SELECT pg_catalog.current_setting('dl_tenancy.log_rate_kb')::bigint",
-    ) != 0
-    {
-        assert!(started_at.elapsed() < SAFETY_NET, "the reload never took");
-    }
+    log_budget_without_refill(&env);
     let (cfg, tls) =
         dl_tenancy_ctl::connection::client_config(&env.uri(ATTACKER, Kind::Override, false))
             .unwrap();

@@ -43,22 +43,3 @@ fn bare_sockets_cannot_lock_out_pooled_logins() {
     drop(bare);
     env.assert_reads(NEIGHBOUR, true);
 }
-
-/// The attacker's sockets are this process's descriptors.
-fn raise_file_limit(need: usize) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
-    assert!(
-        lim.rlim_cur as usize > need,
-        "open-file limit {} too low for the test",
-        lim.rlim_cur
-    );
-}
