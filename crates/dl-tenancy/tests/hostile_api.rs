@@ -38,37 +38,15 @@ fn one_token_s_flood_and_idle_sockets_leave_the_neighbour_s_calls_working() {
         .unwrap();
 
     // The flood: every endpoint, from more clients than a workspace may have calls running.
-    let stop = Arc::new(AtomicBool::new(false));
-    let limited = Arc::new(AtomicUsize::new(0));
-    let flood: Vec<_> = (0..FLOODERS)
-        .map(|i| {
-            let (api, stop, limited) = (attacker.clone(), stop.clone(), limited.clone());
-            std::thread::spawn(move || {
-                let mut answers = std::collections::BTreeMap::<u16, usize>::new();
-                while !stop.load(Ordering::Acquire) {
-                    let r = match i % 3 {
-                        0 => api.get("/api/v2/tenants/usage"),
-                        1 => api.post("/api/v2/tenants/provision", serde_json::json!({})),
-                        _ => api.get("/api/v2/tenants/status"),
-                    };
-                    if r.status == 429 {
-                        assert_eq!(r.code(), "rate_limited", "{}", r.text);
-                        assert!(r.header("retry-after").is_some());
-                        limited.fetch_add(1, Ordering::AcqRel);
-                    }
-                    *answers.entry(r.status).or_default() += 1;
-                }
-                answers
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    while limited.load(Ordering::Acquire) == 0 {
-        assert!(
-            started.elapsed() < SAFETY_NET,
-            "the flood was never limited"
-        );
-    }
+    let flood = Flood::start(
+        (0..FLOODERS).map(|_| attacker.clone()).collect(),
+        |api, i| match i % 3 {
+            0 => api.get("/api/v2/tenants/usage"),
+            1 => api.post("/api/v2/tenants/provision", serde_json::json!({})),
+            _ => api.get("/api/v2/tenants/status"),
+        },
+    );
+    flood.wait_until_limited("the flood was never limited");
     // While the flood runs (observed: it is being refused), the neighbour's calls work.
     for _ in 0..10 {
         let r = neighbour.get("/api/v2/tenants/status");
@@ -77,13 +55,7 @@ fn one_token_s_flood_and_idle_sockets_leave_the_neighbour_s_calls_working() {
     }
     let r = neighbour.get("/api/v2/tenants/usage");
     assert_eq!(r.status, 200, "{}", r.text);
-    stop.store(true, Ordering::Release);
-    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
-    for t in flood {
-        for (status, n) in t.join().unwrap() {
-            *answers.entry(status).or_default() += n;
-        }
-    }
+    let answers = flood.stop();
     eprintln!("the attacker's answers: {answers:?}");
     assert!(answers.contains_key(&200), "{answers:?}");
     assert!(
@@ -134,48 +106,86 @@ fn made_up_tokens_from_one_address_leave_the_neighbour_s_calls_working() {
     c.cli(&["provision", "--workspace", "api-neighbour"]);
     let server = Server::start(&[]);
     let neighbour = server.api_for("api-neighbour");
-    let stop = Arc::new(AtomicBool::new(false));
-    let limited = Arc::new(AtomicUsize::new(0));
-    let flood: Vec<_> = (0..FLOODERS)
-        .map(|i| {
-            let token = format!("dlt_{}", format!("{i:02}").repeat(22).get(..43).unwrap());
-            let api = Api::new(&server.base, Some(&token)).bound_to("127.0.0.2".parse().unwrap());
-            let (stop, limited) = (stop.clone(), limited.clone());
-            std::thread::spawn(move || {
-                let mut answers = std::collections::BTreeMap::<u16, usize>::new();
-                while !stop.load(Ordering::Acquire) {
-                    let r = api.get("/api/v2/tenants/status");
-                    if r.status == 429 {
-                        assert_eq!(r.code(), "rate_limited", "{}", r.text);
-                        assert!(r.header("retry-after").is_some());
-                        limited.fetch_add(1, Ordering::AcqRel);
-                    } else {
-                        assert_eq!(r.status, 401, "{}", r.text);
-                    }
-                    *answers.entry(r.status).or_default() += 1;
-                }
-                answers
+    let flood = Flood::start(
+        (0..FLOODERS)
+            .map(|i| {
+                let token = format!("dlt_{}", format!("{i:02}").repeat(22).get(..43).unwrap());
+                Api::new(&server.base, Some(&token)).bound_to("127.0.0.2".parse().unwrap())
             })
-        })
-        .collect();
-    let started = Instant::now();
-    while limited.load(Ordering::Acquire) == 0 {
-        assert!(
-            started.elapsed() < SAFETY_NET,
-            "the made-up tokens were never limited"
-        );
-    }
+            .collect(),
+        |api, _| api.get("/api/v2/tenants/status"),
+    );
+    flood.wait_until_limited("the made-up tokens were never limited");
     for _ in 0..10 {
         let r = neighbour.get("/api/v2/tenants/status");
         assert_eq!(r.status, 200, "neighbour during the flood: {}", r.text);
     }
-    stop.store(true, Ordering::Release);
-    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
-    for t in flood {
-        for (status, n) in t.join().unwrap() {
-            *answers.entry(status).or_default() += n;
-        }
-    }
+    let answers = flood.stop();
+    assert!(
+        answers.keys().all(|s| *s == 401 || *s == 429),
+        "a made-up token got past the lookup: {answers:?}"
+    );
     eprintln!("answers to the made-up tokens: {answers:?}");
     assert!(answers.contains_key(&429), "{answers:?}");
+}
+
+/// Clients calling the API in a loop, each on its own thread, until stopped; every 429 must be
+/// `rate_limited` with a Retry-After.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    limited: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<std::collections::BTreeMap<u16, usize>>>,
+}
+
+impl Flood {
+    /// `call(api, i)`: what client `i` asks, again and again.
+    fn start(clients: Vec<Api>, call: fn(&Api, usize) -> Resp) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let limited = Arc::new(AtomicUsize::new(0));
+        let threads = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, api)| {
+                let (stop, limited) = (stop.clone(), limited.clone());
+                std::thread::spawn(move || {
+                    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+                    while !stop.load(Ordering::Acquire) {
+                        let r = call(&api, i);
+                        if r.status == 429 {
+                            assert_eq!(r.code(), "rate_limited", "{}", r.text);
+                            assert!(r.header("retry-after").is_some());
+                            limited.fetch_add(1, Ordering::AcqRel);
+                        }
+                        *answers.entry(r.status).or_default() += 1;
+                    }
+                    answers
+                })
+            })
+            .collect();
+        Flood {
+            stop,
+            limited,
+            threads,
+        }
+    }
+
+    /// Waits (observed, bounded by the safety net) for the first 429.
+    fn wait_until_limited(&self, never: &str) {
+        let started = Instant::now();
+        while self.limited.load(Ordering::Acquire) == 0 {
+            assert!(started.elapsed() < SAFETY_NET, "{never}");
+        }
+    }
+
+    /// Stops the clients; how many answers of each status they got.
+    fn stop(self) -> std::collections::BTreeMap<u16, usize> {
+        self.stop.store(true, Ordering::Release);
+        let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+        for t in self.threads {
+            for (status, n) in t.join().unwrap() {
+                *answers.entry(status).or_default() += n;
+            }
+        }
+        answers
+    }
 }
