@@ -78,7 +78,7 @@ struct Args {
     /// People in scenario 11's workspace [default: the run's people, at most 100,000]
     #[arg(long, value_name = "N")]
     fleet_people: Option<u64>,
-    /// The provisioning CLI for scenarios 7, 8 and 11
+    /// The provisioning CLI for scenarios 7, 8, 11, 14 and 16
     #[arg(long, value_name = "PATH")]
     dl_tenancy_bin: Option<PathBuf>,
     /// Run only these scenarios (comma-separated names or numbers; the data set is always built)
@@ -258,6 +258,9 @@ fn run(cfg: &Config) -> R<()> {
     }
     if cfg.selected(ScenarioName::Many) {
         results.push(scenarios::many::run(&bench)?);
+    }
+    if cfg.selected(ScenarioName::Pitr) {
+        results.push(scenarios::pitr::run(&bench)?);
     }
     results.sort_by_key(|s| s.id);
     write_report(cfg, &meta, &results)?;

@@ -35,13 +35,13 @@ const TLS_ONLY_HBA: &str = "local all all trust\n\
 /// Where a server's admin sessions connect: its unix socket, as `postgres` (trust; no
 /// password anywhere).
 #[derive(Clone)]
-struct Socket {
-    dir: PathBuf,
-    port: u16,
+pub(crate) struct Socket {
+    pub(crate) dir: PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Socket {
-    fn connect(&self, db: &str) -> R<Client> {
+    pub(crate) fn connect(&self, db: &str) -> R<Client> {
         Ok(postgres::Config::new()
             .host_path(&self.dir)
             .port(self.port)
@@ -127,7 +127,7 @@ fn measure(b: &Bench, tool: &Tool, dir: &Path, sc: &mut Scenario) -> R<()> {
         .as_str()
         .ok_or("status: no database")?
         .to_string();
-    let (rows, db_bytes) = load_people(b, &local, &db, b.cfg.fleet_people)?;
+    let (rows, db_bytes) = load_people(b, &local, &db, b.cfg.fleet_people, "scenario 11")?;
 
     let (second, second_socket) = start_second(b, dir)?;
     let url_file = dir.join("second.url");
@@ -299,16 +299,23 @@ fn measure(b: &Bench, tool: &Tool, dir: &Path, sc: &mut Scenario) -> R<()> {
     Ok(())
 }
 
-fn path_str(p: &Path) -> R<&str> {
+pub(crate) fn path_str(p: &Path) -> R<&str> {
     p.to_str()
         .ok_or_else(|| format!("{}: not UTF-8", p.display()).into())
 }
 
 /// The first `people` of the run's base people and a tenth as many of its overrides, COPied
 /// from the run's database into the workspace's (the people as dl_platform_runtime, the
-/// runtime's bulk path). Returns the people's row count and the database's size.
-fn load_people(b: &Bench, local: &Socket, db: &str, people: u64) -> R<(i64, u64)> {
-    log("scenario 11: loading the workspace");
+/// runtime's bulk path). Returns the people's row count and the database's size. `who`
+/// names the scenario in the log.
+pub(crate) fn load_people(
+    b: &Bench,
+    local: &Socket,
+    db: &str,
+    people: u64,
+    who: &str,
+) -> R<(i64, u64)> {
+    log(format!("{who}: loading the workspace"));
     let t = Instant::now();
     let mut src = b.admin()?;
     let mut ws = local.connect(db)?;
@@ -353,7 +360,7 @@ fn load_people(b: &Bench, local: &Socket, db: &str, people: u64) -> R<(i64, u64)
         .query_one("SELECT pg_database_size(current_database())", &[])?
         .get(0);
     log(format!(
-        "scenario 11: {rows} people loaded in {:.1} s ({:.1} MB)",
+        "{who}: {rows} people loaded in {:.1} s ({:.1} MB)",
         t.elapsed().as_secs_f64(),
         bytes as f64 / 1e6
     ));
@@ -387,7 +394,7 @@ fn start_second(b: &Bench, dir: &Path) -> R<(PgCluster, Socket)> {
 /// The baseline: `pg_dump -Fc` of `db` on `from` piped into `pg_restore` into a fresh empty
 /// database on `to` (created before and dropped after, untimed). Returns the seconds of the
 /// pipe and the archive's size.
-fn dump_restore(from: &Socket, to: &Socket, db: &str) -> R<(f64, u64)> {
+pub(crate) fn dump_restore(from: &Socket, to: &Socket, db: &str) -> R<(f64, u64)> {
     const FRESH: &str = "bench_plain_copy";
     let mut admin = to.connect("postgres")?;
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {FRESH}"))?;
@@ -534,7 +541,7 @@ impl Writer {
 }
 
 /// The 1-minute load average.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_string))

@@ -1,6 +1,8 @@
 //! One module per scenario; each `run` measures on the shared [`crate::bench::Bench`] and
-//! returns its [`crate::report::Scenario`] (provisioning returns two).
+//! returns its [`crate::report::Scenario`] (provisioning returns two); `tool.rs` runs the CLI,
+//! `archive_lag.rs` is scenario 16's second half.
 
+pub mod archive_lag;
 pub mod filtered;
 pub mod fleet;
 pub mod load;
@@ -8,6 +10,7 @@ pub mod many;
 pub mod memory;
 pub mod merge_patch;
 pub mod override_write;
+pub mod pitr;
 pub mod point;
 pub mod pooled;
 pub mod provisioning;
@@ -51,6 +54,10 @@ pub enum ScenarioName {
     /// (needs --dl-tenancy-bin)
     #[value(alias = "14")]
     Many,
+    /// 16: point-in-time restore of a workspace vs pg_dump | pg_restore, and the archive lag
+    /// under a write load (needs --dl-tenancy-bin)
+    #[value(alias = "16")]
+    Pitr,
 }
 
 impl ScenarioName {
