@@ -42,6 +42,7 @@ pub use domain::names::{
 pub use domain::progress;
 pub use domain::state::{MoveState, WorkspaceState};
 pub use domain::types::*;
+pub use ops::archives::ServerArchive;
 pub use ops::backup::{BackupReport, Manifest, RestoreReport, BACKUP_MAGIC};
 pub use ops::drain::DrainReport;
 pub use ops::local;

@@ -7,7 +7,7 @@ use axum::body::{Body, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
-use dl_tenancy_ctl::tokens::{self, Principal};
+use dl_tenancy_ctl::tokens::{self, Caller, Principal};
 use dl_tenancy_ctl::ErrorCode;
 use serde::de::DeserializeOwned;
 use std::pin::Pin;
@@ -57,6 +57,27 @@ async fn read_capped(mut body: Body) -> Result<Vec<u8>, BodyError> {
 #[derive(Debug)]
 pub struct Auth(pub Principal, pub CallSlot);
 
+/// Who the request's bearer token is (401 without one, or with one that matches none).
+async fn caller(parts: &Parts, state: &Arc<AppState>) -> Result<Caller, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::missing_token());
+    };
+    let value = value.to_str().map_err(|_| ApiError::invalid_token())?;
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::missing_token());
+    }
+    let token = token.trim();
+    if !tokens::well_formed(token) {
+        return Err(ApiError::invalid_token());
+    }
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<crate::conn::ConnHandle>>()
+        .map(|c| c.0.peer());
+    state.principal(token.to_string(), peer).await
+}
+
 impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = ApiError;
 
@@ -64,28 +85,51 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::missing_token());
+        let principal = match caller(parts, state).await? {
+            Caller::Workspace(p) => p,
+            Caller::Operator { token_id } => {
+                tracing::Span::current().record("token_id", token_id.as_str());
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "an operator token names no workspace: the tenant endpoints take a workspace's token",
+                ));
+            }
         };
-        let value = value.to_str().map_err(|_| ApiError::invalid_token())?;
-        let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::missing_token());
-        }
-        let token = token.trim();
-        if !tokens::well_formed(token) {
-            return Err(ApiError::invalid_token());
-        }
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<crate::conn::ConnHandle>>()
-            .map(|c| c.0.peer());
-        let principal = state.principal(token.to_string(), peer).await?;
         let span = tracing::Span::current();
         span.record("workspace", principal.workspace.as_str());
         span.record("token_id", principal.token_id.as_str());
         let slot = state.admit(&principal.workspace).await?;
         Ok(Auth(principal, slot))
+    }
+}
+
+/// An operator's request (`/api/v2/operator/...`): its token's id. A workspace's token gets
+/// 403 before anything else is looked at, the same answer whatever the request names.
+#[derive(Debug)]
+pub struct Operator(pub String);
+
+impl FromRequestParts<Arc<AppState>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        match caller(parts, state).await? {
+            Caller::Operator { token_id } => {
+                tracing::Span::current().record("token_id", token_id.as_str());
+                Ok(Operator(token_id))
+            }
+            Caller::Workspace(p) => {
+                let span = tracing::Span::current();
+                span.record("workspace", p.workspace.as_str());
+                span.record("token_id", p.token_id.as_str());
+                Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "this endpoint needs an operator token (`dl-tenancy tokens create --operator`)",
+                ))
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The tenant API over HTTP (`dl-tenancy serve`): the seed's `/api/v2/tenants/...`
-//! endpoints in front of the same [`Tenancy`] methods the CLI calls.
+//! endpoints in front of the same [`Tenancy`] methods the CLI calls, and the operator's
+//! `/api/v2/operator/...` ones (an operator token; [`operator`], [`jobs`]).
 //!
 //! Handlers only translate HTTP to library calls and back: the bearer token decides the
 //! workspace ([`extract::Auth`]), the body is parsed strictly ([`extract::JsonBody`]), the
@@ -10,8 +11,10 @@
 pub mod conn;
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod limit;
 pub mod metrics;
+mod operator;
 mod sweepers;
 
 use axum::extract::{Request, State};
@@ -20,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use dl_tenancy_ctl::fences::GraceSeconds;
-use dl_tenancy_ctl::tokens::{Principal, TokenStore};
+use dl_tenancy_ctl::tokens::{Caller, TokenStore};
 use dl_tenancy_ctl::Kind;
 use dl_tenancy_ctl::{Config, ErrorCode, Tenancy};
 use error::ApiError;
@@ -51,6 +54,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v2/tenants/connection-uris/rotate"),
     ("GET", "/api/v2/tenants/sql-schema"),
     ("GET", "/api/v2/tenants/usage"),
+    ("POST", "/api/v2/operator/workspaces/{workspace}/restore"),
+    ("GET", "/api/v2/operator/jobs/{job}"),
 ];
 
 pub use dl_tenancy_ctl::MAX_GRACE_SECONDS;
@@ -114,6 +119,8 @@ pub struct AppState {
     lookups: Semaphore,
     failed_lookups: RateLimiter,
     baseline: bool,
+    /// The operator's background jobs (point-in-time restores).
+    jobs: Arc<jobs::Jobs>,
 }
 
 impl AppState {
@@ -131,6 +138,7 @@ impl AppState {
             lookups: Semaphore::new(limit::LOOKUPS_IN_FLIGHT),
             failed_lookups: RateLimiter::new(limit::FAILED_LOOKUPS_PER_MINUTE),
             baseline: opts.baseline,
+            jobs: Arc::default(),
         }))
     }
 
@@ -149,7 +157,7 @@ impl AppState {
         self: &Arc<Self>,
         token: String,
         peer: Option<std::net::IpAddr>,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Caller, ApiError> {
         // Each lookup takes one from its address's budget before it runs (so that many at once
         // cannot all pass), and a token that matched gives it back.
         let peer = peer.map(limit::address_key);
@@ -359,6 +367,8 @@ fn handler_for(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         "/api/v2/tenants/connection-uris/rotate" => on(filter, rotate),
         "/api/v2/tenants/sql-schema" => on(filter, sql_schema),
         "/api/v2/tenants/usage" => on(filter, usage),
+        "/api/v2/operator/workspaces/{workspace}/restore" => on(filter, operator::restore),
+        "/api/v2/operator/jobs/{job}" => on(filter, operator::job),
         _ => unreachable!("a path of ROUTES without a handler: {path}"),
     }
 }

@@ -223,7 +223,11 @@ enum ServerCmd {
         /// revealed URIs then verify them (`sslmode=verify-full`); without it, `require`.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        backrest: cli::operator::BackrestArgs,
     },
+    /// Give (or change) a registered server's pgBackRest repository (its host archives).
+    Archive(cli::operator::ServerArchiveArgs),
     /// Registered servers and their workspace counts.
     List,
     /// No new workspaces on a server, and move every one it holds to the others.
@@ -272,8 +276,9 @@ struct ServeArgs {
 
 #[derive(Subcommand, Debug)]
 enum TokensCmd {
-    /// Issue a token for a workspace (provisioned or not); prints it once.
-    Create(Ws),
+    /// Issue a token for a workspace (provisioned or not), or with --operator one for the
+    /// operator endpoints; prints it once.
+    Create(cli::operator::TokenCreateArgs),
     /// Revoke a token (requests with it get 401 from then on).
     Revoke {
         #[arg(long)]
@@ -359,6 +364,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             pooler_host,
             pooler_port,
             ca_file,
+            backrest,
         }) => {
             let admin_url = match (server_url, admin_url_file) {
                 (Some(url), _) => url,
@@ -373,7 +379,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                     .to_string(),
                 (None, None) => unreachable!("clap requires one of them"),
             };
-            print(&open()?.server_add(&ServerSpec {
+            let t = open()?;
+            let added = t.server_add(&ServerSpec {
                 name: name.to_string(),
                 admin_url,
                 host,
@@ -381,8 +388,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                 pooler_host,
                 pooler_port,
                 ca_file,
-            })?)
+            })?;
+            cli::operator::print_added(&t, added, &backrest)?
         }
+        Command::Server(ServerCmd::Archive(a)) => cli::operator::server_archive(&open()?, &a)?,
         Command::Server(ServerCmd::List) => print(&open()?.server_list()?),
         Command::Server(ServerCmd::Drain { name, parallel }) => {
             let report = open()?.drain(&name, parallel)?;
@@ -420,9 +429,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 },
             )?
         }
-        Command::Tokens(TokensCmd::Create(w)) => {
-            print(&dl_tenancy_ctl::tokens::create(&open()?, &w.workspace)?)
-        }
+        Command::Tokens(TokensCmd::Create(a)) => cli::operator::token_create(&open()?, &a)?,
         Command::Tokens(TokensCmd::Revoke { token_id }) => {
             print(&dl_tenancy_ctl::tokens::revoke(&open()?, &token_id)?)
         }

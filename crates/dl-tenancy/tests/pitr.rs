@@ -3,14 +3,18 @@
 //! its neighbour is untouched and keeps serving; times outside the recoverable window are
 //! refused naming it; a failed restore leaves no scratch behind; and the whole server, its
 //! data directory deleted, comes back from the repository with every workspace's rows and
-//! logins. Real PostgreSQL and pgBackRest throughout; order comes from observed state (the
-//! archiver's progress, the restore's own steps), never from sleeps.
+//! logins. The HTTP API's operator endpoint runs the same restore as a job, polled until it
+//! ends, and refuses workspace tokens without a hint of the job. Real PostgreSQL and
+//! pgBackRest throughout; order comes from observed state (the archiver's progress, the
+//! restore's own steps, a job's state), never from sleeps.
 
 mod common;
 
+use common::http::{Api, Body};
 use common::*;
 use dl_tenancy_ctl::progress::Progress;
 use dl_tenancy_ctl::{Kind, RestoreInto};
+use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 
 /// Every row a workspace's tenant can see of its own data, each as the text of the whole
@@ -171,6 +175,8 @@ fn a_workspace_is_restored_as_it_was_at_a_time_and_a_lost_server_from_its_reposi
         login_of(&env.uri("alpha", Kind::Override, false))
     );
 
+    http_restore(&env, &at, &alpha_then);
+
     // Outside the window: refused, naming it; nothing provisioned, nothing left.
     let out = env.cli(&[
         "restore",
@@ -279,4 +285,147 @@ fn a_workspace_is_restored_as_it_was_at_a_time_and_a_lost_server_from_its_reposi
     }
     // The recovered server archives again.
     archived_now(&env);
+}
+
+/// `dl-tenancy serve` on the environment's data directory: the child and its base URL.
+fn serve(env: &Env) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dl-tenancy"))
+        .args([
+            "--data-dir",
+            env.dir.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("DL_TENANCY_ADMIN_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let v: Value = serde_json::from_str(first.trim()).unwrap_or_else(|e| panic!("{e}: {first}"));
+    let base = format!("http://{}", v["listening"].as_str().unwrap());
+    (child, base)
+}
+
+/// A job polled until it is no longer running (the safety net only against a hang).
+fn job_end(api: &Api, location: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let r = api.get(location);
+        assert_eq!(r.status, 200, "{}", r.text);
+        if r.json["state"] != "running" {
+            return r.json;
+        }
+        assert!(
+            started.elapsed() < SAFETY_NET,
+            "job still running: {}",
+            r.text
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The operator's HTTP restore of alpha at `at` (a job), and what the endpoints refuse.
+fn http_restore(env: &Env, at: &str, alpha_then: &Rows) {
+    let token = |args: &[&str]| {
+        let mut all = vec!["tokens", "create"];
+        all.extend_from_slice(args);
+        env.cli(&all).json()["token"].as_str().unwrap().to_string()
+    };
+    let (op_token, ws_token) = (token(&["--operator"]), token(&["--workspace", "alpha"]));
+    let (mut child, base) = serve(env);
+    let (op, ws) = (
+        Api::new(&base, Some(&op_token)),
+        Api::new(&base, Some(&ws_token)),
+    );
+    let restore = "/api/v2/operator/workspaces/alpha/restore";
+
+    // Refused at once: not JSON, a time outside the window, not a time, no confirmation.
+    let r = op.send("POST", restore, Body::Raw(b"{\"at\": "));
+    assert_eq!((r.status, r.code()), (400, "invalid_json"), "{}", r.text);
+    let r = op.post(
+        restore,
+        json!({"at": "2000-01-01 00:00:00+00", "into": "zeta"}),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "outside_recovery_window"),
+        "{}",
+        r.text
+    );
+    assert!(r.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("the recoverable window is"));
+    let r = op.post(restore, json!({"at": "soon", "into": "zeta"}));
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_argument"),
+        "{}",
+        r.text
+    );
+    let r = op.post(restore, json!({"at": at, "in_place": true}));
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "confirmation_required"),
+        "{}",
+        r.text
+    );
+    let r = op.post(restore, json!({"at": at, "into": "zeta", "extra": 1}));
+    assert_eq!((r.status, r.code()), (422, "invalid_request"), "{}", r.text);
+    // The operator token is no workspace's.
+    let r = op.get("/api/v2/tenants/status");
+    assert_eq!((r.status, r.code()), (403, "forbidden"), "{}", r.text);
+
+    // Started: 202, the job and where to poll it.
+    let r = op.post(restore, json!({"at": at, "into": "zeta"}));
+    assert_eq!(r.status, 202, "{}", r.text);
+    let location = r.header("location").unwrap().to_string();
+    assert_eq!(
+        location,
+        format!("/api/v2/operator/jobs/{}", r.json["job"].as_str().unwrap())
+    );
+    assert_eq!(r.json["state"], "running");
+    // A workspace's token: refused, the same answer for the job and for no job at all.
+    let refused = ws.get(&location);
+    assert_eq!(
+        (refused.status, refused.code()),
+        (403, "forbidden"),
+        "{}",
+        refused.text
+    );
+    let none = ws.get("/api/v2/operator/jobs/job_0123456789abcdef");
+    assert_eq!(
+        (none.status, none.text.clone()),
+        (refused.status, refused.text.clone())
+    );
+    let r = ws.post(restore, json!({"at": at, "into": "eta"}));
+    assert_eq!(
+        (r.status, r.text.clone()),
+        (refused.status, refused.text.clone())
+    );
+    let r = op.get("/api/v2/operator/jobs/job_0123456789abcdef");
+    assert_eq!((r.status, r.code()), (404, "not_found"), "{}", r.text);
+
+    let done = job_end(&op, &location);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["into"], "zeta", "{done}");
+    assert_eq!(&rows(env, "zeta"), alpha_then);
+    assert_eq!(env.t.status("eta").unwrap().status, "not_provisioned");
+
+    // A restore that fails in the job (beta is not empty): failed, the CLI's code, no internals.
+    let r = op.post(restore, json!({"at": at, "into": "beta"}));
+    assert_eq!(r.status, 202, "{}", r.text);
+    let failed = job_end(&op, r.header("location").unwrap());
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], "conflict", "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(!message.contains(env.dir.to_str().unwrap()), "{message}");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -26,7 +26,8 @@ fn key_error(msg: impl Into<String>) -> Error {
     Error::new(ErrorCode::SecretKey, msg)
 }
 
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+/// `N` bytes from the OS random number generator (secrets, and ids fronts make).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).expect("the OS random number generator");
     b

@@ -30,7 +30,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("migrations/0006_soft_delete.sql")),
     (7, include_str!("migrations/0007_moves.sql")),
     (8, include_str!("migrations/0008_move_method.sql")),
-    (9, include_str!("migrations/0009_server_platform_port.sql")),
+    (9, include_str!("migrations/0009_operator_tokens.sql")),
+    (10, include_str!("migrations/0010_server_archive.sql")),
+    (11, include_str!("migrations/0011_server_platform_port.sql")),
 ];
 
 /// Create the control database on a server when missing, and apply the schema.

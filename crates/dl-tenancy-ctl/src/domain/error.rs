@@ -61,6 +61,8 @@ pub enum ErrorCode {
     InsufficientDisk,
     // Answers of the HTTP front only (about the request itself, not a library call).
     Unauthorized,
+    /// A valid token of the wrong kind: a workspace's at an operator endpoint, or the other way.
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     RequestTimeout,
@@ -100,6 +102,7 @@ impl ErrorCode {
             ErrorCode::OutsideRecoveryWindow => "outside_recovery_window",
             ErrorCode::InsufficientDisk => "insufficient_disk",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RequestTimeout => "request_timeout",
@@ -122,6 +125,7 @@ impl ErrorCode {
             | ErrorCode::InvalidJson
             | ErrorCode::InvalidBody => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotProvisioned | ErrorCode::ServerNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::RequestTimeout => 408,

@@ -2,6 +2,7 @@
 //! steps from `control` (records, locks) and `server` (catalog, roles, archive, pooler), with
 //! the decisions taken by `plan`. The CLI and the HTTP front (other crates) call only these.
 
+pub mod archives;
 pub mod backup;
 pub mod credentials;
 pub mod drain;
@@ -85,6 +86,9 @@ pub struct Tenancy {
     local: bool,
     /// Local mode: the data directory (the pooler a move repoints lives there).
     data_dir: Option<PathBuf>,
+    /// The tool's data directory in both modes (an added server's repository settings, the
+    /// scratch clusters of its point-in-time restores).
+    home: Option<PathBuf>,
     /// Where steps of long operations go ([`Tenancy::with_progress`]).
     progress: progress::Progress,
     /// Set once this handle has brought the control database's schema up to date: the
@@ -113,12 +117,15 @@ impl Tenancy {
                 );
                 t.local = true;
                 t.data_dir = Some(config.data_dir.clone());
+                t.home = Some(config.data_dir.clone());
                 Ok(t)
             }
-            Some(url) => Ok(Tenancy::from_parts(
-                url.clone(),
-                SecretKey::load(&config.data_dir, false)?,
-            )),
+            Some(url) => {
+                let mut t =
+                    Tenancy::from_parts(url.clone(), SecretKey::load(&config.data_dir, false)?);
+                t.home = Some(config.data_dir.clone());
+                Ok(t)
+            }
         }
     }
 
@@ -147,6 +154,7 @@ impl Tenancy {
             key,
             local: false,
             data_dir: None,
+            home: None,
             progress: Default::default(),
             schema: Default::default(),
             kept: None,

@@ -26,7 +26,7 @@ use crate::plan::pitr::{
 use crate::server::archive::TempDir;
 use crate::server::archiver::{archive_now, archived};
 use crate::server::backrest::{Backrest, BackupKind, RestoreRequest};
-use crate::server::cluster::{Layout, LocalState, LOCAL_SERVER_ID};
+use crate::server::cluster::{Layout, LOCAL_SERVER_ID};
 use crate::server::roles::drop_database;
 use crate::server::scratch::{free_bytes, Scratch};
 use postgres::Client;
@@ -116,19 +116,34 @@ impl Tenancy {
         at: &str,
         into: &RestoreInto,
     ) -> Result<PointInTimeReport> {
-        validate_workspace_id(workspace)?;
-        if let RestoreInto::Workspace(w2) = into {
-            validate_workspace_id(w2)?;
-            if w2 == workspace {
-                return Err(invalid(
-                    "--into names the workspace itself: restore it in place with --in-place --yes",
-                ));
-            }
-        }
+        validate_target(workspace, into)?;
         let mut ctl = self.control()?;
         with_restore_lock(&mut ctl, workspace, |ctl| {
             self.restore_at_locked(ctl, workspace, at, into)
         })
+    }
+
+    /// What [`Tenancy::restore_at`] would refuse before it copies anything, in a second or
+    /// two: the ids, the workspace (active), its server's repository, `at` (a time, inside
+    /// the window: from the end of the oldest backup to the server's clock now). For a front
+    /// that runs the restore itself in the background (the HTTP API's jobs).
+    pub fn check_restore_at(&self, workspace: &str, at: &str, into: &RestoreInto) -> Result<()> {
+        validate_target(workspace, into)?;
+        let mut ctl = self.control()?;
+        let (_, server_id) = self.active_workspace(&mut ctl, workspace)?;
+        let server = self.load_server(&mut ctl, &server_id)?;
+        let repo = self.repo_of(&mut ctl, &server)?;
+        drop(ctl);
+        let mut admin = connect(&server.admin_conn, None)?;
+        let target = read_time(&mut admin, at)?;
+        let now: i64 = admin
+            .query_one(
+                "SELECT (EXTRACT(epoch FROM pg_catalog.clock_timestamp()) * 1000000)::bigint",
+                &[],
+            )?
+            .get(0);
+        drop(admin);
+        choose_set(&repo.backrest.backups()?, target, now).map(|_| ())
     }
 
     fn restore_at_locked(
@@ -140,8 +155,8 @@ impl Tenancy {
     ) -> Result<PointInTimeReport> {
         let (names, server_id) = self.active_workspace(ctl, ws)?;
         let server = self.load_server(ctl, &server_id)?;
-        let (layout, backrest) = self.local_backrest(&server_id)?;
-        let state = LocalState::read(&layout.dir)?;
+        let repo = self.repo_of(ctl, &server)?;
+        let backrest = &repo.backrest;
         let db = names.database();
         let mut admin = connect(&server.admin_conn, None)?;
         let target = read_time(&mut admin, at)?;
@@ -155,8 +170,8 @@ impl Tenancy {
         let window = describe(&sets, archived_to);
         let selection = select_databases(&db, &backrest.databases(&set.label)?);
 
-        let scratch_root = layout.scratch(&db);
-        let parent = scratch_root.parent().unwrap_or(&layout.dir).to_path_buf();
+        let scratch_root = Layout::new(&repo.home)?.scratch(&db);
+        let parent = scratch_root.parent().unwrap_or(&repo.home).to_path_buf();
         make_private_dir(&parent, 0o711)?;
         let sizes = admin.query_one(
             "SELECT pg_catalog.pg_database_size($1::text),
@@ -184,7 +199,7 @@ impl Tenancy {
                 scratch_root.display()
             )
         });
-        let mut scratch = Scratch::create(&scratch_root, state.pg_port)?;
+        let mut scratch = Scratch::create(&scratch_root, repo.base.port)?;
         backrest.restore(&RestoreRequest {
             data_dir: &scratch.data_dir(),
             set: Some(&set.label),
@@ -194,7 +209,7 @@ impl Tenancy {
         })?;
         self.progress
             .step(|| format!("{ws}: replaying WAL to {at_text} on a private socket"));
-        scratch.start(&layout.cluster(&state), RECOVERY_LIMIT)?;
+        scratch.start(&repo.base, RECOVERY_LIMIT)?;
         self.progress
             .step(|| format!("{ws}: recovered at {at_text}; dumping it"));
         let file = scratch_root.join("workspace.backup");
@@ -252,14 +267,20 @@ impl Tenancy {
         self.progress
             .step(|| format!("{LOCAL_SERVER_ID}: {} backup", kind.as_str()));
         backrest.backup(kind)?;
-        self.archive_status()
+        self.archive_status(None)
     }
 
-    /// `archive status`: the local server's backups, recoverable window and archive lag.
-    pub fn archive_status(&self) -> Result<ArchiveStatus> {
-        let (_, backrest) = self.local_backrest(LOCAL_SERVER_ID)?;
+    /// `archive status [--server S]`: a server's backups, recoverable window and archive lag
+    /// (the local server's by default; an added one's once `server archive` gave its
+    /// repository).
+    pub fn archive_status(&self, server: Option<&str>) -> Result<ArchiveStatus> {
+        let id = server.unwrap_or(LOCAL_SERVER_ID);
+        if server.is_none() {
+            self.local_backrest(LOCAL_SERVER_ID)?;
+        }
         let mut ctl = self.control()?;
-        let server = self.load_server(&mut ctl, LOCAL_SERVER_ID)?;
+        let server = self.load_server(&mut ctl, id)?;
+        let backrest = self.repo_of(&mut ctl, &server)?.backrest;
         drop(ctl);
         let a = archived(&mut connect(&server.admin_conn, None)?)?;
         let sets = backrest.backups()?;
@@ -269,7 +290,7 @@ impl Tenancy {
             .as_deref()
             .and_then(|w| archive_lag_bytes(a.current_lsn, w, a.segment_size));
         Ok(ArchiveStatus {
-            server: LOCAL_SERVER_ID.into(),
+            server: server.id.clone(),
             stanza: backrest.stanza.clone(),
             last_backup: backups.last().cloned(),
             backups,
@@ -307,11 +328,11 @@ impl Tenancy {
     }
 
     /// The pgBackRest of `server_id`: only the local server's archiving is set up by the tool.
-    fn local_backrest(&self, server_id: &str) -> Result<(Layout, Backrest)> {
+    pub(crate) fn local_backrest(&self, server_id: &str) -> Result<(Layout, Backrest)> {
         let not_configured = || {
             Error::new(
                 ErrorCode::ArchivingNotConfigured,
-                format!("server {server_id} has no pgBackRest repository the tool knows: only the local server's archiving is set up (by `local up`)"),
+                format!("server {server_id} has no pgBackRest repository the tool knows: the local server's archiving is set up by `local up`"),
             )
         };
         let dir = self
@@ -328,11 +349,7 @@ impl Tenancy {
 
     /// `<data dir>/backups/<ws>-<UTC time>.backup`, in a directory only this user reads.
     fn kept_backup_path(&self, ws: &str, at: i64) -> Result<PathBuf> {
-        let dir = self
-            .data_dir
-            .as_ref()
-            .ok_or_else(|| invalid("no data directory"))?
-            .join("backups");
+        let dir = self.home()?.join("backups");
         make_private_dir(&dir, 0o700)?;
         let stamp: String = format_utc(at)[..19]
             .chars()
@@ -340,6 +357,20 @@ impl Tenancy {
             .collect();
         Ok(dir.join(format!("{ws}-{stamp}.backup")))
     }
+}
+
+/// The workspace ids of a point-in-time restore.
+fn validate_target(workspace: &str, into: &RestoreInto) -> Result<()> {
+    validate_workspace_id(workspace)?;
+    if let RestoreInto::Workspace(w2) = into {
+        validate_workspace_id(w2)?;
+        if w2 == workspace {
+            return Err(invalid(
+                "--into names the workspace itself: restore it in place with --in-place --yes",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The window, in UTC text (empty before the first backup).

@@ -4,7 +4,9 @@
 //! Only its SHA-256 is stored, in the table `api_tokens` of the control database
 //! `dl_control` (created idempotently here: the table is this module's own). A token names
 //! exactly one workspace, which need not be provisioned yet (the quick start provisions
-//! through the API). Verification looks the hash up (no comparison of secrets in Rust).
+//! through the API), or none: an operator token (`tokens create --operator`) is for the
+//! `/api/v2/operator/` endpoints only, and a workspace token never reaches those.
+//! Verification looks the hash up (no comparison of secrets in Rust).
 
 use crate::base::secret::random_bytes;
 use crate::domain::error::{invalid, Result};
@@ -29,7 +31,9 @@ const TOKEN_B64_LEN: usize = 43;
 pub struct IssuedToken {
     pub token: String,
     pub token_id: String,
-    pub workspace: String,
+    /// `None` for an operator token.
+    pub workspace: Option<String>,
+    pub operator: bool,
     pub created_at: String,
 }
 
@@ -37,7 +41,8 @@ pub struct IssuedToken {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct TokenInfo {
     pub token_id: String,
-    pub workspace: String,
+    pub workspace: Option<String>,
+    pub operator: bool,
     pub created_at: String,
     pub revoked_at: Option<String>,
 }
@@ -48,11 +53,18 @@ pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
 }
 
-/// Who a verified token speaks for.
+/// Who a verified workspace token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub token_id: String,
     pub workspace: String,
+}
+
+/// Who a verified token is: a workspace's, or the operator's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Workspace(Principal),
+    Operator { token_id: String },
 }
 
 fn sha256(token: &str) -> Vec<u8> {
@@ -90,9 +102,11 @@ fn validate_token_id(id: &str) -> Result<()> {
 }
 
 fn info(r: &postgres::Row) -> TokenInfo {
+    let workspace: Option<String> = r.get(1);
     TokenInfo {
         token_id: r.get(0),
-        workspace: r.get(1),
+        operator: workspace.is_none(),
+        workspace,
         created_at: r.get(2),
         revoked_at: r.get(3),
     }
@@ -101,6 +115,16 @@ fn info(r: &postgres::Row) -> TokenInfo {
 /// Issue a token for `workspace` (provisioned or not).
 pub fn create(tenancy: &Tenancy, workspace: &str) -> Result<IssuedToken> {
     validate_workspace_id(workspace)?;
+    issue(tenancy, Some(workspace))
+}
+
+/// Issue an operator token (`tokens create --operator`): the `/api/v2/operator/` endpoints,
+/// every workspace; no tenant endpoint.
+pub fn create_operator(tenancy: &Tenancy) -> Result<IssuedToken> {
+    issue(tenancy, None)
+}
+
+fn issue(tenancy: &Tenancy, workspace: Option<&str>) -> Result<IssuedToken> {
     let mut ctl = tenancy.control()?;
     let token = format!(
         "{TOKEN_PREFIX}{}",
@@ -115,14 +139,16 @@ pub fn create(tenancy: &Tenancy, workspace: &str) -> Result<IssuedToken> {
             .collect::<String>()
     );
     let row = ctl.query_one(
-        "INSERT INTO api_tokens (id, workspace_id, token_sha256) VALUES ($1, $2, $3)
+        "INSERT INTO api_tokens (id, workspace_id, token_sha256, operator)
+         VALUES ($1, $2, $3, $2::text IS NULL)
          RETURNING created_at::text",
         &[&token_id, &workspace, &sha256(&token)],
     )?;
     Ok(IssuedToken {
         token,
         token_id,
-        workspace: workspace.into(),
+        workspace: workspace.map(str::to_string),
+        operator: workspace.is_none(),
         created_at: row.get(0),
     })
 }
@@ -171,9 +197,9 @@ impl TokenStore {
         Ok(TokenStore { tenancy })
     }
 
-    /// The principal of a live token; `None` for a malformed, unknown or revoked one.
+    /// The caller of a live token; `None` for a malformed, unknown or revoked one.
     /// Blocking (one indexed lookup by hash).
-    pub fn verify(&self, presented: &str) -> Result<Option<Principal>> {
+    pub fn verify(&self, presented: &str) -> Result<Option<Caller>> {
         if !well_formed(presented) {
             return Ok(None);
         }
@@ -182,9 +208,12 @@ impl TokenStore {
             "SELECT id, workspace_id FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
             &[&hash],
         )?;
-        Ok(row.map(|r| Principal {
-            token_id: r.get(0),
-            workspace: r.get(1),
+        Ok(row.map(|r| match r.get::<_, Option<String>>(1) {
+            Some(workspace) => Caller::Workspace(Principal {
+                token_id: r.get(0),
+                workspace,
+            }),
+            None => Caller::Operator { token_id: r.get(0) },
         }))
     }
 }

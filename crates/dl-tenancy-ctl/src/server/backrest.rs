@@ -300,6 +300,11 @@ impl Backrest {
             .unwrap_or_default())
     }
 
+    /// `info --output=json` of the stanza, as pgBackRest prints it.
+    pub(crate) fn info_json(&self) -> Result<String> {
+        self.info(None)
+    }
+
     fn info(&self, set: Option<&str>) -> Result<String> {
         let mut args = self.base_args();
         args.push("info".into());

@@ -64,6 +64,7 @@ impl Scratch {
             ident: base.ident.clone(),
         };
         self.spec = Some(spec.clone());
+        pin_settings(&spec)?;
         pg_harness::start_cluster_no_wait(&spec)?;
         wait_promoted(&spec, limit)
     }
@@ -82,6 +83,40 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = remove(&self.root);
     }
+}
+
+/// The settings that keep a scratch server private, whatever the copied configuration says
+/// (an added server's own `postgresql.conf` may name its port, a TCP address, certificate
+/// files of its host or other hba files, and `ALTER SYSTEM` settings come last): appended to
+/// the copy's `postgresql.auto.conf`, read after everything else, after the recovery
+/// settings pgBackRest wrote there. A copy without a `postgresql.conf` (the server kept it
+/// outside its data directory) gets one that includes the harness' settings.
+fn pin_settings(spec: &ClusterSpec) -> Result<()> {
+    let data = &spec.data_dir;
+    let conf = data.join("postgresql.conf");
+    if !conf.exists() {
+        pg_harness::write_server_file(&conf, "include_if_exists = 'harness.conf'\n", 0o600)?;
+    }
+    let auto = data.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    let path = |p: PathBuf| p.display().to_string();
+    text.push_str("\n# A point-in-time restore's scratch server: private socket only.\n");
+    for (k, v) in [
+        ("port", spec.port.to_string()),
+        ("listen_addresses", String::new()),
+        ("unix_socket_directories", path(spec.socket_dir.clone())),
+        ("archive_mode", "off".into()),
+        ("hot_standby", "off".into()),
+        ("ssl", "off".into()),
+        ("logging_collector", "off".into()),
+        ("hba_file", path(data.join("pg_hba.conf"))),
+        ("ident_file", path(data.join("pg_ident.conf"))),
+    ] {
+        text.push_str(&format!("{k} = {}\n", quote(&v)));
+    }
+    pg_harness::write_server_file(&auto, &text, 0o600)?;
+    Ok(())
 }
 
 /// Stop whatever runs in a scratch directory and delete it.

@@ -27,7 +27,7 @@ pub enum FleetCmd {
     /// W2); or a workspace as it was at a time, from the server's continuous archive, into a
     /// new workspace or in place (--workspace W --at TIME --into W2 | --in-place --yes).
     Restore(RestoreArgs),
-    /// The local server's continuous archive (pgBackRest): backups and status.
+    /// The servers' continuous archive (pgBackRest): backups (the local server's) and status.
     #[command(subcommand)]
     Archive(ArchiveCmd),
     /// Move a workspace to another server (streamed while live, then a short pause); its
@@ -98,8 +98,12 @@ pub enum ArchiveCmd {
         #[arg(long = "type", default_value = "incr")]
         kind: String,
     },
-    /// Backups, the recoverable window, the last archived WAL and the archive lag.
-    Status,
+    /// Backups, the recoverable window, the last archived WAL and the archive lag: of the
+    /// local server, or of an added one whose repository `server archive` gave.
+    Status {
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -205,7 +209,9 @@ pub fn run(cmd: FleetCmd, open: impl Fn() -> Result<Tenancy, Error>) -> Result<(
         FleetCmd::Archive(ArchiveCmd::Backup { kind }) => {
             print(&open()?.archive_backup(kind.parse::<BackupKind>()?)?)
         }
-        FleetCmd::Archive(ArchiveCmd::Status) => print(&open()?.archive_status()?),
+        FleetCmd::Archive(ArchiveCmd::Status { server }) => {
+            print(&open()?.archive_status(server.as_deref())?)
+        }
     }
     Ok(())
 }

@@ -1,2 +1,3 @@
 pub mod fleet;
 pub mod limits;
+pub mod operator;
