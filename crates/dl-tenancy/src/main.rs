@@ -116,15 +116,20 @@ struct UpgradeArgs {
 enum LocalCmd {
     /// Create (first time) and start the cluster, control database, template and PgBouncer.
     Up {
-        /// PostgreSQL port (default 55432, or a free one; remembered in local.json).
+        /// PostgreSQL's own port, the platform's (default 55432, or a free one; remembered in
+        /// local.json).
         #[arg(long)]
         pg_port: Option<u16>,
-        /// PgBouncer port (default 56432, or a free one; remembered in local.json).
+        /// PgBouncer port: pooled URIs (default 56432, or a free one; remembered).
         #[arg(long)]
         pooler_port: Option<u16>,
+        /// The direct front's port: direct URIs (default 55433, or a free one; remembered).
+        #[arg(long)]
+        direct_port: Option<u16>,
         /// PostgreSQL's max_connections (default 200, at least 40; remembered; takes effect
-        /// when the server starts). All but 33 are the pooler's budget for the workspaces
-        /// (README "One server, many workspaces").
+        /// when the server starts). What the platform (13), the logins' lookups (14) and the
+        /// direct logins (a fifth) leave is the pooler's budget for the workspaces (README
+        /// "One server, many workspaces").
         #[arg(long)]
         max_connections: Option<u32>,
         /// Full backups the pgBackRest repository keeps (default 2; remembered).
@@ -214,6 +219,10 @@ enum ServerCmd {
         host: Option<String>,
         #[arg(long)]
         port: Option<u16>,
+        /// PostgreSQL's own port on --host when --port is a front for tenants (a session-mode
+        /// PgBouncer, README "PostgreSQL's port"): other servers stream moves from it.
+        #[arg(long)]
+        platform_port: Option<u16>,
         /// The server's PgBouncer.
         #[arg(long)]
         pooler_host: Option<String>,
@@ -319,12 +328,14 @@ fn run(cli: Cli) -> Result<(), Error> {
                 LocalCmd::Up {
                     pg_port,
                     pooler_port,
+                    direct_port,
                     max_connections,
                     backup_retention_full,
                 } => print(&local::up(&local::LocalOptions {
                     data_dir: config.data_dir,
                     pg_port,
                     pooler_port,
+                    direct_port,
                     max_connections,
                     retention_full: backup_retention_full,
                 })?),
@@ -361,6 +372,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             admin_url_file,
             host,
             port,
+            platform_port,
             pooler_host,
             pooler_port,
             ca_file,
@@ -385,6 +397,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 admin_url,
                 host,
                 port,
+                platform_port,
                 pooler_host,
                 pooler_port,
                 ca_file,

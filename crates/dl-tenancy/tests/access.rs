@@ -21,7 +21,7 @@ fn seed_quick_start_direct_and_pooled() {
         let port = if pooled {
             env.status.pooler.port
         } else {
-            env.status.postgres.port
+            env.status.direct.port
         };
         assert!(
             read.starts_with(&format!("postgresql://{read_login}:")),

@@ -25,6 +25,7 @@ fn small_server() -> Env {
         data_dir: dir.clone(),
         pg_port: Some(pg_harness::free_port()),
         pooler_port: Some(pg_harness::free_port()),
+        direct_port: Some(pg_harness::free_port()),
         max_connections: Some(MAX_CONNECTIONS),
         retention_full: None,
     })

@@ -419,19 +419,26 @@ fn limits_are_per_workspace_and_applied_at_once() {
     arena.assert_nobody_harmed();
 }
 
-/// Failed logins through the pooler tell nothing about which logins or databases exist.
+/// Failed logins through the pooler, and through the direct front (a PgBouncer too, since
+/// 0.7.0), tell nothing about which logins or databases exist.
 /// Without the right password (a wrong one, an unknown login, a standby login, any database):
-/// all "SASL authentication failed" (0.3.0's pooler said "no such user" for some). With its
+/// all 28P01 "SASL authentication failed" (0.3.0's pooler said "no such user" for some). With its
 /// own right password, into a database that is not its workspace (a neighbour's, one that does
 /// not exist, the server's own): the same refusal for each, at once (0.3.0's pooler held a
 /// login to an unknown database until query_wait_timeout, 120 s, and 0.4.0's said it did not
 /// exist).
 #[test]
-fn pooled_login_failures_do_not_tell_which_logins_exist() {
+fn login_failures_do_not_tell_which_logins_exist() {
     let arena = Arena::new();
     let env = &arena.env;
-    let ours = env.uri(ATTACKER, Kind::Read, true);
-    let theirs = env.uri(NEIGHBOUR, Kind::Read, true);
+    for pooled in [true, false] {
+        login_failures_tell_nothing(env, pooled);
+    }
+}
+
+fn login_failures_tell_nothing(env: &Env, pooled: bool) {
+    let ours = env.uri(ATTACKER, Kind::Read, pooled);
+    let theirs = env.uri(NEIGHBOUR, Kind::Read, pooled);
     let standby = env.t.metadata(ATTACKER).unwrap().roles["read"]
         .standby_login
         .clone();
@@ -472,7 +479,7 @@ fn pooled_login_failures_do_not_tell_which_logins_exist() {
     assert_eq!(
         answers.into_iter().collect::<Vec<_>>(),
         [(
-            "08P01".to_string(),
+            "28P01".to_string(),
             "SASL authentication failed".to_string()
         )],
         "the pooler told the cases apart"

@@ -85,7 +85,7 @@ fn provision_status_metadata_schema_list_deprovision() {
     assert_eq!(md.server_id, "local");
     assert_eq!(md.roles["read"].login, read_login);
     assert_eq!(md.roles["override"].group_role, "dl_tenant_override");
-    assert_eq!(md.direct.port, env.status.postgres.port);
+    assert_eq!(md.direct.port, env.status.direct.port);
     assert_eq!(md.pooled.as_ref().unwrap().port, env.status.pooler.port);
     let md_json = serde_json::to_string(&md).unwrap();
     for kind in Kind::ALL {

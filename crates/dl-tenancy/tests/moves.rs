@@ -413,7 +413,7 @@ fn a_tenant_cannot_touch_a_move_in_flight() {
 
     // On the target: the copy is shut to the tenant until the switch, and the subscription's
     // connection string (it holds the move login's password) is not readable by a neighbour.
-    let local_port = format!(":{}/", env.status.postgres.port);
+    let local_port = format!(":{}/", env.status.direct.port);
     let second_port = format!(":{}/", second.pg.port());
     let at_target = with_tls(
         &env.uri("victim", Kind::Override, false)

@@ -169,12 +169,12 @@ fn placement_across_two_servers() {
     let u = env.uri(ws, Kind::Read, false);
     let moved = u.replace(
         &format!(":{}/", second.port()),
-        &format!(":{}/", env.status.postgres.port),
+        &format!(":{}/", env.status.direct.port),
     );
     assert!(connect(&moved).is_err());
     let u = env.uri(local_ws, Kind::Read, false);
     let moved = u.replace(
-        &format!(":{}/", env.status.postgres.port),
+        &format!(":{}/", env.status.direct.port),
         &format!(":{}/", second.port()),
     );
     assert!(connect(&moved).is_err());

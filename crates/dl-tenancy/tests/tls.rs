@@ -209,6 +209,7 @@ fn local_up_keeps_its_certificates_and_remakes_missing_ones() {
         data_dir: env.dir.clone(),
         pg_port: Some(env.status.postgres.port),
         pooler_port: Some(env.status.pooler.port),
+        direct_port: Some(env.status.direct.port),
         max_connections: None,
         retention_full: None,
     };

@@ -247,6 +247,29 @@ pub const POOLER_SETTINGS: &[(&str, &str)] = &[
     ("max_login_clients", "1000"),
 ];
 
+/// PgBouncer settings of the direct front (`local up`): session mode, one server session per
+/// client that ends with it (`server_lifetime` 0), so a direct URI behaves as PostgreSQL's own
+/// port did (session state, advisory locks, `pg_backend_pid()`), and admission and the
+/// server's `CONNECTION LIMIT`s answer each login (the pools are not the bound: a login
+/// refused by the server fails at once, scripts/pgbouncer/session-mode-front.patch).
+/// What it adds is the pooler's fence against sockets that never log in (issue 21: 460 bare
+/// sockets on PostgreSQL's port refused every login of the server, the platform's included).
+pub const DIRECT_FRONT_SETTINGS: &[(&str, &str)] = &[
+    ("max_client_conn", "4000"),
+    ("default_pool_size", "1000"),
+    ("server_lifetime", "0"),
+    ("server_login_retry", "1"),
+    ("client_login_timeout", "30"),
+    ("query_wait_timeout", "30"),
+    ("max_db_client_connections", "200"),
+    ("max_packet_size", "16777216"),
+    ("max_login_clients", "1000"),
+];
+
+/// The direct front's sessions for its logins' lookups (`auth_query`), besides the pooler's
+/// [`POOLER_AUTH_SLOTS`].
+pub const DIRECT_FRONT_AUTH_SLOTS: u32 = 4;
+
 /// Settings only our PgBouncer build knows (`local up` refuses a binary without them).
 pub const PATCHED_POOLER_SETTINGS: [&str; 3] = [
     POOLER_BUDGET_SETTING,
@@ -394,6 +417,7 @@ pub fn pooler_budget(max_connections: u32) -> (&'static str, String) {
         - PLATFORM_SLOTS
         - SUPERUSER_SLOTS
         - POOLER_AUTH_SLOTS
+        - DIRECT_FRONT_AUTH_SLOTS
         - direct_slots(max_connections);
     (POOLER_BUDGET_SETTING, budget.to_string())
 }
@@ -544,7 +568,12 @@ mod tests {
             let direct = setting("dl_tenancy.direct_slots");
             assert!(direct >= 10);
             assert_eq!(
-                budget + direct + POOLER_AUTH_SLOTS + PLATFORM_SLOTS + SUPERUSER_SLOTS,
+                budget
+                    + direct
+                    + POOLER_AUTH_SLOTS
+                    + DIRECT_FRONT_AUTH_SLOTS
+                    + PLATFORM_SLOTS
+                    + SUPERUSER_SLOTS,
                 max
             );
         }

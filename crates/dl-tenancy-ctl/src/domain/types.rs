@@ -198,6 +198,9 @@ pub struct ServerSpec {
     /// Host/port tenants connect to directly; default: the admin URL's TCP host and port.
     pub host: Option<String>,
     pub port: Option<u16>,
+    /// PostgreSQL's own TCP port on `host`, when `port` is a front (`local up`'s direct
+    /// PgBouncer): where other servers reach it (a move's stream). Default: `port`.
+    pub platform_port: Option<u16>,
     /// The server's PgBouncer (auth_query through `dl_internal.pooler_user_lookup`).
     pub pooler_host: Option<String>,
     pub pooler_port: Option<u16>,
@@ -212,6 +215,8 @@ pub(crate) struct Server {
     pub admin_conn: String,
     pub host: String,
     pub port: u16,
+    /// PostgreSQL's own port on `host` (`port` unless a front serves tenants there).
+    pub platform_port: u16,
     pub pooler: Option<Endpoint>,
     pub template_version: Option<String>,
     pub ca_file: Option<String>,

@@ -32,11 +32,12 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     let mut state = match LocalState::read(dir) {
         Ok(s) => s,
         Err(_) => {
-            let pg_port = pick_port(opts.pg_port, DEFAULT_PG_PORT, 0);
-            let pooler_port = pick_port(opts.pooler_port, DEFAULT_POOLER_PORT, pg_port);
+            let pg_port = pick_port(opts.pg_port, DEFAULT_PG_PORT, &[]);
+            let pooler_port = pick_port(opts.pooler_port, DEFAULT_POOLER_PORT, &[pg_port]);
             LocalState {
                 pg_port,
                 pooler_port,
+                direct_port: None,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 retention_full: DEFAULT_RETENTION_FULL,
             }
@@ -47,6 +48,13 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
     }
     if let Some(p) = opts.pooler_port {
         state.pooler_port = p;
+    }
+    if opts.direct_port.is_some() || state.direct_port.is_none() {
+        state.direct_port = Some(pick_port(
+            opts.direct_port,
+            DEFAULT_DIRECT_PORT,
+            &[state.pg_port, state.pooler_port],
+        ));
     }
     if let Some(n) = opts.max_connections {
         if !(MIN_MAX_CONNECTIONS..=MAX_MAX_CONNECTIONS).contains(&n) {
@@ -64,9 +72,13 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
         }
         state.retention_full = n;
     }
-    if state.pg_port == state.pooler_port {
+    let direct_port = state.direct_port.unwrap_or(DEFAULT_DIRECT_PORT);
+    if state.pg_port == state.pooler_port
+        || direct_port == state.pg_port
+        || direct_port == state.pooler_port
+    {
         return Err(crate::domain::error::invalid(
-            "the PostgreSQL and PgBouncer ports must differ",
+            "the PostgreSQL, PgBouncer and direct front ports must differ",
         ));
     }
     state.write(dir)?;
@@ -120,7 +132,9 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
                 name: LOCAL_SERVER_ID.into(),
                 admin_url: admin_conn.clone(),
                 host: Some("127.0.0.1".into()),
-                port: Some(state.pg_port),
+                // Tenants' direct URIs lead to the front; PostgreSQL's port is the platform's.
+                port: Some(direct_port),
+                platform_port: Some(state.pg_port),
                 pooler_host: Some("127.0.0.1".into()),
                 pooler_port: Some(state.pooler_port),
                 ca_file: Some(layout.certs().ca_cert),
@@ -148,9 +162,11 @@ pub fn up(opts: &LocalOptions) -> Result<LocalStatus> {
 
     let bouncer = layout.pgbouncer(&state);
     tenancy.write_local_routes(dir)?;
-    if !pg_harness::start_pgbouncer(&bouncer)? {
-        // Running already: the ini just written (TLS files included) takes effect.
-        pg_harness::reload_pgbouncer(&bouncer)?;
+    for bouncer in [bouncer, layout.direct_front(&state)] {
+        if !pg_harness::start_pgbouncer(&bouncer)? {
+            // Running already: the ini just written (TLS files included) takes effect.
+            pg_harness::reload_pgbouncer(&bouncer)?;
+        }
     }
     // The stanza, and a first full backup: from its end on, any time can be recovered.
     backrest.stanza_create()?;
@@ -212,6 +228,7 @@ pub fn recover(opts: &LocalOptions) -> Result<LocalStatus> {
 pub fn down(data_dir: &Path) -> Result<LocalStatus> {
     let layout = Layout::new(data_dir)?;
     let state = LocalState::read(&layout.dir)?;
+    pg_harness::stop_pgbouncer(&layout.direct_front(&state))?;
     pg_harness::stop_pgbouncer(&layout.pgbouncer(&state))?;
     pg_harness::stop_cluster(&layout.dir.join("pg"))?;
     status(data_dir)
@@ -223,6 +240,7 @@ pub fn status(data_dir: &Path) -> Result<LocalStatus> {
     let state = LocalState::read(&layout.dir)?;
     let pg_running = pg_harness::cluster_running(&layout.dir.join("pg"));
     let bouncer = layout.pgbouncer(&state);
+    let front = layout.direct_front(&state);
     let mut version = None;
     if pg_running {
         if let Ok(mut c) = connect(&state.admin_conn_string(&layout.dir, "postgres"), None) {
@@ -249,6 +267,12 @@ pub fn status(data_dir: &Path) -> Result<LocalStatus> {
             port: state.pooler_port,
             running: pg_harness::pgbouncer_running(&bouncer),
             log: bouncer.log_path().display().to_string(),
+        },
+        direct: LocalServerStatus {
+            host: "127.0.0.1".into(),
+            port: front.listen_port,
+            running: pg_harness::pgbouncer_running(&front),
+            log: front.log_path().display().to_string(),
         },
         control_database: control::CONTROL_DB.into(),
         server_id: LOCAL_SERVER_ID.into(),

@@ -26,7 +26,7 @@ impl Tenancy {
         let row = ctl
             .query_opt(
                 "SELECT admin_nonce, admin_ciphertext, host, port, pooler_host, pooler_port, template_version,
-                        ca_file
+                        ca_file, coalesce(platform_port, port)
                    FROM servers WHERE id = $1",
                 &[&id],
             )?
@@ -41,6 +41,7 @@ impl Tenancy {
             admin_conn,
             host: row.get(2),
             port: row.get::<_, i32>(3) as u16,
+            platform_port: row.get::<_, i32>(8) as u16,
             pooler: endpoint(row.get(4), row.get(5)),
             template_version: row.get(6),
             ca_file: row.get(7),
@@ -134,12 +135,14 @@ impl Tenancy {
             .key
             .encrypt(spec.admin_url.as_bytes(), &server_aad(&spec.name));
         ctl.execute(
-            "INSERT INTO servers (id, admin_nonce, admin_ciphertext, host, port, pooler_host, pooler_port, ca_file)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO servers (id, admin_nonce, admin_ciphertext, host, port, pooler_host, pooler_port, ca_file,
+                                  platform_port)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE
                 SET admin_nonce = EXCLUDED.admin_nonce, admin_ciphertext = EXCLUDED.admin_ciphertext,
                     host = EXCLUDED.host, port = EXCLUDED.port, pooler_host = EXCLUDED.pooler_host,
-                    pooler_port = EXCLUDED.pooler_port, ca_file = EXCLUDED.ca_file, active = true,
+                    pooler_port = EXCLUDED.pooler_port, ca_file = EXCLUDED.ca_file,
+                    platform_port = EXCLUDED.platform_port, active = true,
                     updated_at = now()",
             &[
                 &spec.name,
@@ -150,6 +153,7 @@ impl Tenancy {
                 &pooler_host,
                 &spec.pooler_port.map(|p| p as i32),
                 &ca_file,
+                &spec.platform_port.map(|p| p as i32),
             ],
         )?;
         Ok(())

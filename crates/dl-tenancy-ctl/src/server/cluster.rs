@@ -1,9 +1,13 @@
-//! `local up/down/status`: a PostgreSQL 15 cluster and a PgBouncer in a data directory.
+//! `local up/down/status`: a PostgreSQL 15 cluster and two PgBouncers in a data directory:
+//! the pooler (transaction mode, pooled URIs) and the direct front (session mode, direct
+//! URIs: each client its own server session, as if it reached PostgreSQL itself, but behind
+//! the pooler's cap on sockets logging in; PostgreSQL's own port is the platform's).
 //!
 //! Layout of the data directory (default `./.dl-tenancy/`):
 //! - `pg/`: the cluster (owned by the server OS user, `postgres` when we run as root);
 //! - `run/`: unix sockets; `log/postgresql.log`: the server log;
 //! - `pgbouncer/`: `pgbouncer.ini`, `userlist.txt` (empty), log and pid file;
+//! - `pgbouncer-direct/`: the same for the direct front;
 //! - `tls/`: the cluster's CA (`ca.crt`, what clients trust) and the server certificate that
 //!   PostgreSQL and PgBouncer present ([`crate::certs`]);
 //! - `secret.key`: 32 random bytes (0600) encrypting stored passwords;
@@ -25,6 +29,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_PG_PORT: u16 = 55432;
 /// Default PgBouncer port.
 pub const DEFAULT_POOLER_PORT: u16 = 56432;
+/// Default port of the direct front (tenants' direct URIs).
+pub const DEFAULT_DIRECT_PORT: u16 = 55433;
 /// The PgBouncer auth user: LOGIN, member of dl_pooler_auth, peer-authenticated on the socket.
 pub const POOLER_AUTH_USER: &str = "dl_pgbouncer";
 /// The names the local server certificate is good for (the first is its CN): what revealed
@@ -54,8 +60,13 @@ pub const AUTH_DBNAME: (&str, &str) = ("auth_dbname", crate::domain::names::POOL
 /// `local.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LocalState {
+    /// PostgreSQL's own port: the platform's, and other servers' for a move's stream.
     pub pg_port: u16,
     pub pooler_port: u16,
+    /// The direct front's port, in tenants' direct URIs (clusters made before it: picked at
+    /// the next `local up`; their tenants' older direct URIs still reach `pg_port`).
+    #[serde(default)]
+    pub direct_port: Option<u16>,
     /// The server's `max_connections` (clusters made before it was recorded: the default).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
@@ -127,6 +138,8 @@ pub struct LocalStatus {
     pub data_dir: String,
     pub postgres: LocalServerStatus,
     pub pooler: LocalServerStatus,
+    /// The direct front (tenants' direct URIs).
+    pub direct: LocalServerStatus,
     pub control_database: String,
     pub server_id: String,
     pub extension_version: Option<String>,
@@ -149,6 +162,8 @@ pub struct LocalOptions {
     /// Used at the first `up` (then remembered in local.json); a later value replaces it.
     pub pg_port: Option<u16>,
     pub pooler_port: Option<u16>,
+    /// The direct front's port (remembered the same way; default 55433 or a free one).
+    pub direct_port: Option<u16>,
     /// The server's `max_connections` (remembered the same way; the default
     /// [`DEFAULT_MAX_CONNECTIONS`](crate::domain::limits::DEFAULT_MAX_CONNECTIONS)).
     pub max_connections: Option<u32>,
@@ -261,14 +276,7 @@ impl Layout {
             "%include {}\n",
             dir.join(crate::server::pooler::SERVER_TLS_FILE).display()
         );
-        // The auth user must be in auth_file: left out, PgBouncer would accept it from clients
-        // with an empty password. Its entry is the verifier of a random password nobody keeps,
-        // so no client can log in as it through the pooler; PgBouncer itself reaches the server
-        // as it by peer authentication on the unix socket.
-        let mut userlist = format!(
-            "\"{POOLER_AUTH_USER}\" \"{}\"\n",
-            crate::base::secret::scram_verifier(&crate::base::secret::random_password())
-        );
+        let mut userlist = auth_userlist();
         // The console and the auth user of moved workspaces' routes (pooler.rs).
         if let Ok(key) = SecretKey::load(&self.dir, false) {
             userlist.push_str(&crate::server::pooler::userlist_entries(&key));
@@ -280,6 +288,73 @@ impl Layout {
             userlist,
         }
     }
+
+    /// The direct front: a session-mode PgBouncer on the direct URIs' port. Each client gets
+    /// a server session of its own over TCP (TLS, verified), so admission counts it as direct
+    /// and the server's caps answer its login (53300 at once: scripts/pgbouncer/
+    /// session-mode-front.patch), and the session ends with the client's (`server_lifetime` 0). Logins are looked up as the pooler's are, on the unix socket.
+    pub(crate) fn direct_front(&self, state: &LocalState) -> PgBouncerSpec {
+        let dir = self.dir.join("pgbouncer-direct");
+        let port = state.direct_port.unwrap_or(DEFAULT_DIRECT_PORT);
+        let decoy = crate::base::secret::scram_verifier(&crate::base::secret::random_password());
+        let auth_query = auth_query(&decoy);
+        let certs = self.certs();
+        let (key, cert, ca) = (
+            certs.server_key.display().to_string(),
+            certs.server_cert.display().to_string(),
+            certs.ca_cert.display().to_string(),
+        );
+        let mut settings = crate::domain::limits::DIRECT_FRONT_SETTINGS.to_vec();
+        settings.extend([
+            AUTH_DBNAME,
+            ("client_tls_sslmode", "require"),
+            ("client_tls_key_file", key.as_str()),
+            ("client_tls_cert_file", cert.as_str()),
+            ("client_tls_ca_file", ca.as_str()),
+            ("server_tls_sslmode", "verify-full"),
+            ("server_tls_ca_file", ca.as_str()),
+        ]);
+        let ini = pg_harness::pgbouncer_ini(&PgBouncerIni {
+            dir: &dir,
+            listen_port: port,
+            server_socket_dir: Path::new("127.0.0.1"),
+            server_port: state.pg_port,
+            auth_type: "scram-sha-256",
+            auth_user: Some(POOLER_AUTH_USER),
+            auth_query: Some(&auth_query),
+            pool_mode: "session",
+            extra: &settings,
+        });
+        // Lookups on the unix socket (peer authentication), in a pool of their own size.
+        let ini = ini.replacen(
+            "[databases]\n",
+            &format!(
+                "[databases]\n{} = host={} port={} pool_size={}\n",
+                AUTH_DBNAME.1,
+                self.dir.join("run").display(),
+                state.pg_port,
+                crate::domain::limits::DIRECT_FRONT_AUTH_SLOTS
+            ),
+            1,
+        );
+        PgBouncerSpec {
+            dir,
+            listen_port: port,
+            ini,
+            userlist: auth_userlist(),
+        }
+    }
+}
+
+/// The auth user must be in auth_file: left out, PgBouncer would accept it from clients with an
+/// empty password. Its entry is the verifier of a random password nobody keeps, so no client
+/// can log in as it through a pooler; PgBouncer itself reaches the server as it by peer
+/// authentication on the unix socket.
+fn auth_userlist() -> String {
+    format!(
+        "\"{POOLER_AUTH_USER}\" \"{}\"\n",
+        crate::base::secret::scram_verifier(&crate::base::secret::random_password())
+    )
 }
 
 /// pg_hba.conf of the local cluster: tenants only into the database named like their
@@ -350,16 +425,16 @@ pub(crate) fn check_reachable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn pick_port(wanted: Option<u16>, default: u16, avoid: u16) -> u16 {
+pub(crate) fn pick_port(wanted: Option<u16>, default: u16, avoid: &[u16]) -> u16 {
     if let Some(p) = wanted {
         return p;
     }
-    if default != avoid && pg_harness::port_is_free(default) {
+    if !avoid.contains(&default) && pg_harness::port_is_free(default) {
         return default;
     }
     loop {
         let p = pg_harness::free_port();
-        if p != avoid {
+        if !avoid.contains(&p) {
             return p;
         }
     }

@@ -147,7 +147,8 @@ impl Stream {
         // The target subscribes. The statement holds the password: not logged, never echoed.
         let conninfo = conninfo(&[
             ("host", source.host.as_str()),
-            ("port", &source.port.to_string()),
+            // PostgreSQL itself, not a front for tenants.
+            ("port", &source.platform_port.to_string()),
             ("dbname", db),
             ("user", handle),
             ("password", &password),

@@ -60,6 +60,7 @@ pub fn cluster() -> &'static Cluster {
             data_dir: dir.clone(),
             pg_port: Some(pg_port),
             pooler_port: Some(pooler_port),
+            direct_port: Some(pg_harness::free_port()),
             max_connections: None,
             retention_full: None,
         })

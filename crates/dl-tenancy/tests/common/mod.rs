@@ -58,6 +58,7 @@ impl Env {
                 data_dir: dir.clone(),
                 pg_port: Some(pg),
                 pooler_port: Some(pool),
+                direct_port: Some(pg_harness::free_port()),
                 max_connections: None,
                 retention_full: None,
             }) {

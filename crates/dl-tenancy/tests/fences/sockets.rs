@@ -3,6 +3,11 @@
 //! thousand bare TCP sockets, renewed, refused every workspace's pooled logins. Our patch
 //! (scripts/pgbouncer/unauthenticated-socket-flood.patch) gives sockets logging in a cap of
 //! their own (`max_login_clients`, 1,000) and drops the oldest past it.
+//!
+//! Direct URIs: 0.6.0 led them to PostgreSQL's own port, where about 460 bare sockets (the
+//! postmaster's limit on processes, twice `max_connections`) refused every login of the
+//! server, the platform's included. They now lead to the direct front, a session-mode
+//! PgBouncer with the same cap; PostgreSQL's port is in no URI.
 
 use super::*;
 use std::io::Read;
@@ -11,27 +16,20 @@ use std::net::TcpStream;
 /// More than `max_client_conn` and `max_login_clients` together.
 const BARE_SOCKETS: usize = 5_500;
 
-#[test]
-fn bare_sockets_cannot_lock_out_pooled_logins() {
-    let env = Env::with_attacker_and_neighbour();
+/// `BARE_SOCKETS` sockets to `port` that never log in, opened while the neighbour holds a
+/// session through `pooled`'s URI; while all are open, `check` runs, then the oldest socket
+/// reads the end of its stream (the front dropped it, in order).
+fn flood(env: &Env, port: u16, pooled: bool, check: impl FnOnce()) {
     raise_file_limit(BARE_SOCKETS + 500);
-    let port = env.status.pooler.port;
-    let mut neighbour = connect(&env.uri(NEIGHBOUR, Kind::Read, true)).unwrap();
+    let mut neighbour = connect(&env.uri(NEIGHBOUR, Kind::Read, pooled)).unwrap();
     let bare: Vec<TcpStream> = (0..BARE_SOCKETS)
         .map(|i| {
             TcpStream::connect(("127.0.0.1", port))
                 .unwrap_or_else(|e| panic!("bare socket {i}: {e}"))
         })
         .collect();
-    // While all of them are open: the neighbour's open session, its new logins and the
-    // attacker's own login through the pooler all work.
     neighbour.batch_execute(READ_QUERY).unwrap();
-    for _ in 0..3 {
-        env.assert_reads(NEIGHBOUR, true);
-    }
-    env.assert_reads(ATTACKER, true);
-    // The pooler dropped the oldest bare sockets, in order: the first one reads the end of
-    // the stream; the newest 1,000 at most are still logging in.
+    check();
     let mut first = &bare[0];
     first.set_read_timeout(Some(SAFETY_NET)).unwrap();
     let mut buf = [0u8; 64];
@@ -41,5 +39,53 @@ fn bare_sockets_cannot_lock_out_pooled_logins() {
         "the oldest bare socket stayed"
     );
     drop(bare);
-    env.assert_reads(NEIGHBOUR, true);
+    env.assert_reads(NEIGHBOUR, pooled);
+}
+
+#[test]
+fn bare_sockets_cannot_lock_out_pooled_logins() {
+    let env = Env::with_attacker_and_neighbour();
+    // While all are open: the neighbour's new logins and the attacker's own login through
+    // the pooler work.
+    flood(&env, env.status.pooler.port, true, || {
+        for _ in 0..3 {
+            env.assert_reads(NEIGHBOUR, true);
+        }
+        env.assert_reads(ATTACKER, true);
+    });
+}
+
+#[test]
+fn bare_sockets_cannot_lock_out_direct_logins_or_the_platform() {
+    let env = Env::with_attacker_and_neighbour();
+    // Direct URIs name the front, never PostgreSQL's own port.
+    let direct = env.uri(NEIGHBOUR, Kind::Read, false);
+    assert!(
+        direct.contains(&format!(":{}/", env.status.direct.port)),
+        "{direct}"
+    );
+    assert_ne!(env.status.direct.port, env.status.postgres.port);
+    flood(&env, env.status.direct.port, false, || {
+        // Direct and pooled logins of the neighbour and the attacker, a session's own
+        // state (an advisory lock held across statements, as migration tools take), and
+        // the platform's own work: a new workspace provisioned.
+        for pooled in [false, true] {
+            env.assert_reads(NEIGHBOUR, pooled);
+            env.assert_reads(ATTACKER, pooled);
+        }
+        let mut session = connect(&env.uri(NEIGHBOUR, Kind::Override, false)).unwrap();
+        session
+            .batch_execute("SELECT pg_advisory_lock(42)")
+            .unwrap();
+        let held: i64 = session
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(held, 1, "the session kept its lock between statements");
+        env.t.provision("late-comer").unwrap();
+        env.assert_reads("late-comer", false);
+    });
 }
