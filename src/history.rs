@@ -6,8 +6,10 @@
 //!
 //! The retention runs in the write itself, after the layers' trigger has recorded a
 //! statement's history rows (src/resolved_store.rs), so it needs neither `serve` nor the
-//! watchdog, which is connected to one database only. Per write it costs one index probe and
-//! one measurement of the table's files; more only when there is something to remove:
+//! watchdog, which is connected to one database only. Per write it costs one lock of a shared
+//! ledger (src/history_ledger.rs), which says when the table's files could have passed the
+//! bound and when its oldest row could be past the age; only then does it measure the files
+//! or probe the index, and more only when there is something to remove:
 //!
 //! - age (`dl_tenancy.history_max_age`, 90 days; 0: none): the oldest rows past it are
 //!   deleted, at most [`AGE_BATCH`] per statement, the rest by the next ones;
@@ -232,32 +234,38 @@ unsafe fn history_table(kind: &str) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
     (index != pg_sys::InvalidOid && table != pg_sys::InvalidOid).then_some((table, index))
 }
 
-/// Whether any row was changed before `cutoff`: one descent of the `(changed_at, history_id)`
-/// index, so that a write with nothing to prune by age (nearly every one) does not pay for the
-/// DELETE's statement (some 65,000 instructions through SPI, a tenth of an override write).
-/// A hint: a row another transaction is deleting still counts, and the DELETE skips it.
-unsafe fn any_older(table: pg_sys::Oid, index: pg_sys::Oid, cutoff: i64) -> bool {
+/// The time of the oldest row (`changed_at`), or `None` for an empty table: one descent of
+/// the `(changed_at, history_id)` index, so that a write with nothing to prune by age (nearly
+/// every one) does not pay for the DELETE's statement (some 65,000 instructions through SPI, a
+/// tenth of an override write); the ledger keeps the answer for the next writes. A hint: a
+/// row another transaction is deleting still counts, and the DELETE skips it.
+unsafe fn oldest_row(table: pg_sys::Oid, index: pg_sys::Oid) -> Option<i64> {
     let lock = pg_sys::AccessShareLock as i32;
     let heap = pg_sys::table_open(table, lock);
     let ordered = pg_sys::index_open(index, lock);
-    let mut key = pg_sys::ScanKeyData::default();
-    // The table's column: systable scans map it to the index's.
-    pg_sys::ScanKeyInit(
-        &mut key,
-        pg_sys::get_attnum(table, c"changed_at".as_ptr()),
-        pg_sys::BTLessStrategyNumber as u16,
-        pg_sys::Oid::from(pg_sys::F_TIMESTAMPTZ_LT),
-        Datum::from(cutoff),
+    let column = pg_sys::get_attnum(table, c"changed_at".as_ptr());
+    let scan = pg_sys::systable_beginscan_ordered(
+        heap,
+        ordered,
+        pg_sys::GetActiveSnapshot(),
+        0,
+        std::ptr::null_mut(),
     );
-    let scan =
-        pg_sys::systable_beginscan_ordered(heap, ordered, pg_sys::GetActiveSnapshot(), 1, &mut key);
-    let found =
-        !pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection)
-            .is_null();
+    let tuple = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
+    let oldest = (!tuple.is_null()).then(|| {
+        let mut null = false;
+        let at = pg_sys::heap_getattr(tuple, column.into(), (*heap).rd_att, &mut null);
+        // NOT NULL column: a null would be a broken row, treated as the oldest there is.
+        if null {
+            i64::MIN
+        } else {
+            at.value() as i64
+        }
+    });
     pg_sys::systable_endscan_ordered(scan);
     pg_sys::index_close(ordered, lock);
     pg_sys::table_close(heap, lock);
-    found
+    oldest
 }
 
 /// Bytes of a relation's main fork and its indexes', with its TOAST table's: the files a
@@ -402,29 +410,50 @@ unsafe fn guarded(kind: &str, step: impl FnOnce() + std::panic::UnwindSafe) {
     }
 }
 
-/// The retention of `kind`'s history ('person' or 'company'), after a statement wrote history
-/// rows (inside the trigger's SPI connection, with the extension's rights).
-pub(crate) unsafe fn retain(kind: &str) {
+/// The retention of `kind`'s history ('person' or 'company'), after a statement wrote `rows`
+/// history rows (inside the trigger's SPI connection, with the extension's rights). The ledger
+/// (src/history_ledger.rs) says when the table must be looked at at all.
+pub(crate) unsafe fn retain(kind: &str, rows: i64) {
+    let ledger = crate::history_ledger::Table::of(kind);
+    let age = MAX_AGE.get();
+    let cutoff = pg_sys::GetCurrentTransactionStartTimestamp() - i64::from(age) * 1_000_000;
+    let look_for_age = age > 0 && ledger.may_hold_older(cutoff);
+    let bound = max_bytes();
+    let measure = ledger.wrote(rows, bound);
+    if !look_for_age && measure.is_none() {
+        return;
+    }
     let Some((table, index)) = history_table(kind) else {
         return;
     };
-    let age = MAX_AGE.get();
-    let cutoff = pg_sys::GetCurrentTransactionStartTimestamp() - i64::from(age) * 1_000_000;
-    if age > 0 && any_older(table, index, cutoff) {
-        let prune = || {
-            execute(kind, Statement::Aged, Datum::from(cutoff));
-        };
-        // Under READ COMMITTED (the default) nothing but what fails any statement can fail
-        // it, so it runs without the subtransaction's cost; with a transaction snapshot,
-        // rows another session pruned since then raise 40001.
-        if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
-            guarded(kind, prune);
-        } else {
-            prune();
+    if look_for_age {
+        match oldest_row(table, index) {
+            Some(oldest) if oldest < cutoff => {
+                let prune = || {
+                    execute(kind, Statement::Aged, Datum::from(cutoff));
+                };
+                // Under READ COMMITTED (the default) nothing but what fails any statement can
+                // fail it, so it runs without the subtransaction's cost; with a transaction
+                // snapshot, rows another session pruned since then raise 40001.
+                if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+                    guarded(kind, prune);
+                } else {
+                    prune();
+                }
+                // A batch at most: the next write looks again.
+                ledger.forget();
+            }
+            // Rows written from now on are newer than any there is.
+            Some(oldest) => ledger.oldest_is(oldest),
+            None => ledger.oldest_is(pg_sys::GetCurrentTransactionStartTimestamp()),
         }
     }
-    let bound = max_bytes();
-    if file_bytes(table) > bound {
+    let Some(pending) = measure else {
+        return;
+    };
+    let bytes = file_bytes(table);
+    ledger.measured(bytes, pending);
+    if bytes > bound {
         // Rewritten (dropping what earlier statements deleted), then the oldest rows beyond
         // the newest half of the bound deleted, for the next rewrite to drop. Never waiting
         // for the table: the write holds its key locks, and whoever holds the table may wait
@@ -435,5 +464,6 @@ pub(crate) unsafe fn retain(kind: &str) {
                 execute(kind, Statement::Excess, Datum::from(bound / 2));
             }
         });
+        ledger.forget();
     }
 }

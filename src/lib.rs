@@ -78,6 +78,7 @@ mod disk;
 mod elsewhere;
 mod helpers;
 mod history;
+mod history_ledger;
 mod locks;
 mod logbound;
 mod logins;
@@ -117,6 +118,7 @@ pub extern "C-unwind" fn _PG_init() {
         watchdog::register();
         admission::install();
         quota::install();
+        history_ledger::install();
         disk::install();
         logbound::install();
         elsewhere::install();

@@ -444,7 +444,8 @@ pub unsafe extern "C-unwind" fn dl_maintain_layers(fcinfo: pg_sys::FunctionCallI
                 refresh_all(kind);
             } else if layer == Layer::Override {
                 execute(kind, Statement::HistoryOfTruncate, None);
-                crate::history::retain(kind.word());
+                // Rows unknown here: as many as could pass any bound, so the files are measured.
+                crate::history::retain(kind.word(), i64::MAX);
             }
             spi::finish();
             return Datum::from(0);
@@ -472,7 +473,7 @@ pub unsafe extern "C-unwind" fn dl_maintain_layers(fcinfo: pg_sys::FunctionCallI
     // After the refresh: a compaction then never waits for a key lock while it holds the
     // history table.
     if layer == Layer::Override {
-        crate::history::retain(kind.word());
+        crate::history::retain(kind.word(), rows);
     }
     spi::finish();
     Datum::from(0)
