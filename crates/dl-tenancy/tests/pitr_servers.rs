@@ -248,6 +248,12 @@ fn a_workspace_on_an_added_server_is_restored_from_that_servers_repository() {
     assert_eq!(status["last_backup"]["type"], "full", "{status}");
     assert!(status["archive_lag_bytes"].is_u64(), "{status}");
     assert!(status["window"]["from"].is_string(), "{status}");
+    // ... and the same in what serve's /metrics renders, beside the local server's.
+    let snap = env.t.load_snapshot().unwrap();
+    let figures: Vec<&str> = snap.archives.iter().map(|a| a.server.as_str()).collect();
+    assert_eq!(figures, [STANZA, "local"], "{figures:?}");
+    let added = snap.archives.iter().find(|a| a.server == STANZA).unwrap();
+    assert!(added.last_backup_at.is_some() && added.lag_bytes.is_some());
 
     // omega as it was at `at`, from db2's repository, into a new workspace.
     let report = env

@@ -52,10 +52,12 @@ impl Tenancy {
                 Err(_) => snap.unreachable.push(server.id.clone()),
             }
         }
-        // The archive's figures when the tool archives the server; a scrape never fails
-        // for them (a server that does not answer is listed above).
-        if let Ok(a) = self.archive_figures() {
-            snap.archives.push(a);
+        // The archive's figures of each server whose repository the tool knows; a scrape
+        // never fails for them (a server that does not answer is listed above).
+        for id in self.archived_servers().unwrap_or_default() {
+            if let Ok(a) = self.archive_figures(&id) {
+                snap.archives.push(a);
+            }
         }
         Ok(snap)
     }

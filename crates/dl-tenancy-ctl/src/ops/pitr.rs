@@ -306,17 +306,30 @@ impl Tenancy {
         })
     }
 
-    /// The local server's archive in numbers (`serve`'s /metrics).
-    pub(crate) fn archive_figures(&self) -> Result<ArchiveFigures> {
-        let (_, backrest) = self.local_backrest(LOCAL_SERVER_ID)?;
+    /// The servers whose archive the tool knows: the local one (local mode) and those
+    /// `server archive` gave a repository.
+    pub(crate) fn archived_servers(&self) -> Result<Vec<String>> {
         let mut ctl = self.control_read()?;
-        let server = self.load_server(&mut ctl, LOCAL_SERVER_ID)?;
+        let rows = ctl.query(
+            "SELECT id FROM servers
+              WHERE active AND (backrest_stanza IS NOT NULL OR (id = $1 AND $2))
+              ORDER BY id",
+            &[&LOCAL_SERVER_ID, &self.local],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// A server's archive in numbers (`serve`'s /metrics).
+    pub(crate) fn archive_figures(&self, id: &str) -> Result<ArchiveFigures> {
+        let mut ctl = self.control_read()?;
+        let server = self.load_server(&mut ctl, id)?;
+        let backrest = self.repo_of(&mut ctl, &server)?.backrest;
         drop(ctl);
         let mut admin = self.admin_read(&server.admin_conn)?;
         let a = archived(&mut admin)?;
         drop(admin);
         Ok(ArchiveFigures {
-            server: LOCAL_SERVER_ID.into(),
+            server: server.id.clone(),
             last_archived_at: a.last_at.map(|us| us.div_euclid(1_000_000)),
             last_backup_at: backrest.backups()?.last().map(|b| b.stopped),
             lag_bytes: a
