@@ -49,34 +49,6 @@ fn rows_at(uri: &str) -> Rows {
     }
 }
 
-/// Everything committed so far is in the repository: a switch to a new WAL segment, then
-/// the archiver observed past it. Returns the server's time after the switch.
-fn archived_now(env: &Env) -> String {
-    let mut admin = env.admin("postgres");
-    let wal: String = admin
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .unwrap()
-        .get(0);
-    let now: String = admin.query_one("SELECT now()::text", &[]).unwrap().get(0);
-    let started = std::time::Instant::now();
-    loop {
-        let r = admin
-            .query_one(
-                "SELECT coalesce(last_archived_wal >= $1, false), failed_count FROM pg_stat_archiver",
-                &[&wal],
-            )
-            .unwrap();
-        if r.get::<_, bool>(0) {
-            return now;
-        }
-        assert!(
-            started.elapsed() < SAFETY_NET,
-            "WAL segment {wal} not archived after {SAFETY_NET:?} ({} failures)",
-            r.get::<_, i64>(1)
-        );
-    }
-}
-
 /// No scratch cluster or file is left of the restores.
 fn assert_no_scratch(env: &Env) {
     let left: Vec<_> = std::fs::read_dir(env.dir.join("pitr"))
@@ -112,7 +84,7 @@ fn a_workspace_is_restored_as_it_was_at_a_time_and_a_lost_server_from_its_reposi
     write_workspace(&env, "beta", 3);
     let (alpha_then, beta_then) = (rows(&env, "alpha"), rows(&env, "beta"));
     assert_eq!(alpha_then.overrides.len(), 5);
-    let at = archived_now(&env);
+    let at = archived_now(&mut env.admin("postgres"));
     env.run_as_override(
         "alpha",
         "DELETE FROM dl_override.person_overrides WHERE identity_key IN ('person:alpha-0', 'person:alpha-1');
@@ -266,7 +238,7 @@ fn a_workspace_is_restored_as_it_was_at_a_time_and_a_lost_server_from_its_reposi
         .into_iter()
         .map(|ws| env.uri(ws, Kind::Read, true))
         .collect();
-    archived_now(&env);
+    archived_now(&mut env.admin("postgres"));
     env.cli(&["local", "down"]).json();
     std::fs::remove_dir_all(env.dir.join("pg")).unwrap();
     let out = env.cli(&["local", "up"]);
@@ -284,7 +256,7 @@ fn a_workspace_is_restored_as_it_was_at_a_time_and_a_lost_server_from_its_reposi
         connect(uri).unwrap().batch_execute(READ_QUERY).unwrap();
     }
     // The recovered server archives again.
-    archived_now(&env);
+    archived_now(&mut env.admin("postgres"));
 }
 
 /// `dl-tenancy serve` on the environment's data directory: the child and its base URL.

@@ -29,34 +29,6 @@ fn rows_at(uri: &str) -> Vec<Vec<String>> {
     .collect()
 }
 
-/// Everything committed on the server so far is archived: a WAL switch, then its archiver
-/// observed past it. The server's time after the switch.
-fn archived_now(admin: &mut postgres::Client) -> String {
-    let wal: String = admin
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .unwrap()
-        .get(0);
-    let now: String = admin.query_one("SELECT now()::text", &[]).unwrap().get(0);
-    let started = std::time::Instant::now();
-    loop {
-        let r = admin
-            .query_one(
-                "SELECT coalesce(last_archived_wal >= $1, false), failed_count FROM pg_stat_archiver",
-                &[&wal],
-            )
-            .unwrap();
-        if r.get::<_, bool>(0) {
-            return now;
-        }
-        assert!(
-            started.elapsed() < SAFETY_NET,
-            "segment {wal} not archived ({} failures)",
-            r.get::<_, i64>(1)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 /// `pgbackrest --config=<conf> --stanza=db2 <args>` as the server OS user, as the operator
 /// runs it on the server's host.
 fn backrest(conf: &Path, args: &[&str]) {
@@ -172,32 +144,27 @@ fn a_workspace_on_an_added_server_is_restored_from_that_servers_repository() {
         std::fs::metadata(stored).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let out = env.cli(&[
-        "server",
-        "archive",
-        "--name",
-        STANZA,
-        "--backrest-stanza",
-        "local",
-        "--backrest-config",
-        local_repo.to_str().unwrap(),
-    ]);
+    // `server archive` (the update path) of db2 with a stanza and a configuration file.
+    let archive = |stanza: &str, conf: &str| {
+        env.cli(&[
+            "server",
+            "archive",
+            "--name",
+            STANZA,
+            "--backrest-stanza",
+            stanza,
+            "--backrest-config",
+            conf,
+        ])
+    };
+    let out = archive("local", local_repo.to_str().unwrap());
     assert_eq!(out.error_code(), "conflict", "{}", out.stderr);
     assert!(
         out.stderr.contains("archives another cluster"),
         "{}",
         out.stderr
     );
-    let out = env.cli(&[
-        "server",
-        "archive",
-        "--name",
-        STANZA,
-        "--backrest-stanza",
-        "nope",
-        "--backrest-config",
-        conf_arg,
-    ]);
+    let out = archive("nope", conf_arg);
     assert_eq!(out.error_code(), "invalid_argument", "{}", out.stderr);
     // The refused settings left the stored ones as they were.
     assert!(std::fs::read_to_string(stored)

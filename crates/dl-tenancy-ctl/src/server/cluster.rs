@@ -230,39 +230,21 @@ impl Layout {
     }
     pub(crate) fn pgbouncer(&self, state: &LocalState) -> PgBouncerSpec {
         let dir = self.dir.join("pgbouncer");
-        let decoy = crate::base::secret::scram_verifier(&crate::base::secret::random_password());
-        let auth_query = auth_query(&decoy);
-        let certs = self.certs();
-        let (key, cert, ca) = (
-            certs.server_key.display().to_string(),
-            certs.server_cert.display().to_string(),
-            certs.ca_cert.display().to_string(),
-        );
-        // Clients must speak TLS (PgBouncer refuses others before any login); PgBouncer
-        // reaches PostgreSQL over the unix socket, where TLS has nothing to protect.
+        // PgBouncer reaches PostgreSQL over the unix socket, where TLS has nothing to protect.
         let mut settings = crate::domain::limits::POOLER_SETTINGS.to_vec();
         let (budget_key, budget) = crate::domain::limits::pooler_budget(state.max_connections);
         settings.extend([
             (budget_key, budget.as_str()),
-            AUTH_DBNAME,
-            ("client_tls_sslmode", "require"),
-            ("client_tls_key_file", key.as_str()),
-            ("client_tls_cert_file", cert.as_str()),
-            ("client_tls_ca_file", ca.as_str()),
             // The console a move drives (pooler.rs).
             ("admin_users", crate::server::pooler::POOLER_ADMIN_USER),
         ]);
-        let ini = pg_harness::pgbouncer_ini(&PgBouncerIni {
-            dir: &dir,
-            listen_port: state.pooler_port,
-            server_socket_dir: &self.dir.join("run"),
-            server_port: state.pg_port,
-            auth_type: "scram-sha-256",
-            auth_user: Some(POOLER_AUTH_USER),
-            auth_query: Some(&auth_query),
-            pool_mode: "transaction",
-            extra: &settings,
-        });
+        let ini = self.bouncer_ini(
+            &dir,
+            state.pooler_port,
+            (&self.dir.join("run"), state.pg_port),
+            "transaction",
+            &settings,
+        );
         // Workspaces moved to other servers keep their pooled URIs: routes, and verified TLS
         // to the servers they lead to (pooler.rs; the [pgbouncer] section comes last).
         let ini = ini.replacen(
@@ -289,13 +271,18 @@ impl Layout {
         }
     }
 
-    /// The direct front: a session-mode PgBouncer on the direct URIs' port. Each client gets
-    /// a server session of its own over TCP (TLS, verified), so admission counts it as direct
-    /// and the server's caps answer its login (53300 at once: scripts/pgbouncer/
-    /// session-mode-front.patch), and the session ends with the client's (`server_lifetime` 0). Logins are looked up as the pooler's are, on the unix socket.
-    pub(crate) fn direct_front(&self, state: &LocalState) -> PgBouncerSpec {
-        let dir = self.dir.join("pgbouncer-direct");
-        let port = state.direct_port.unwrap_or(DEFAULT_DIRECT_PORT);
+    /// The ini both PgBouncers share: clients only in TLS (PgBouncer refuses others before
+    /// any login) with the cluster's certificate, logins looked up with [`auth_query`] in the
+    /// server's lookup database; every database (`*`) at `server` (a socket directory or a
+    /// host, and PostgreSQL's port), then `settings`.
+    fn bouncer_ini(
+        &self,
+        dir: &Path,
+        port: u16,
+        server: (&Path, u16),
+        pool_mode: &str,
+        settings: &[(&str, &str)],
+    ) -> String {
         let decoy = crate::base::secret::scram_verifier(&crate::base::secret::random_password());
         let auth_query = auth_query(&decoy);
         let certs = self.certs();
@@ -304,27 +291,48 @@ impl Layout {
             certs.server_cert.display().to_string(),
             certs.ca_cert.display().to_string(),
         );
-        let mut settings = crate::domain::limits::DIRECT_FRONT_SETTINGS.to_vec();
-        settings.extend([
+        let mut all = settings.to_vec();
+        all.extend([
             AUTH_DBNAME,
             ("client_tls_sslmode", "require"),
             ("client_tls_key_file", key.as_str()),
             ("client_tls_cert_file", cert.as_str()),
             ("client_tls_ca_file", ca.as_str()),
-            ("server_tls_sslmode", "verify-full"),
-            ("server_tls_ca_file", ca.as_str()),
         ]);
-        let ini = pg_harness::pgbouncer_ini(&PgBouncerIni {
-            dir: &dir,
+        pg_harness::pgbouncer_ini(&PgBouncerIni {
+            dir,
             listen_port: port,
-            server_socket_dir: Path::new("127.0.0.1"),
-            server_port: state.pg_port,
+            server_socket_dir: server.0,
+            server_port: server.1,
             auth_type: "scram-sha-256",
             auth_user: Some(POOLER_AUTH_USER),
             auth_query: Some(&auth_query),
-            pool_mode: "session",
-            extra: &settings,
-        });
+            pool_mode,
+            extra: &all,
+        })
+    }
+
+    /// The direct front: a session-mode PgBouncer on the direct URIs' port. Each client gets
+    /// a server session of its own over TCP (TLS, verified), so admission counts it as direct
+    /// and the server's caps answer its login (53300 at once: scripts/pgbouncer/
+    /// session-mode-front.patch), and the session ends with the client's (`server_lifetime`
+    /// 0). Logins are looked up as the pooler's are, on the unix socket.
+    pub(crate) fn direct_front(&self, state: &LocalState) -> PgBouncerSpec {
+        let dir = self.dir.join("pgbouncer-direct");
+        let port = state.direct_port.unwrap_or(DEFAULT_DIRECT_PORT);
+        let ca = self.certs().ca_cert.display().to_string();
+        let mut settings = crate::domain::limits::DIRECT_FRONT_SETTINGS.to_vec();
+        settings.extend([
+            ("server_tls_sslmode", "verify-full"),
+            ("server_tls_ca_file", ca.as_str()),
+        ]);
+        let ini = self.bouncer_ini(
+            &dir,
+            port,
+            (Path::new("127.0.0.1"), state.pg_port),
+            "session",
+            &settings,
+        );
         // Lookups on the unix socket (peer authentication), in a pool of their own size whose
         // connections stay (`server_lifetime` 0 is the clients' sessions': a new server
         // process per lookup made logins wait on process starts, some 44 a second under a

@@ -568,3 +568,31 @@ pub fn raise_file_limit(need: usize) {
         lim.rlim_cur
     );
 }
+
+/// Everything committed on the server so far is in its WAL archive: a switch to a new WAL
+/// segment, then the archiver observed past it. Returns the server's time after the switch.
+pub fn archived_now(admin: &mut Client) -> String {
+    let wal: String = admin
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .unwrap()
+        .get(0);
+    let now: String = admin.query_one("SELECT now()::text", &[]).unwrap().get(0);
+    let started = std::time::Instant::now();
+    loop {
+        let r = admin
+            .query_one(
+                "SELECT coalesce(last_archived_wal >= $1, false), failed_count FROM pg_stat_archiver",
+                &[&wal],
+            )
+            .unwrap();
+        if r.get::<_, bool>(0) {
+            return now;
+        }
+        assert!(
+            started.elapsed() < SAFETY_NET,
+            "WAL segment {wal} not archived after {SAFETY_NET:?} ({} failures)",
+            r.get::<_, i64>(1)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
