@@ -25,7 +25,9 @@ impl Tenancy {
         let local = crate::server::cluster::LocalState::read(data_dir)?;
         let socket_dir = std::path::absolute(data_dir.join("run"))?;
         let rows = ctl.query(
-            "SELECT w.database_name, w.server_id = $1, s.host, s.port, s.id, s.ca_file
+            // Routes lead to PostgreSQL itself (`platform_port` when a front serves tenants):
+            // a front's lookups would refuse the pooler's remote auth user like a tenant.
+            "SELECT w.database_name, w.server_id = $1, s.host, coalesce(s.platform_port, s.port), s.id, s.ca_file
                FROM workspaces AS w JOIN servers AS s ON s.id = w.server_id
               WHERE w.pooler_server_id = $1 AND w.state <> 'deleted'
               ORDER BY 1",
