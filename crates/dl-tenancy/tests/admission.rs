@@ -19,6 +19,15 @@ const WORKSPACES: usize = 200;
 /// The busiest workspace's clients: more than its pool (`max_db_connections` 10) serves.
 const BUSY_CLIENTS: usize = 12;
 
+/// One of these tests at a time: each runs a server and a burst of its own, and two at once on
+/// a 2-core machine made the burst's logins outlast PgBouncer's `client_login_timeout` (a
+/// pool's first clients wait for a server to log in for them).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn small_server() -> Env {
     let dir = pg_harness::temp_dir("dl-tenancy-admission").unwrap();
     let status = local::up(&local::LocalOptions {
@@ -52,6 +61,7 @@ fn waiting(env: &Env, db: &str) -> (u64, u64) {
 
 #[test]
 fn a_burst_larger_than_the_server_waits_and_the_platform_gets_in() {
+    let _one = one_at_a_time();
     let env = small_server();
     let names: Vec<String> = (0..=WORKSPACES).map(|i| format!("ws{i:03}")).collect();
     for ws in &names {
@@ -83,6 +93,14 @@ fn a_burst_larger_than_the_server_waits_and_the_platform_gets_in() {
     // Observed: clients wait in the pooler, the busiest workspace's among them.
     let started = Instant::now();
     while waiting(&env, &busy_db) == (0, 0) || waiting(&env, &busy_db).1 == 0 {
+        if burst.iter().all(|t| t.is_finished()) {
+            // Nobody can wait any more: say why (clients refused at login, say).
+            let failed: Vec<String> = burst
+                .into_iter()
+                .filter_map(|t| t.join().unwrap().err().map(|e| format!("{e}")))
+                .collect();
+            panic!("the burst ended before a client waited; failed: {failed:?}");
+        }
         assert!(started.elapsed() < SAFETY_NET, "no client ever waited");
     }
     let (all_waiting, busy_waiting) = waiting(&env, &busy_db);
@@ -153,6 +171,7 @@ const WORKSPACE_SESSIONS: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activi
 /// direct.
 #[test]
 fn a_workspace_holding_transactions_open_keeps_only_its_pool() {
+    let _one = one_at_a_time();
     let env = small_server();
     for ws in ["holder", "beside"] {
         env.t.provision(ws).unwrap();
@@ -202,6 +221,7 @@ fn a_workspace_holding_transactions_open_keeps_only_its_pool() {
 /// renders.
 #[test]
 fn direct_sessions_cannot_take_the_pooled_slots() {
+    let _one = one_at_a_time();
     let env = small_server();
     for ws in ["hog", "pool-a", "pool-b"] {
         env.t.provision(ws).unwrap();
