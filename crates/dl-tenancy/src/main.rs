@@ -127,7 +127,7 @@ enum LocalCmd {
         #[arg(long)]
         direct_port: Option<u16>,
         /// PostgreSQL's max_connections (default 200, at least 40; remembered; takes effect
-        /// when the server starts). What the platform (13), the logins' lookups (14) and the
+        /// when the server starts). What the platform (13), the pooler's lookups (10) and the
         /// direct logins (a fifth) leave is the pooler's budget for the workspaces (README
         /// "One server, many workspaces").
         #[arg(long)]

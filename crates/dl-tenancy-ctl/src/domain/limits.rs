@@ -266,8 +266,10 @@ pub const DIRECT_FRONT_SETTINGS: &[(&str, &str)] = &[
     ("max_login_clients", "1000"),
 ];
 
-/// The direct front's sessions for its logins' lookups (`auth_query`), besides the pooler's
-/// [`POOLER_AUTH_SLOTS`].
+/// The direct front's sessions for its logins' lookups (`auth_query`), out of the platform's
+/// [`PLATFORM_SLOTS`]: the pooler's budget keeps its size (4 fewer slots made a burst at
+/// `max_connections` 50 wait past `query_wait_timeout`), and the platform keeps 6 and the
+/// superusers' 3 when all 4 are open.
 pub const DIRECT_FRONT_AUTH_SLOTS: u32 = 4;
 
 /// Settings only our PgBouncer build knows (`local up` refuses a binary without them).
@@ -417,7 +419,6 @@ pub fn pooler_budget(max_connections: u32) -> (&'static str, String) {
         - PLATFORM_SLOTS
         - SUPERUSER_SLOTS
         - POOLER_AUTH_SLOTS
-        - DIRECT_FRONT_AUTH_SLOTS
         - direct_slots(max_connections);
     (POOLER_BUDGET_SETTING, budget.to_string())
 }
@@ -568,12 +569,7 @@ mod tests {
             let direct = setting("dl_tenancy.direct_slots");
             assert!(direct >= 10);
             assert_eq!(
-                budget
-                    + direct
-                    + POOLER_AUTH_SLOTS
-                    + DIRECT_FRONT_AUTH_SLOTS
-                    + PLATFORM_SLOTS
-                    + SUPERUSER_SLOTS,
+                budget + direct + POOLER_AUTH_SLOTS + PLATFORM_SLOTS + SUPERUSER_SLOTS,
                 max
             );
         }
