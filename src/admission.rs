@@ -189,11 +189,13 @@ unsafe extern "C-unwind" fn admit(port: *mut pg_sys::Port, status: c_int) {
     if cap == 0 {
         return;
     }
-    // Only a database that exists gets an entry: a login may name any database before
-    // PostgreSQL looks it up, and made-up names would fill the table.
-    let database = (!start.database_name.is_null()
-        && pg_sys::get_database_oid(start.database_name, true) != pg_sys::InvalidOid)
-        .then(|| CStr::from_ptr(start.database_name).to_bytes());
+    // The database's name as the login gave it, not looked up: pg_hba (`samerole`) let a
+    // workspace login in only into the database named like its workspace's role, so names
+    // cannot be made up; and a lookup here (a scan of pg_database under a lock, which processes
+    // pending invalidations before a database is selected) made logins of a burst end with
+    // "cannot read pg_class without having selected a database".
+    let database =
+        (!start.database_name.is_null()).then(|| CStr::from_ptr(start.database_name).to_bytes());
     if take_slot(sessions, cap) {
         // A direct login also within its database's share of what is free.
         let entry = match (way, database) {

@@ -47,6 +47,14 @@ fn small_server() -> Env {
     Env { dir, status, t }
 }
 
+/// A client's error with its SQLSTATE and message (`postgres::Error` shows only "db error").
+fn refusal(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
 /// The pooler's waiting clients, all workspaces together, and those of one database.
 fn waiting(env: &Env, db: &str) -> (u64, u64) {
     let pools = env.t.pooler_pools().unwrap();
@@ -97,7 +105,7 @@ fn a_burst_larger_than_the_server_waits_and_the_platform_gets_in() {
             // Nobody can wait any more: say why (clients refused at login, say).
             let failed: Vec<String> = burst
                 .into_iter()
-                .filter_map(|t| t.join().unwrap().err().map(|e| format!("{e}")))
+                .filter_map(|t| t.join().unwrap().err().map(|e| refusal(&e)))
                 .collect();
             panic!("the burst ended before a client waited; failed: {failed:?}");
         }
@@ -135,7 +143,7 @@ fn a_burst_larger_than_the_server_waits_and_the_platform_gets_in() {
     // Every client of the burst connected and ran its query: none was refused.
     let failed: Vec<String> = burst
         .into_iter()
-        .filter_map(|t| t.join().unwrap().err().map(|e| format!("{e}")))
+        .filter_map(|t| t.join().unwrap().err().map(|e| refusal(&e)))
         .collect();
     assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
     // PgBouncer may open a descriptor for each of its max_client_conn clients and more.
